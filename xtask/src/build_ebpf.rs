@@ -1,0 +1,161 @@
+//! `cargo xtask build-ebpf` / `check-ebpf`: the sk_reuseport object on stable
+//! rustc, without `rust-src` or nightly.
+//!
+//! 1. `balancer-ebpf` is a `#![no_std]` staticlib. Built for the HOST target
+//!    with `-C linker-plugin-lto` under the `ebpf` profile (`panic = "abort"`,
+//!    `lto`, one codegen unit), its `.a` holds LLVM bitcode for the crate,
+//!    aya-ebpf and `core`; no host link step runs.
+//! 2. `bpf-linker --target bpfel` retargets that bitcode to BPF and links one
+//!    ELF object with the program and map sections aya loads.
+//!
+//! One wrinkle: aya-log-ebpf marks its `AYA_LOGS` ring buffer as a map only
+//! under `cfg(target_arch = "bpf")`. This binary therefore also serves as the
+//! build's `RUSTC_WRAPPER` and sets that cfg for the `aya_log_ebpf` crate
+//! alone (its only use there is that attribute); every other crate keeps the
+//! host cfg.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+use balancer_common::{CONFIG_MAP, LOADS_MAP, PROGRAM, SOCKETS_MAP};
+
+use crate::bpf_linker;
+
+/// Set in the environment of the cargo build that uses this binary as its
+/// rustc wrapper.
+const WRAPPER_ENV: &str = "BALANCER_XTASK_RUSTC_WRAPPER";
+const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The checked-in object the `balancer` crate embeds.
+const OBJECT: &str = "balancer/bpf/balancer.bpf.o";
+/// Symbols the object must keep: the program and every map.
+const EXPORTS: [&str; 6] = [
+    PROGRAM,
+    SOCKETS_MAP,
+    LOADS_MAP,
+    CONFIG_MAP,
+    "AYA_LOGS",
+    "AYA_LOG_LEVEL",
+];
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Where to write the object (default: the checked-in balancer/bpf/balancer.bpf.o
+    /// for build-ebpf, target/ebpf/balancer.bpf.o for check-ebpf).
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// Builds the object and writes it to the checked-in path (or `--output`).
+pub fn build(options: &Options) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let output = options.output.clone().unwrap_or_else(|| root.join(OBJECT));
+    link(&root, &output)?;
+    println!("wrote {}", output.display());
+    Ok(())
+}
+
+/// Rebuilds the object and fails if the checked-in one differs.
+pub fn check(options: &Options) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let fresh = options
+        .output
+        .clone()
+        .unwrap_or_else(|| root.join("target/ebpf/balancer.bpf.o"));
+    link(&root, &fresh)?;
+    let checked_in = root.join(OBJECT);
+    let want = std::fs::read(&fresh).with_context(|| format!("reading {}", fresh.display()))?;
+    let have =
+        std::fs::read(&checked_in).with_context(|| format!("reading {}", checked_in.display()))?;
+    if want != have {
+        bail!(
+            "{OBJECT} is stale: it differs from a fresh build ({} vs {} bytes). \
+             Run `cargo xtask build-ebpf` and commit the result.",
+            have.len(),
+            want.len()
+        );
+    }
+    println!("{OBJECT} matches a fresh build ({} bytes)", have.len());
+    Ok(())
+}
+
+/// If this process was started as the build's rustc wrapper, runs rustc and
+/// returns its exit code.
+pub fn run_as_rustc_wrapper() -> Option<anyhow::Result<i32>> {
+    std::env::var_os(WRAPPER_ENV)?;
+    let mut args = std::env::args_os().skip(1);
+    let rustc = args.next()?;
+    let args: Vec<_> = args.collect();
+    let mut command = Command::new(rustc);
+    command.args(&args);
+    let crate_name = args.windows(2).find(|pair| pair[0] == "--crate-name");
+    if crate_name.is_some_and(|pair| pair[1] == "aya_log_ebpf") {
+        command.args(["--cfg", "target_arch=\"bpf\""]);
+        command.args(["-A", "explicit_builtin_cfgs_in_flags"]);
+    }
+    Some(
+        command
+            .status()
+            .context("running rustc")
+            .map(|status| status.code().unwrap_or(1)),
+    )
+}
+
+/// Compiles the bitcode and links it into a BPF object at `output`.
+fn link(root: &Path, output: &Path) -> anyhow::Result<()> {
+    if bpf_linker::installed_version().as_deref() != Some(bpf_linker::VERSION) {
+        bail!(
+            "bpf-linker {} is not on PATH: run `cargo xtask install-bpf-linker`",
+            bpf_linker::VERSION
+        );
+    }
+    let bitcode = compile_bitcode(root)?;
+    if let Some(dir) = output.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut command = Command::new("bpf-linker");
+    command.args(["--target", "bpfel", "-O3", "-o"]).arg(output);
+    for symbol in EXPORTS {
+        command.args(["--export", symbol]);
+    }
+    bpf_linker::output(command.arg(&bitcode))?;
+    Ok(())
+}
+
+/// Builds `balancer-ebpf` for the host as bitcode; returns the `.a` path.
+fn compile_bitcode(root: &Path) -> anyhow::Result<PathBuf> {
+    let target_dir = root.join("target/ebpf");
+    let wrapper = std::env::current_exe().context("locating the xtask binary")?;
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "rustc",
+            "--locked",
+            "--package",
+            "balancer-ebpf",
+            "--profile",
+            "ebpf",
+        ])
+        .args(["--target", HOST_TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .args(["--", "-C", "linker-plugin-lto"])
+        .env("RUSTC_WRAPPER", wrapper)
+        .env(WRAPPER_ENV, "1")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .context("running cargo rustc for balancer-ebpf")?;
+    if !status.success() {
+        bail!("building balancer-ebpf bitcode failed: {status}");
+    }
+    Ok(target_dir.join(HOST_TARGET).join("ebpf/libbalancer_ebpf.a"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}

@@ -1,0 +1,34 @@
+//! Project tasks: `cargo xtask <command>`.
+
+mod bpf_linker;
+mod build_ebpf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "balancer project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the sk_reuseport program and write it to balancer/bpf/balancer.bpf.o.
+    BuildEbpf(build_ebpf::Options),
+    /// Rebuild the program and fail if the checked-in object differs.
+    CheckEbpf(build_ebpf::Options),
+    /// Install bpf-linker built against this toolchain's LLVM (idempotent).
+    InstallBpfLinker,
+}
+
+fn main() -> anyhow::Result<()> {
+    if let Some(status) = build_ebpf::run_as_rustc_wrapper() {
+        std::process::exit(status?);
+    }
+    match Cli::parse().command {
+        Command::BuildEbpf(options) => build_ebpf::build(&options),
+        Command::CheckEbpf(options) => build_ebpf::check(&options),
+        Command::InstallBpfLinker => bpf_linker::install(),
+    }
+}

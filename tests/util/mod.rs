@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: privilege gating, loopback
+//! sockets with timeouts.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    io::ErrorKind,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+use socket2::{Domain, Socket, Type};
+
+/// Timeout for every connect, accept and read in the tests.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether a test that needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) may
+/// run. Unprivileged, it prints why it skips and returns false; under CI
+/// (`CI` set) a skip would hide an untested kernel path, so it panics.
+#[must_use]
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let reason = format!("{test} needs root (CAP_BPF, CAP_NET_ADMIN)");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{reason}; CI runs as root and must not skip it"
+    );
+    eprintln!("SKIPPED: {reason}");
+    false
+}
+
+/// `n` listening TCP sockets on one loopback port, all in one `SO_REUSEPORT`
+/// group, non-blocking.
+pub fn reuseport_group(n: usize) -> (SocketAddr, Vec<TcpListener>) {
+    let mut addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = (0..n)
+        .map(|_| {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+            socket.set_reuse_port(true).unwrap();
+            socket.set_nonblocking(true).unwrap();
+            socket.bind(&addr.into()).unwrap();
+            socket.listen(1024).unwrap();
+            addr = socket.local_addr().unwrap().as_socket().unwrap();
+            TcpListener::from(socket)
+        })
+        .collect();
+    (addr, listeners)
+}
+
+/// Connects to `addr`; on return the kernel has queued the connection on
+/// one listener of the group.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT)
+        .unwrap_or_else(|err| panic!("connect to {addr}: {err}"));
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// Accepts every connection queued on each listener (non-blocking) and
+/// returns how many each had, waiting until `expected` are accepted in all or
+/// the timeout passes.
+pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut counts = vec![0; listeners.len()];
+    while counts.iter().sum::<usize>() < expected && Instant::now() < deadline {
+        for (count, listener) in counts.iter_mut().zip(listeners) {
+            loop {
+                match listener.accept() {
+                    Ok(_) => *count += 1,
+                    Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                    Err(err) => panic!("accept on fd {}: {err}", listener.as_raw_fd()),
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    counts
+}

@@ -3,6 +3,8 @@
 
 use std::{
     io,
+    mem::{self, MaybeUninit},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsRawFd, BorrowedFd},
     ptr::NonNull,
 };
@@ -14,6 +16,55 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(ret)
     }
+}
+
+/// `getsockopt(fd, level, name)` for a plain-old-data option value `T`.
+///
+/// # Safety
+/// The kernel must write a valid `T` for this `level`/`name` (every bit
+/// pattern the option can produce is a valid `T`).
+unsafe fn getsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes and `len` is its true size.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    // SAFETY: zero-initialised, then written by the kernel; the caller
+    // guarantees any bytes the option produces form a valid `T`.
+    Ok(unsafe { value.assume_init() })
+}
+
+/// `SO_ORIGINAL_DST` (netfilter, `SOL_IP`) and `IP6T_SO_ORIGINAL_DST`
+/// (`SOL_IPV6`) share the option number 80.
+const SO_ORIGINAL_DST: libc::c_int = 80;
+
+/// The destination an IPv4 connection had before netfilter NAT (e.g.
+/// `iptables -j REDIRECT`) rewrote it.
+pub(crate) fn original_dst_v4(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    // SAFETY: SO_ORIGINAL_DST writes a sockaddr_in, plain integers.
+    let addr: libc::sockaddr_in = unsafe { getsockopt(fd, libc::SOL_IP, SO_ORIGINAL_DST)? };
+    let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Ok(SocketAddrV4::new(ip, u16::from_be(addr.sin_port)).into())
+}
+
+/// The destination an IPv6 connection had before netfilter NAT rewrote it.
+pub(crate) fn original_dst_v6(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    // SAFETY: IP6T_SO_ORIGINAL_DST writes a sockaddr_in6, plain integers.
+    let addr: libc::sockaddr_in6 = unsafe { getsockopt(fd, libc::SOL_IPV6, SO_ORIGINAL_DST)? };
+    let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
+    let port = u16::from_be(addr.sin6_port);
+    Ok(SocketAddrV6::new(ip, port, addr.sin6_flowinfo, addr.sin6_scope_id).into())
 }
 
 /// Effective capability set of the calling thread, as a 64-bit mask indexed

@@ -1,0 +1,97 @@
+//! Original destination of a NAT-redirected connection, and the matching of
+//! that destination against handoff targets.
+//!
+//! With `iptables -t nat ... -j REDIRECT --to-ports 15001`, a connection to
+//! `10.0.0.5:8080` is accepted on the proxy's port 15001; the kernel keeps the
+//! address the client asked for, readable with `SO_ORIGINAL_DST`. A *virtual*
+//! listener (Envoy's `virtualOutbound`) uses it to hand each connection to the
+//! listener registered for that destination (`0.0.0.0_8080`).
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd},
+};
+
+use crate::sys;
+
+/// Why the original destination could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OriginalDstError {
+    /// The connection was not redirected by netfilter NAT (no conntrack
+    /// entry), so it has no original destination.
+    #[error("the connection has no original destination (not NAT-redirected)")]
+    NotRedirected,
+    /// `getsockopt` failed for another reason.
+    #[error("reading {option} failed")]
+    Read {
+        /// `SO_ORIGINAL_DST` or `IP6T_SO_ORIGINAL_DST`.
+        option: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The socket's own address could not be read to pick the option.
+    #[error("reading the socket's local address failed")]
+    LocalAddr(#[source] io::Error),
+}
+
+/// Reads the destination a connection had before netfilter NAT rewrote it.
+///
+/// Uses `SO_ORIGINAL_DST` for IPv4 sockets and `IP6T_SO_ORIGINAL_DST` for
+/// IPv6 ones (chosen by the socket's own address). Costs one or two
+/// `getsockopt` calls.
+///
+/// # Errors
+/// [`OriginalDstError::NotRedirected`] when the connection was not
+/// redirected; [`OriginalDstError::Read`] for other failures.
+///
+/// # Example
+/// ```no_run
+/// # fn f(stream: std::net::TcpStream) -> Result<(), balancer::original_dst::OriginalDstError> {
+/// let dst = balancer::original_dst::original_destination(&stream)?;
+/// println!("client asked for {dst}");
+/// # Ok(()) }
+/// ```
+#[doc(alias = "SO_ORIGINAL_DST")]
+#[doc(alias = "IP6T_SO_ORIGINAL_DST")]
+pub fn original_destination(socket: &impl AsFd) -> Result<SocketAddr, OriginalDstError> {
+    let fd: BorrowedFd<'_> = socket.as_fd();
+    let local = socket2::SockRef::from(&fd)
+        .local_addr()
+        .map_err(OriginalDstError::LocalAddr)?;
+    let (option, result) = match local.as_socket() {
+        Some(SocketAddr::V6(_)) => ("IP6T_SO_ORIGINAL_DST", sys::original_dst_v6(fd)),
+        _ => ("SO_ORIGINAL_DST", sys::original_dst_v4(fd)),
+    };
+    result.map_err(|source| match source.raw_os_error() {
+        Some(libc::ENOENT) => OriginalDstError::NotRedirected,
+        _ => OriginalDstError::Read { option, source },
+    })
+}
+
+/// Whether a handoff target registered at `target` should receive a
+/// connection whose original destination was `dst`: same port, and the same
+/// IP or a wildcard IP (`0.0.0.0`, `::`) of the same family.
+pub(crate) fn matches(target: SocketAddr, dst: SocketAddr) -> bool {
+    target.port() == dst.port()
+        && target.is_ipv4() == dst.is_ipv4()
+        && (target.ip().is_unspecified() || target.ip() == dst.ip())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn wildcard_matches_any_ip_of_its_family_on_its_port() {
+        let m = |t: &str, d: &str| matches(t.parse().unwrap(), d.parse().unwrap());
+        assert!(m("0.0.0.0:8080", "10.1.2.3:8080"));
+        assert!(m("10.1.2.3:8080", "10.1.2.3:8080"));
+        assert!(!m("10.1.2.4:8080", "10.1.2.3:8080"));
+        assert!(!m("0.0.0.0:8081", "10.1.2.3:8080"));
+        assert!(!m("[::]:8080", "10.1.2.3:8080"));
+        assert!(m("[::]:8080", "[::1]:8080"));
+    }
+}

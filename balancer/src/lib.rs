@@ -1,8 +1,50 @@
 //! Balanced TCP listeners for servers that run one event loop per worker
 //! thread.
+//!
+//! A connection stays on the worker that accepted it, so how connections are
+//! spread over workers decides how load is spread. [`Builder`] binds
+//! listeners for N workers on one of four [`Backend`]s and yields one
+//! [`Worker`] handle per worker thread; `worker.accept().await` returns the
+//! connection with a [`ConnectionGuard`] that keeps it counted against that
+//! worker until dropped. Changing the backend is a one-word change.
+//!
+//! Per-worker counters ([`stats`]) are both the load signal the `Exact` and
+//! `Ebpf` backends balance on and the observability surface, rendered in
+//! Envoy's stats text or Prometheus format. A worker's load is its total over
+//! every listener it serves, and it cannot drop while a connection is handed
+//! from a virtual listener to the listener for its original destination.
+//!
+//! ```no_run
+//! use balancer::{Backend, Builder};
+//!
+//! let listener = Builder::new(Backend::Ebpf)
+//!     .workers(2)
+//!     .listen("127.0.0.1:8080".parse()?)
+//!     .bind()?;
+//! let stats = listener.stats();
+//! let threads = listener.spawn(|mut worker| async move {
+//!     while let Ok(conn) = worker.accept().await {
+//!         tokio::task::spawn_local(async move {
+//!             let (mut rd, mut wr) = conn.stream.into_split();
+//!             let _ = tokio::io::copy(&mut rd, &mut wr).await;
+//!             drop(conn.guard);
+//!         });
+//!     }
+//! })?;
+//! println!("{}", stats.snapshot().to_envoy_text());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
+mod backend;
+mod connection;
+mod listener;
+pub mod original_dst;
+pub mod stats;
 pub mod steering;
 mod sys;
 
+pub use backend::{Backend, UnknownBackend};
 pub use balancer_common::MAX_WORKERS;
+pub use connection::{Accepted, ConnectionGuard, ListenerId};
+pub use listener::{BalancedListener, BindError, Builder, Worker, MAX_WORKERS_ANY};

@@ -1,0 +1,157 @@
+//! [`Backend::Exact`](super::Backend::Exact): Envoy's `exact_balance`.
+//!
+//! Any worker may accept from the shared socket. It then asks the
+//! [`ExactBalancer`], which under one mutex picks the live worker with the
+//! fewest active connections, counts the connection against it (so the next
+//! pick already sees it), and, if that is another worker, queues the socket on
+//! that worker's handoff channel. A worker that goes away is retired under
+//! the same mutex: it is never picked again, and connections queued for it
+//! are re-dispatched to the remaining workers, so none is lost or stuck.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::{
+    stats::{WorkerCounters, WorkerLoad},
+    ListenerId,
+};
+
+/// A connection accepted by one worker and owned by another.
+#[derive(Debug)]
+pub(crate) struct Handoff {
+    pub(crate) connection: PendingHandoff,
+    /// Already counted against the receiving worker.
+    pub(crate) load: WorkerLoad,
+}
+
+/// A connection just accepted, still registered with the accepting worker.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) stream: tokio::net::TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: ListenerId,
+    pub(crate) original_dst: Option<SocketAddr>,
+}
+
+/// What [`ExactBalancer::dispatch`] decided.
+pub(crate) enum Dispatch {
+    /// The accepting worker is the least loaded: it keeps the connection,
+    /// counted by this load.
+    Keep(Incoming, WorkerLoad),
+    /// The connection was queued for another worker.
+    HandedOff,
+}
+
+struct Slot {
+    counters: Arc<WorkerCounters>,
+    /// `None` once the worker is retired.
+    handoffs: Option<UnboundedSender<Handoff>>,
+}
+
+/// The mutex-guarded least-loaded choice and the workers' handoff queues.
+pub(crate) struct ExactBalancer {
+    slots: Mutex<Vec<Slot>>,
+}
+
+impl ExactBalancer {
+    /// A balancer over `workers`, and each worker's handoff receiver.
+    pub(crate) fn new(workers: &[Arc<WorkerCounters>]) -> (Self, Vec<UnboundedReceiver<Handoff>>) {
+        let (slots, receivers) = workers
+            .iter()
+            .map(|counters| {
+                let (tx, rx) = unbounded_channel();
+                let slot = Slot {
+                    counters: Arc::clone(counters),
+                    handoffs: Some(tx),
+                };
+                (slot, rx)
+            })
+            .unzip();
+        let balancer = Self {
+            slots: Mutex::new(slots),
+        };
+        (balancer, receivers)
+    }
+
+    /// Counts a connection accepted by worker `me` against the least-loaded
+    /// live worker, and queues it there if that is another worker.
+    ///
+    /// # Errors
+    /// If the socket cannot be detached from `me`'s event loop; it is closed
+    /// and nothing stays counted.
+    pub(crate) fn dispatch(&self, me: usize, incoming: Incoming) -> std::io::Result<Dispatch> {
+        let slots = self.lock();
+        let target = least_loaded(&slots).unwrap_or(me);
+        if target == me {
+            let load = WorkerLoad::new(Arc::clone(&slots[me].counters));
+            return Ok(Dispatch::Keep(incoming, load));
+        }
+        let pending = PendingHandoff {
+            stream: incoming.stream.into_std()?,
+            peer: incoming.peer,
+            listener: incoming.listener,
+            original_dst: incoming.original_dst,
+        };
+        WorkerCounters::record_handoff(&slots[me].counters, &slots[target].counters);
+        send(&slots, target, pending);
+        Ok(Dispatch::HandedOff)
+    }
+
+    /// Retires worker `me`: it is never picked again, and the connections
+    /// already queued for it go to the remaining workers. If no worker
+    /// remains, they are closed (the balanced listener is shutting down).
+    pub(crate) fn retire(&self, me: usize, queued: &mut UnboundedReceiver<Handoff>) {
+        let mut slots = self.lock();
+        slots[me].handoffs = None;
+        queued.close();
+        while let Ok(handoff) = queued.try_recv() {
+            let Some(target) = least_loaded(&slots) else {
+                continue;
+            };
+            // Count it against the new owner before releasing the old count.
+            send(&slots, target, handoff.connection);
+            drop(handoff.load);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        // The slots stay consistent if a holder panicked: every update is a
+        // single assignment or counter change.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection on its way to another worker, before it is counted.
+#[derive(Debug)]
+pub(crate) struct PendingHandoff {
+    pub(crate) stream: std::net::TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: ListenerId,
+    pub(crate) original_dst: Option<SocketAddr>,
+}
+
+/// The live worker with the fewest active connections; ties go to the lowest
+/// index (as Envoy's exact balancer).
+fn least_loaded(slots: &[Slot]) -> Option<usize> {
+    (slots.iter().enumerate())
+        .filter(|(_, slot)| slot.handoffs.is_some())
+        .min_by_key(|(index, slot)| (slot.counters.active(), *index))
+        .map(|(index, _)| index)
+}
+
+/// Counts `pending` against `target` and queues it there. Called with the
+/// lock held, so `target` is live and its receiver open.
+fn send(slots: &[Slot], target: usize, pending: PendingHandoff) {
+    let handoff = Handoff {
+        connection: pending,
+        load: WorkerLoad::new(Arc::clone(&slots[target].counters)),
+    };
+    if let Some(tx) = &slots[target].handoffs {
+        // A live slot's receiver is open: retire closes it under this lock.
+        let _ = tx.send(handoff);
+    }
+}

@@ -1,0 +1,94 @@
+//! What `accept` returns: the connection and the guard that keeps it counted.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use crate::stats::{ListenerAttribution, Stats, WorkerLoad};
+
+/// Identifies a listener of a [`BalancedListener`](crate::BalancedListener):
+/// its position in the order listeners were added to the
+/// [`Builder`](crate::Builder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub(crate) usize);
+
+impl ListenerId {
+    /// The listener's position in the builder, from 0.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A connection accepted by a [`Worker`](crate::Worker).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Accepted<S = tokio::net::TcpStream> {
+    /// The connection.
+    pub stream: S,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The destination the client asked for before NAT, when the connection
+    /// came through a virtual listener (see
+    /// [`Builder::listen_virtual`](crate::Builder::listen_virtual)).
+    pub original_dst: Option<SocketAddr>,
+    /// Keeps the connection counted against its worker and listener until
+    /// dropped. Drop it when the connection ends.
+    pub guard: ConnectionGuard,
+}
+
+/// Counts one connection against its worker (the load the balancer sees) and
+/// against a listener, until dropped.
+///
+/// The worker's load is held by a token that only this guard's drop
+/// releases: moving the connection to another listener with
+/// [`ConnectionGuard::hand_off`] changes the listener attribution and never
+/// touches the worker's load, so there is no moment in which a balancer could
+/// see the worker as less loaded than it is.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops counting the connection"]
+pub struct ConnectionGuard {
+    // Field order is drop order: the listener attribution goes first.
+    attribution: ListenerAttribution,
+    _load: WorkerLoad,
+    worker: usize,
+    listener: ListenerId,
+    stats: Stats,
+}
+
+impl ConnectionGuard {
+    pub(crate) fn new(
+        load: WorkerLoad,
+        stats: &Stats,
+        worker: usize,
+        listener: ListenerId,
+    ) -> Self {
+        let attribution = ListenerAttribution::new(Arc::clone(stats.listener(listener.0, worker)));
+        Self {
+            attribution,
+            _load: load,
+            worker,
+            listener,
+            stats: stats.clone(),
+        }
+    }
+
+    /// The worker that owns the connection.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// The listener the connection is attributed to.
+    pub fn listener(&self) -> ListenerId {
+        self.listener
+    }
+
+    /// Re-attributes the connection to `target` (e.g. from a virtual listener
+    /// to the listener for its original destination). The target's counts
+    /// rise before the source's fall; the worker's load does not change.
+    ///
+    /// # Panics
+    /// If `target` is not a listener of the same `BalancedListener`.
+    pub fn hand_off(&mut self, target: ListenerId) {
+        let counters = Arc::clone(self.stats.listener(target.0, self.worker));
+        self.attribution = ListenerAttribution::new(counters);
+        self.listener = target;
+    }
+}

@@ -1,0 +1,291 @@
+//! The balanced listener on real loopback sockets, every backend.
+//! `Ebpf` cases need root; see `util::privileged`.
+
+mod util;
+
+use std::net::{SocketAddr, TcpListener};
+
+use balancer::{steering::SteeringError, Backend, BindError, Builder, MAX_WORKERS};
+use rstest::rstest;
+use util::echo::{spread, EchoServer, Guard};
+
+const CONNECTIONS: usize = 40;
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Whether `backend` can run here; `Ebpf` needs root.
+fn runnable(backend: Backend) -> bool {
+    backend != Backend::Ebpf || util::privileged("the Ebpf backend")
+}
+
+fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer {
+    let mut builder = Builder::new(backend).workers(workers);
+    for _ in 0..listeners {
+        builder = builder.listen(loopback());
+    }
+    let listener = builder
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+    assert_eq!(listener.backend(), backend, "no silent fallback");
+    EchoServer::start(listener, Guard::Keep)
+}
+
+#[rstest]
+fn serves_every_connection_and_counts_return_to_zero(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+    #[values(2, 4)] workers: usize,
+) {
+    if !runnable(backend) {
+        return;
+    }
+    let server = echo_server(backend, workers, 1);
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| server.open(server.addr(0)))
+        .collect();
+    let split = server.split(&clients, workers);
+    println!("{backend} x{workers}: per-worker split {split:?}");
+    assert_eq!(split.iter().sum::<usize>(), CONNECTIONS);
+
+    let open = server.stats.snapshot();
+    let counted: Vec<u64> = split.iter().map(|&n| n as u64).collect();
+    assert_eq!(
+        open.active_per_worker(),
+        counted,
+        "counters match who served"
+    );
+    assert_eq!(
+        open.listeners[0].total().downstream_cx_active,
+        CONNECTIONS as u64
+    );
+
+    drop(clients);
+    let closed = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
+    assert!(
+        closed.active_per_worker().iter().all(|&n| n == 0),
+        "{closed:?}"
+    );
+    let totals: Vec<u64> = closed
+        .workers
+        .iter()
+        .map(|w| w.downstream_cx_total)
+        .collect();
+    assert_eq!(totals, counted, "totals per worker");
+    assert_eq!(
+        closed.listeners[0].total().downstream_cx_total,
+        CONNECTIONS as u64
+    );
+}
+
+#[rstest]
+fn least_loaded_backends_stay_within_one_and_see_closes(
+    #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
+    #[values(2, 4)] workers: usize,
+) {
+    if !runnable(backend) {
+        return;
+    }
+    let server = echo_server(backend, workers, 1);
+    let mut clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| server.open(server.addr(0)))
+        .collect();
+    let active = server.stats.snapshot().active_per_worker();
+    println!("{backend} x{workers}: after {CONNECTIONS} opened one by one {active:?}");
+    assert!(spread(&active) <= 1, "{active:?}");
+
+    // Close every connection of worker 0: the most lopsided close there is.
+    let (closing, kept): (Vec<_>, Vec<_>) = clients
+        .drain(..)
+        .partition(|c| server.served(c).worker == 0);
+    let closed = closing.len();
+    drop(closing);
+    let expected = (CONNECTIONS - closed) as u64;
+    let snapshot = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == expected);
+    assert_eq!(snapshot.active_per_worker()[0], 0, "{snapshot:?}");
+    clients = kept;
+
+    clients.extend((0..closed).map(|_| server.open(server.addr(0))));
+    let active = server.stats.snapshot().active_per_worker();
+    println!(
+        "{backend} x{workers}: after closing worker 0's {closed} and opening {closed} {active:?}"
+    );
+    assert!(spread(&active) <= 1, "{active:?}");
+    assert_eq!(
+        server.split(&clients, workers),
+        active.iter().map(|&n| n as usize).collect::<Vec<_>>()
+    );
+}
+
+#[rstest]
+fn two_listeners_balance_on_the_workers_combined_load(
+    #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !runnable(backend) {
+        return;
+    }
+    let workers = 4;
+    let server = echo_server(backend, workers, 2);
+    // One connection per listener: balancing per listener would put both on
+    // worker 0 (each listener's counts start at zero, Envoy issue 21575).
+    let first = [server.open(server.addr(0)), server.open(server.addr(1))];
+    let (a, b) = (server.served(&first[0]), server.served(&first[1]));
+    assert_ne!(
+        a.worker, b.worker,
+        "second listener ignored the first's load"
+    );
+
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|i| server.open(server.addr(i % 2)))
+        .collect();
+    let snapshot = server.stats.snapshot();
+    let active = snapshot.active_per_worker();
+    let per_listener: Vec<Vec<u64>> = (snapshot.listeners.iter())
+        .map(|l| l.workers.iter().map(|c| c.downstream_cx_active).collect())
+        .collect();
+    println!("{backend}: combined {active:?}, per listener {per_listener:?}");
+    assert!(spread(&active) <= 1, "{active:?}");
+    assert_eq!(active.iter().sum::<u64>(), (CONNECTIONS + 2) as u64);
+    drop((first, clients));
+}
+
+#[test]
+fn zero_workers_is_a_typed_error() {
+    let err = Builder::new(Backend::ReusePort)
+        .workers(0)
+        .listen(loopback())
+        .bind()
+        .unwrap_err();
+    assert!(matches!(err, BindError::NoWorkers), "{err:?}");
+    assert!(err.to_string().contains("at least one worker"), "{err}");
+}
+
+#[test]
+fn more_workers_than_the_maps_hold_is_a_typed_error() {
+    let workers = MAX_WORKERS as usize + 1;
+    let err = Builder::new(Backend::Ebpf)
+        .workers(workers)
+        .listen(loopback())
+        .bind()
+        .unwrap_err();
+    assert!(
+        matches!(err, BindError::TooManyWorkers { workers: w, max: 64, .. } if w == workers),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "65 workers is more than the ebpf backend supports (at most 64)"
+    );
+}
+
+#[rstest]
+fn address_in_use_is_a_typed_error(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact)] backend: Backend,
+) {
+    let taken = TcpListener::bind(loopback()).unwrap();
+    let addr = taken.local_addr().unwrap();
+    let err = Builder::new(backend)
+        .workers(2)
+        .listen(addr)
+        .bind()
+        .unwrap_err();
+    assert!(
+        matches!(err, BindError::AddressInUse { addr: a, .. } if a == addr),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn handoff_target_of_the_other_family_is_a_typed_error() {
+    let target: SocketAddr = "[::]:8080".parse().unwrap();
+    let err = Builder::new(Backend::Exact)
+        .workers(2)
+        .listen_virtual(loopback())
+        .handoff_target(target)
+        .bind()
+        .unwrap_err();
+    assert!(
+        matches!(err, BindError::FamilyMismatch { target: t, .. } if t == target),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("IPv6") && message.contains("IPv4"),
+        "{message}"
+    );
+}
+
+#[test]
+fn no_bound_listener_is_a_typed_error() {
+    let err = Builder::new(Backend::Shared).workers(2).bind().unwrap_err();
+    assert!(matches!(err, BindError::NoListeners), "{err:?}");
+}
+
+#[test]
+fn ipv6_listeners_serve_on_every_backend() {
+    for backend in Backend::ALL {
+        if !runnable(backend) {
+            continue;
+        }
+        let listener = Builder::new(backend)
+            .workers(2)
+            .listen("[::1]:0".parse().unwrap())
+            .bind()
+            .unwrap_or_else(|e| panic!("bind [::1] on {backend}: {e:?}"));
+        let server = EchoServer::start(listener, Guard::Keep);
+        let clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
+        assert_eq!(
+            server.split(&clients, 2).iter().sum::<usize>(),
+            4,
+            "{backend}"
+        );
+    }
+}
+
+#[test]
+fn ebpf_without_privilege_names_the_missing_capability() {
+    // Capabilities are per thread: drop them on a thread of our own.
+    let err = std::thread::spawn(|| {
+        util::drop_effective_capabilities();
+        Builder::new(Backend::Ebpf)
+            .workers(2)
+            .listen(loopback())
+            .bind()
+            .unwrap_err()
+    })
+    .join()
+    .unwrap();
+    let BindError::Steering { source, .. } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(
+            **source,
+            SteeringError::MissingCapability {
+                missing: "CAP_BPF and CAP_NET_ADMIN"
+            }
+        ),
+        "{source:?}"
+    );
+    assert!(
+        source.to_string().contains("CAP_BPF and CAP_NET_ADMIN"),
+        "{source}"
+    );
+}
+
+#[test]
+fn ebpf_fallback_is_explicit_and_reported() {
+    let listener = std::thread::spawn(|| {
+        util::drop_effective_capabilities();
+        Builder::new(Backend::Ebpf)
+            .workers(2)
+            .listen(loopback())
+            .fallback_to_reuseport(true)
+            .bind()
+            .expect("opted-in fallback binds")
+    })
+    .join()
+    .unwrap();
+    assert_eq!(listener.backend(), Backend::ReusePort);
+}

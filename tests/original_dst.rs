@@ -1,0 +1,117 @@
+//! Original-destination handoff through iptables REDIRECT, in a network
+//! namespace each test creates. Needs root.
+
+mod util;
+
+use std::net::SocketAddr;
+
+use balancer::{Backend, Builder};
+use rstest::rstest;
+use util::{
+    echo::{spread, EchoServer, Guard},
+    netns::{in_new_netns, run},
+    privileged,
+};
+
+const CONNECTIONS: usize = 40;
+const WORKERS: usize = 2;
+
+/// In a fresh namespace: connections to 127.0.0.1:8080 are redirected to the
+/// virtual listener on 15001, which hands them to the `0.0.0.0_8080` target.
+fn redirected_server(backend: Backend, guard: Guard) -> EchoServer {
+    run(&[
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.1",
+        "--dport",
+        "8080",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ]);
+    let listener = Builder::new(backend)
+        .workers(WORKERS)
+        .listen_virtual("127.0.0.1:15001".parse().unwrap())
+        .handoff_target("0.0.0.0:8080".parse().unwrap())
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+    EchoServer::start(listener, guard)
+}
+
+#[rstest]
+fn redirected_connections_reach_the_target_and_stay_balanced(
+    #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !privileged("the original-destination test (netns, iptables)") {
+        return;
+    }
+    in_new_netns(move || {
+        let server = redirected_server(backend, Guard::Keep);
+        let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let clients: Vec<_> = (0..CONNECTIONS).map(|_| server.open(dst)).collect();
+        for client in &clients {
+            let served = server.served(client);
+            assert_eq!(served.original_dst, Some(dst));
+            assert_eq!(
+                served.listener.index(),
+                1,
+                "handed to the 0.0.0.0_8080 target"
+            );
+        }
+        let snapshot = server.stats.snapshot();
+        let active = snapshot.active_per_worker();
+        println!("{backend}: redirected split {active:?}");
+        assert!(spread(&active) <= 1, "{active:?}");
+        let [virtual_listener, target] = &snapshot.listeners[..] else {
+            panic!("{snapshot:?}")
+        };
+        assert_eq!(target.name, "0.0.0.0_8080");
+        assert_eq!(target.total().downstream_cx_active, CONNECTIONS as u64);
+        assert_eq!(virtual_listener.total().downstream_cx_active, 0);
+        assert_eq!(
+            virtual_listener.total().downstream_cx_total,
+            CONNECTIONS as u64
+        );
+        let text = snapshot.to_envoy_text();
+        let half = CONNECTIONS / WORKERS;
+        assert!(
+            text.contains(&format!(
+                "listener.0.0.0.0_8080.worker_0.downstream_cx_active: {half}\n"
+            )),
+            "{text}"
+        );
+        drop(clients);
+        let closed = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
+        assert_eq!(closed.active_per_worker(), [0, 0]);
+    });
+}
+
+/// The same scenario with Envoy's old counter: released at the handoff. The
+/// exact balancer then sees every worker idle and piles all connections on
+/// worker 0, which is what the test above would catch.
+#[test]
+fn a_counter_released_at_handoff_piles_connections_on_one_worker() {
+    if !privileged("the original-destination test (netns, iptables)") {
+        return;
+    }
+    in_new_netns(|| {
+        let server = redirected_server(Backend::Exact, Guard::DropAtHandoff);
+        let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let clients: Vec<_> = (0..CONNECTIONS).map(|_| server.open(dst)).collect();
+        let split = server.split(&clients, WORKERS);
+        println!("exact with a released counter: split {split:?}");
+        assert_eq!(split, [CONNECTIONS, 0]);
+        assert_eq!(
+            server.stats.snapshot().active_per_worker(),
+            [0, 0],
+            "the balancer saw zeros"
+        );
+    });
+}

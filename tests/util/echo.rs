@@ -1,0 +1,166 @@
+//! A balanced echo server for tests: every worker echoes each connection and
+//! records which worker served which client, so tests can compare the real
+//! split with the counters.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use balancer::{
+    stats::{Snapshot, Stats},
+    Backend, BalancedListener, ListenerId,
+};
+use tokio::io::AsyncWriteExt;
+
+use super::TIMEOUT;
+
+/// What a worker does with the guard of each connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Keep it until the connection ends (correct use).
+    Keep,
+    /// Drop it as soon as the connection is accepted: the connection stays
+    /// open but no longer counts, as Envoy's counter did when it was
+    /// decremented at the original-destination handoff.
+    DropAtHandoff,
+}
+
+/// Who served a client: the worker and the listener it was attributed to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub worker: usize,
+    pub listener: ListenerId,
+    pub original_dst: Option<SocketAddr>,
+}
+
+pub struct EchoServer {
+    pub stats: Stats,
+    pub backend: Backend,
+    addrs: Vec<SocketAddr>,
+    served: Arc<Mutex<HashMap<SocketAddr, Served>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Starts one thread per worker of `listener`.
+    pub fn start(listener: BalancedListener, guard: Guard) -> Self {
+        let stats = listener.stats();
+        let backend = listener.backend();
+        let addrs = listener.listeners().map(|(_, addr)| addr).collect();
+        let served = Arc::new(Mutex::new(HashMap::new()));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let record = Arc::clone(&served);
+        let threads = listener
+            .spawn(move |mut worker| {
+                let record = Arc::clone(&record);
+                let mut stopped = stopped.clone();
+                async move {
+                    loop {
+                        let conn = tokio::select! {
+                            conn = worker.accept() => conn.expect("accept"),
+                            _ = stopped.changed() => break,
+                        };
+                        let served = Served {
+                            worker: worker.index(),
+                            listener: conn.guard.listener(),
+                            original_dst: conn.original_dst,
+                        };
+                        record.lock().unwrap().insert(conn.peer, served);
+                        let conn_guard = match guard {
+                            Guard::Keep => Some(conn.guard),
+                            Guard::DropAtHandoff => None,
+                        };
+                        let stream = conn.stream;
+                        tokio::task::spawn_local(async move {
+                            let (mut rd, mut wr) = stream.into_split();
+                            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                            let _ = wr.shutdown().await;
+                            drop(conn_guard);
+                        });
+                    }
+                }
+            })
+            .expect("spawn workers");
+        Self {
+            stats,
+            backend,
+            addrs,
+            served,
+            stop,
+            threads,
+        }
+    }
+
+    /// The bound address of listener `index`.
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.addrs[index]
+    }
+
+    /// Opens a connection to `addr`, checks one echo round trip (so the
+    /// server has accepted and counted it) and returns it.
+    pub fn open(&self, addr: SocketAddr) -> TcpStream {
+        let mut stream = super::connect(addr);
+        let local = stream.local_addr().unwrap();
+        let payload = format!("hello from {local}\n");
+        stream.write_all(payload.as_bytes()).unwrap();
+        let mut echoed = vec![0; payload.len()];
+        stream
+            .read_exact(&mut echoed)
+            .unwrap_or_else(|e| panic!("echo for {local}: {e}"));
+        assert_eq!(echoed, payload.as_bytes(), "echoed bytes differ");
+        stream
+    }
+
+    /// Who served `client` (recorded at accept).
+    pub fn served(&self, client: &TcpStream) -> Served {
+        let local = client.local_addr().unwrap();
+        *self
+            .served
+            .lock()
+            .unwrap()
+            .get(&local)
+            .unwrap_or_else(|| panic!("{local} was never accepted"))
+    }
+
+    /// Connections per worker, by who actually served them.
+    pub fn split(&self, clients: &[TcpStream], workers: usize) -> Vec<usize> {
+        let mut split = vec![0; workers];
+        for client in clients {
+            split[self.served(client).worker] += 1;
+        }
+        split
+    }
+
+    /// Waits (bounded) until the counters satisfy `done`; returns the last
+    /// snapshot either way.
+    pub fn wait_for(&self, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let snapshot = self.stats.snapshot();
+            if done(&snapshot) || Instant::now() > deadline {
+                return snapshot;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// max - min of a split.
+pub fn spread(split: &[u64]) -> u64 {
+    split.iter().max().unwrap() - split.iter().min().unwrap()
+}

@@ -3,7 +3,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::{
-    io::ErrorKind,
+    io::{ErrorKind, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     time::{Duration, Instant},
@@ -28,7 +28,9 @@ pub fn privileged(test: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{reason}; CI runs as root and must not skip it"
     );
-    eprintln!("SKIPPED: {reason}");
+    // Straight to the stderr handle: libtest captures `eprintln!`, and a
+    // skip must be visible in a normal run.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {reason}");
     false
 }
 

@@ -9,7 +9,8 @@ use std::{
 };
 
 use balancer::{
-    stats::Stats, steering::SteeringError, Accepted, Backend, BalancedListener, BindError, Builder,
+    stats::Stats, steering::SteeringError, Backend, BalancedListener, BindError, Builder,
+    ConnectionGuard,
 };
 use clap::Parser;
 use tokio::{
@@ -37,6 +38,17 @@ pub struct Args {
     /// Pin worker N to core N mod cores.
     #[arg(long)]
     pub pin: bool,
+    /// Also listen on ADDR as a virtual listener: each connection is handed
+    /// to the --target matching its original destination (iptables REDIRECT).
+    #[arg(long, value_name = "ADDR")]
+    pub virtual_listener: Option<SocketAddr>,
+    /// A handoff target for the virtual listener, e.g. 0.0.0.0:8080 (repeatable).
+    #[arg(long = "target", value_name = "ADDR")]
+    pub targets: Vec<SocketAddr>,
+    /// Reproduce Envoy's old counter for comparison: release each connection's
+    /// count as soon as it is accepted (the balancer then sees idle workers).
+    #[arg(long)]
+    pub release_at_handoff: bool,
 }
 
 /// Binds `args.listen` on the requested backend, or on `ebpf` falling back
@@ -46,10 +58,17 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let builder = |backend| {
-        Builder::new(backend)
+        let mut builder = Builder::new(backend)
             .workers(workers)
             .listen(args.listen)
-            .pin_to_cores(args.pin)
+            .pin_to_cores(args.pin);
+        if let Some(addr) = args.virtual_listener {
+            builder = builder.listen_virtual(addr);
+        }
+        for &target in &args.targets {
+            builder = builder.handoff_target(target);
+        }
+        builder
     };
     let listener = match args.backend {
         Some(backend) => builder(backend).bind()?,
@@ -77,6 +96,17 @@ fn unavailable(error: &SteeringError) -> bool {
     )
 }
 
+/// A connection handed to an example's handler.
+pub struct Conn {
+    pub stream: tokio::net::TcpStream,
+    /// The worker serving it.
+    #[allow(dead_code, reason = "read by the http example, not by echo")]
+    pub worker: usize,
+    /// Keeps it counted; drop when the connection ends. `None` under
+    /// `--release-at-handoff`.
+    pub guard: Option<ConnectionGuard>,
+}
+
 /// Serves every worker with `handle` until SIGINT/SIGTERM, then stops
 /// accepting, gives open connections `drain_timeout` to finish, and returns.
 pub fn run<H, Fut>(
@@ -85,13 +115,14 @@ pub fn run<H, Fut>(
     handle: H,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
-    H: Fn(Accepted) -> Fut + Send + Sync + 'static,
+    H: Fn(Conn) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let stats = listener.stats();
     let (stop, stopped) = watch::channel(false);
     let drain = Duration::from_secs(args.drain_timeout);
     let handle = Arc::new(handle);
+    let release = args.release_at_handoff;
     let threads = listener.spawn(move |mut worker| {
         let handle = Arc::clone(&handle);
         let mut stopped = stopped.clone();
@@ -99,7 +130,13 @@ where
             loop {
                 tokio::select! {
                     accepted = worker.accept() => match accepted {
-                        Ok(conn) => { tokio::task::spawn_local(handle(conn)); }
+                        Ok(accepted) => {
+                            let worker = accepted.guard.worker();
+                            // --release-at-handoff drops the guard here: the
+                            // connection stays open but stops counting.
+                            let guard = (!release).then_some(accepted.guard);
+                            tokio::task::spawn_local(handle(Conn { stream: accepted.stream, worker, guard }));
+                        }
                         Err(error) => { eprintln!("worker {}: accept: {error}", worker.index()); break; }
                     },
                     _ = stopped.changed() => break,

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <command>`.
 
+mod bench;
 mod bpf_linker;
 mod build_ebpf;
 
@@ -20,6 +21,8 @@ enum Command {
     CheckEbpf(build_ebpf::Options),
     /// Install bpf-linker built against this toolchain's LLVM (idempotent).
     InstallBpfLinker,
+    /// Measure every backend side by side (needs root, wrk, nginx, haproxy).
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf(options) => build_ebpf::build(&options),
         Command::CheckEbpf(options) => build_ebpf::check(&options),
         Command::InstallBpfLinker => bpf_linker::install(),
+        Command::Bench(options) => bench::run(&options),
     }
 }

@@ -1,0 +1,372 @@
+//! `cargo xtask bench`: the seed experiments, side by side in one run.
+//!
+//! For each backend and worker count it starts the HTTP example and drives
+//! it with a load generator that reads each connection's worker from the
+//! `X-Worker` header:
+//! - keep-alive: 40 connections (the seeds' set-up) for a fixed time;
+//! - churn: a new connection per request;
+//! - skew: a few connections far heavier than the rest;
+//! - handoff: iptables REDIRECT through a virtual listener in a network
+//!   namespace, handoff-safe counters next to Envoy's old released counter;
+//! - anchors: nginx (with and without reuseport) and HAProxy next to our
+//!   example, all driven by wrk with the same connection count.
+//!
+//! Results: a table on stdout, `bench.json` with every figure, and
+//! `report.md` with SVG charts, in `--out` (default `target/bench`).
+
+mod load;
+mod netns;
+mod report;
+mod server;
+mod wrk;
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use report::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow};
+use serde::Serialize;
+use server::Ours;
+
+const BACKENDS: [&str; 4] = ["shared", "reuseport", "exact", "ebpf"];
+const CONNECTIONS: usize = 40;
+/// Connections (of 40) that send CPU-heavy requests in the skew scenario,
+/// chosen once by hand to mix positions and parities.
+const HEAVY: [usize; 4] = [3, 17, 24, 38];
+const HEAVY_PATH: &str = "/spin/2000";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// A reduced run (about 2 minutes): shorter phases, anchors at 2 workers.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write bench.json, report.md and the charts.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+/// Phase lengths for one run.
+struct Plan {
+    workers: Vec<usize>,
+    anchor_workers: Vec<usize>,
+    keep_alive: Duration,
+    churn: Duration,
+    skew: Duration,
+    handoff: Duration,
+    anchors: Duration,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        let s = Duration::from_secs;
+        if quick {
+            Self {
+                workers: vec![2, 4, 8],
+                anchor_workers: vec![2],
+                keep_alive: s(1),
+                churn: s(1),
+                skew: s(1),
+                handoff: s(1),
+                anchors: s(1),
+            }
+        } else {
+            Self {
+                workers: vec![2, 4, 8],
+                anchor_workers: vec![2, 4],
+                keep_alive: s(5),
+                churn: s(3),
+                skew: s(5),
+                handoff: s(3),
+                anchors: s(5),
+            }
+        }
+    }
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join(&options.out);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let binary = build_example(&root)?;
+    let plan = Plan::new(options.quick);
+    let mut bench = Bench {
+        binary,
+        out: out.clone(),
+        started: Instant::now(),
+        step: 0,
+    };
+    let mut report = Report::new(options.quick);
+    report.keep_alive = bench.keep_alive(&plan)?;
+    report.churn = bench.churn(&plan)?;
+    report.skew = bench.skew(&plan)?;
+    report.handoff = bench.handoff(&plan)?;
+    report.anchors = bench.anchors(&plan)?;
+    report.finish(&out)?;
+    println!("{}", report.table());
+    println!(
+        "wrote {0}/bench.json and {0}/report.md in {1:.0?}",
+        out.display(),
+        bench.started.elapsed()
+    );
+    Ok(())
+}
+
+fn build_example(root: &Path) -> anyhow::Result<PathBuf> {
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(root)
+        .args(["build", "--release", "--locked", "--example", "http"])
+        .status()
+        .context("building the http example")?;
+    anyhow::ensure!(status.success(), "building the http example failed");
+    Ok(root.join("target/release/examples/http"))
+}
+
+struct Bench {
+    binary: PathBuf,
+    out: PathBuf,
+    started: Instant,
+    step: usize,
+}
+
+impl Bench {
+    fn progress(&mut self, what: &str) {
+        self.step += 1;
+        eprintln!(
+            "[{:>5.1}s] {:>2}. {what}",
+            self.started.elapsed().as_secs_f64(),
+            self.step
+        );
+    }
+
+    fn ours<'a>(&'a self, backend: &'a str, workers: usize) -> Ours<'a> {
+        Ours {
+            binary: &self.binary,
+            backend,
+            workers,
+            port: free_port(),
+            admin_port: free_port(),
+            extra: Vec::new(),
+            netns: None,
+        }
+    }
+
+    fn keep_alive(&mut self, plan: &Plan) -> anyhow::Result<Vec<KeepAliveRow>> {
+        let mut rows = Vec::new();
+        for &workers in &plan.workers {
+            for backend in BACKENDS {
+                self.progress(&format!("keep-alive {backend} x{workers}"));
+                let server = self.ours(backend, workers).start()?;
+                let run = load::keep_alive(
+                    server.addr,
+                    CONNECTIONS,
+                    plan.keep_alive,
+                    |_| "/".into(),
+                    |_| false,
+                    None,
+                )?;
+                rows.push(KeepAliveRow::new(backend, workers, &run));
+            }
+        }
+        Ok(rows)
+    }
+
+    fn churn(&mut self, plan: &Plan) -> anyhow::Result<Vec<ChurnRow>> {
+        let mut rows = Vec::new();
+        for &workers in &plan.workers {
+            for backend in BACKENDS {
+                self.progress(&format!("churn {backend} x{workers}"));
+                let server = self.ours(backend, workers).start()?;
+                let per_sec = load::churn(server.addr, 8, plan.churn)?;
+                rows.push(ChurnRow::new(backend, workers, per_sec));
+            }
+        }
+        ChurnRow::relate_to_reuseport(&mut rows);
+        Ok(rows)
+    }
+
+    fn skew(&mut self, plan: &Plan) -> anyhow::Result<Vec<SkewRow>> {
+        let mut rows = Vec::new();
+        for &workers in plan.workers.iter().filter(|&&w| w <= 4) {
+            for backend in BACKENDS {
+                self.progress(&format!("skew {backend} x{workers}"));
+                let server = self.ours(backend, workers).start()?;
+                let heavy = |i: usize| HEAVY.contains(&i);
+                let path = |i: usize| {
+                    if heavy(i) {
+                        HEAVY_PATH.into()
+                    } else {
+                        "/".into()
+                    }
+                };
+                let run = load::keep_alive(server.addr, CONNECTIONS, plan.skew, path, heavy, None)?;
+                rows.push(SkewRow::new(backend, workers, &run));
+            }
+        }
+        Ok(rows)
+    }
+
+    fn handoff(&mut self, plan: &Plan) -> anyhow::Result<Vec<HandoffRow>> {
+        let mut rows = Vec::new();
+        let workers = 2;
+        for backend in ["exact", "ebpf"] {
+            for released in [false, true] {
+                let counter = if released {
+                    "released at handoff (Envoy's old)"
+                } else {
+                    "handoff-safe"
+                };
+                self.progress(&format!("handoff {backend}, {counter}"));
+                let ns = netns::Netns::create(&format!("balancer-bench-{}", std::process::id()))?;
+                ns.exec(&[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "-d",
+                    "127.0.0.1",
+                    "--dport",
+                    "8080",
+                    "-j",
+                    "REDIRECT",
+                    "--to-ports",
+                    "15001",
+                ])?;
+                let mut ours = self.ours(backend, workers);
+                ours.port = 18080;
+                ours.admin_port = 15000;
+                ours.netns = Some(&ns.name);
+                ours.extra = [
+                    "--virtual-listener",
+                    "127.0.0.1:15001",
+                    "--target",
+                    "0.0.0.0:8080",
+                ]
+                .map(String::from)
+                .to_vec();
+                if released {
+                    ours.extra.push("--release-at-handoff".into());
+                }
+                let server = ours.start()?;
+                let duration = plan.handoff;
+                let run = netns::run_in(&ns.name, move || {
+                    let dst: SocketAddr = "127.0.0.1:8080".parse().expect("literal address");
+                    let admin: SocketAddr = "127.0.0.1:15000".parse().expect("literal address");
+                    load::keep_alive(
+                        dst,
+                        CONNECTIONS,
+                        duration,
+                        |_| "/".into(),
+                        |_| false,
+                        Some(admin),
+                    )
+                })??;
+                rows.push(HandoffRow::new(backend, counter, workers, &run));
+                drop(server);
+            }
+        }
+        Ok(rows)
+    }
+
+    fn anchors(&mut self, plan: &Plan) -> anyhow::Result<Vec<AnchorRow>> {
+        let mut rows = Vec::new();
+        for &workers in &plan.anchor_workers {
+            let mut measured = Vec::new();
+            for peer in [Peer::Nginx, Peer::NginxReusePort, Peer::Haproxy] {
+                eprintln!("        anchor {} x{workers}", peer.name());
+                let server = peer.start(&self.out, workers)?;
+                let result = wrk::run(&self.out, server.addr, CONNECTIONS, plan.anchors)?;
+                measured.push((peer.name().to_owned(), result));
+            }
+            for backend in BACKENDS {
+                eprintln!("        anchor balancer {backend} x{workers}");
+                let server = self.ours(backend, workers).start()?;
+                let result = wrk::run(&self.out, server.addr, CONNECTIONS, plan.anchors)?;
+                measured.push((format!("balancer {backend}"), result));
+            }
+            self.progress(&format!(
+                "anchors x{workers} (wrk, {} servers)",
+                measured.len()
+            ));
+            rows.extend(AnchorRow::relate(workers, measured));
+        }
+        Ok(rows)
+    }
+}
+
+/// The external servers the anchors compare against.
+#[derive(Clone, Copy)]
+enum Peer {
+    Nginx,
+    NginxReusePort,
+    Haproxy,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nginx => "nginx",
+            Self::NginxReusePort => "nginx reuseport",
+            Self::Haproxy => "haproxy",
+        }
+    }
+
+    fn start(self, dir: &Path, workers: usize) -> anyhow::Result<server::Server> {
+        match self {
+            Self::Nginx => server::nginx(dir, free_port(), workers, false),
+            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true),
+            Self::Haproxy => server::haproxy(dir, free_port(), workers),
+        }
+    }
+}
+
+/// A port that was free a moment ago (the server binds it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Per-worker counts in worker order from `X-Worker` values `0..workers`.
+fn split_by_index(split: &BTreeMap<String, u64>, workers: usize) -> Vec<u64> {
+    let mut counts = vec![0; workers];
+    for (worker, n) in split {
+        if let Some(slot) = worker.parse::<usize>().ok().and_then(|i| counts.get_mut(i)) {
+            *slot += n;
+        }
+    }
+    counts
+}
+
+/// max, min and coefficient of variation of a split.
+#[derive(Debug, Serialize)]
+pub struct Spread {
+    pub max: u64,
+    pub min: u64,
+    pub cv: f64,
+}
+
+impl Spread {
+    fn of(split: &[u64]) -> Self {
+        let n = split.len().max(1) as f64;
+        let mean = split.iter().sum::<u64>() as f64 / n;
+        let var = split
+            .iter()
+            .map(|&x| (x as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        Self {
+            max: split.iter().copied().max().unwrap_or(0),
+            min: split.iter().copied().min().unwrap_or(0),
+            cv: if mean > 0.0 { var.sqrt() / mean } else { 0.0 },
+        }
+    }
+}

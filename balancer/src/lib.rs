@@ -44,6 +44,10 @@ pub mod stats;
 pub mod steering;
 mod sys;
 
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod bench_internals;
+
 pub use backend::{Backend, UnknownBackend};
 pub use balancer_common::MAX_WORKERS;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};

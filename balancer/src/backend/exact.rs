@@ -85,20 +85,27 @@ impl ExactBalancer {
     /// and nothing stays counted.
     pub(crate) fn dispatch(&self, me: usize, incoming: Incoming) -> std::io::Result<Dispatch> {
         let slots = self.lock();
-        let target = least_loaded(&slots).unwrap_or(me);
+        let (target, load) = pick(&slots, me);
         if target == me {
-            let load = WorkerLoad::new(Arc::clone(&slots[me].counters));
             return Ok(Dispatch::Keep(incoming, load));
         }
-        let pending = PendingHandoff {
+        // On error `load` drops here, so nothing stays counted.
+        let connection = PendingHandoff {
             stream: incoming.stream.into_std()?,
             peer: incoming.peer,
             listener: incoming.listener,
             original_dst: incoming.original_dst,
         };
         WorkerCounters::record_handoff(&slots[me].counters, &slots[target].counters);
-        send(&slots, target, pending);
+        send(&slots, target, Handoff { connection, load });
         Ok(Dispatch::HandedOff)
+    }
+
+    /// Counts one connection against the least-loaded live worker (or `me`
+    /// if none is live) under the lock, as `dispatch` does, without a socket.
+    #[cfg(feature = "bench-internals")]
+    pub(crate) fn pick(&self, me: usize) -> WorkerLoad {
+        pick(&self.lock(), me).1
     }
 
     /// Retires worker `me`: it is never picked again, and the connections
@@ -113,7 +120,15 @@ impl ExactBalancer {
                 continue;
             };
             // Count it against the new owner before releasing the old count.
-            send(&slots, target, handoff.connection);
+            let load = WorkerLoad::new(Arc::clone(&slots[target].counters));
+            send(
+                &slots,
+                target,
+                Handoff {
+                    connection: handoff.connection,
+                    load,
+                },
+            );
             drop(handoff.load);
         }
     }
@@ -143,13 +158,16 @@ fn least_loaded(slots: &[Slot]) -> Option<usize> {
         .map(|(index, _)| index)
 }
 
-/// Counts `pending` against `target` and queues it there. Called with the
-/// lock held, so `target` is live and its receiver open.
-fn send(slots: &[Slot], target: usize, pending: PendingHandoff) {
-    let handoff = Handoff {
-        connection: pending,
-        load: WorkerLoad::new(Arc::clone(&slots[target].counters)),
-    };
+/// Counts a connection against the least-loaded live worker, or against
+/// `fallback` when no worker is live.
+fn pick(slots: &[Slot], fallback: usize) -> (usize, WorkerLoad) {
+    let target = least_loaded(slots).unwrap_or(fallback);
+    (target, WorkerLoad::new(Arc::clone(&slots[target].counters)))
+}
+
+/// Queues `handoff` (already counted against `target`) on `target`'s
+/// channel. Called with the lock held, so a live target's receiver is open.
+fn send(slots: &[Slot], target: usize, handoff: Handoff) {
     if let Some(tx) = &slots[target].handoffs {
         // A live slot's receiver is open: retire closes it under this lock.
         let _ = tx.send(handoff);

@@ -1,0 +1,55 @@
+//! Hot paths exposed for the criterion benches only (feature
+//! `bench-internals`); not part of the public API.
+
+use std::sync::Arc;
+
+use crate::{
+    backend::ExactBalancer,
+    stats::{WorkerCounters, WorkerLoad},
+};
+
+/// One worker's counters, as a connection's guard updates them.
+pub struct Counters(Arc<WorkerCounters>);
+
+impl Counters {
+    /// Counters with no eBPF load slots.
+    pub fn new() -> Self {
+        Self(Arc::new(WorkerCounters::new(Vec::new())))
+    }
+
+    /// Counts one connection and releases it: what accept and close cost
+    /// in counter updates.
+    pub fn count_and_release(&self) {
+        drop(WorkerLoad::new(Arc::clone(&self.0)));
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The exact balancer over `workers` workers, without sockets.
+pub struct ExactPick {
+    balancer: ExactBalancer,
+}
+
+/// A connection counted by [`ExactPick::pick`]; released on drop.
+pub struct Picked(#[allow(dead_code, reason = "held for its Drop")] WorkerLoad);
+
+impl ExactPick {
+    /// A balancer over `workers` fresh workers.
+    pub fn new(workers: usize) -> Self {
+        let counters: Vec<_> = (0..workers)
+            .map(|_| Arc::new(WorkerCounters::new(Vec::new())))
+            .collect();
+        let (balancer, _receivers) = ExactBalancer::new(&counters);
+        Self { balancer }
+    }
+
+    /// Takes the lock, picks the least-loaded worker and counts against it.
+    pub fn pick(&self, me: usize) -> Picked {
+        Picked(self.balancer.pick(me))
+    }
+}

@@ -254,7 +254,7 @@ impl Builder {
         self.validate()?;
         match self.bind_with(self.backend) {
             Err(BindError::Steering { addr, source })
-                if self.fallback_to_reuseport && fallback_applies(&source) =>
+                if self.fallback_to_reuseport && source.is_unavailable() =>
             {
                 log::warn!(
                     "eBPF steering unavailable on {addr} ({source}); falling back to reuseport"
@@ -375,14 +375,6 @@ impl Builder {
             })
             .collect()
     }
-}
-
-/// Whether a steering failure is one `fallback_to_reuseport` covers.
-fn fallback_applies(error: &SteeringError) -> bool {
-    matches!(
-        error,
-        SteeringError::MissingCapability { .. } | SteeringError::UnsupportedKernel { .. }
-    )
 }
 
 /// Envoy's listener stat name: `127.0.0.1_8080`, `[::1]_8080`.

@@ -103,6 +103,16 @@ pub enum SteeringError {
 }
 
 impl SteeringError {
+    /// Whether eBPF is unavailable here (missing privilege or kernel
+    /// support), as opposed to a failure of the program or its sockets: the
+    /// case in which falling back to `SO_REUSEPORT` hashing makes sense.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingCapability { .. } | Self::UnsupportedKernel { .. }
+        )
+    }
+
     /// The verifier's log when the kernel refused the program.
     pub fn verifier_log(&self) -> Option<String> {
         match self {

@@ -8,10 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer::{
-    stats::Stats, steering::SteeringError, Backend, BalancedListener, BindError, Builder,
-    ConnectionGuard,
-};
+use balancer::{stats::Stats, Backend, BalancedListener, BindError, Builder, ConnectionGuard};
 use clap::Parser;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -73,7 +70,7 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
     let listener = match args.backend {
         Some(backend) => builder(backend).bind()?,
         None => match builder(Backend::Ebpf).bind() {
-            Err(BindError::Steering { source, .. }) if unavailable(&source) => {
+            Err(BindError::Steering { source, .. }) if source.is_unavailable() => {
                 println!("eBPF steering unavailable ({source}); using reuseport");
                 builder(Backend::ReusePort).bind()?
             }
@@ -87,13 +84,6 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
         args.admin
     );
     Ok(listener)
-}
-
-fn unavailable(error: &SteeringError) -> bool {
-    matches!(
-        error,
-        SteeringError::MissingCapability { .. } | SteeringError::UnsupportedKernel { .. }
-    )
 }
 
 /// A connection handed to an example's handler.

@@ -728,41 +728,23 @@ impl Worker {
                 Dispatch::HandedOff => return Ok(None),
             },
         };
+        Ok(Some(self.finish(incoming, load)))
+    }
+
+    fn take_handoff(&mut self, handoff: Handoff) -> io::Result<Accepted> {
+        let incoming = handoff
+            .connection
+            .try_map_stream(tokio::net::TcpStream::from_std)?;
+        Ok(self.finish(incoming, handoff.load))
+    }
+
+    fn finish(&self, incoming: Incoming, load: WorkerLoad) -> Accepted {
         let Incoming {
             stream,
             peer,
             listener,
             original_dst,
         } = incoming;
-        Ok(Some(self.finish(
-            stream,
-            peer,
-            listener,
-            original_dst,
-            load,
-        )))
-    }
-
-    fn take_handoff(&mut self, handoff: Handoff) -> io::Result<Accepted> {
-        let Handoff { connection, load } = handoff;
-        let stream = tokio::net::TcpStream::from_std(connection.stream)?;
-        Ok(self.finish(
-            stream,
-            connection.peer,
-            connection.listener,
-            connection.original_dst,
-            load,
-        ))
-    }
-
-    fn finish(
-        &self,
-        stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-        listener: ListenerId,
-        original_dst: Option<SocketAddr>,
-        load: WorkerLoad,
-    ) -> Accepted {
         let mut guard = ConnectionGuard::new(load, &self.group.stats, self.index, listener);
         if let Some(target) = original_dst.and_then(|dst| self.group.route(dst)) {
             guard.hand_off(target);

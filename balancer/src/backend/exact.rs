@@ -23,18 +23,36 @@ use crate::{
 /// A connection accepted by one worker and owned by another.
 #[derive(Debug)]
 pub(crate) struct Handoff {
-    pub(crate) connection: PendingHandoff,
+    /// Detached from the accepting worker's event loop.
+    pub(crate) connection: Incoming<std::net::TcpStream>,
     /// Already counted against the receiving worker.
     pub(crate) load: WorkerLoad,
 }
 
-/// A connection just accepted, still registered with the accepting worker.
+/// A connection just accepted, before it is counted: registered with the
+/// accepting worker's event loop (`S` = tokio's stream) or detached from it
+/// on its way to another worker (`S` = std's).
 #[derive(Debug)]
-pub(crate) struct Incoming {
-    pub(crate) stream: tokio::net::TcpStream,
+pub(crate) struct Incoming<S = tokio::net::TcpStream> {
+    pub(crate) stream: S,
     pub(crate) peer: SocketAddr,
     pub(crate) listener: ListenerId,
     pub(crate) original_dst: Option<SocketAddr>,
+}
+
+impl<S> Incoming<S> {
+    /// The same connection with its stream converted by `convert`.
+    pub(crate) fn try_map_stream<T>(
+        self,
+        convert: impl FnOnce(S) -> std::io::Result<T>,
+    ) -> std::io::Result<Incoming<T>> {
+        Ok(Incoming {
+            stream: convert(self.stream)?,
+            peer: self.peer,
+            listener: self.listener,
+            original_dst: self.original_dst,
+        })
+    }
 }
 
 /// What [`ExactBalancer::dispatch`] decided.
@@ -90,12 +108,7 @@ impl ExactBalancer {
             return Ok(Dispatch::Keep(incoming, load));
         }
         // On error `load` drops here, so nothing stays counted.
-        let connection = PendingHandoff {
-            stream: incoming.stream.into_std()?,
-            peer: incoming.peer,
-            listener: incoming.listener,
-            original_dst: incoming.original_dst,
-        };
+        let connection = incoming.try_map_stream(tokio::net::TcpStream::into_std)?;
         WorkerCounters::record_handoff(&slots[me].counters, &slots[target].counters);
         send(&slots, target, Handoff { connection, load });
         Ok(Dispatch::HandedOff)
@@ -138,15 +151,6 @@ impl ExactBalancer {
         // single assignment or counter change.
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// A connection on its way to another worker, before it is counted.
-#[derive(Debug)]
-pub(crate) struct PendingHandoff {
-    pub(crate) stream: std::net::TcpStream,
-    pub(crate) peer: SocketAddr,
-    pub(crate) listener: ListenerId,
-    pub(crate) original_dst: Option<SocketAddr>,
 }
 
 /// The live worker with the fewest active connections; ties go to the lowest

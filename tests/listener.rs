@@ -5,7 +5,9 @@ mod util;
 
 use std::net::{SocketAddr, TcpListener};
 
-use balancer::{steering::SteeringError, Backend, BindError, Builder, MAX_WORKERS};
+use balancer::{
+    steering::SteeringError, Backend, BalancedListener, BindError, Builder, MAX_WORKERS,
+};
 use rstest::rstest;
 use util::echo::{spread, EchoServer, Guard};
 
@@ -245,17 +247,8 @@ fn ipv6_listeners_serve_on_every_backend() {
 
 #[test]
 fn ebpf_without_privilege_names_the_missing_capability() {
-    // Capabilities are per thread: drop them on a thread of our own.
-    let err = std::thread::spawn(|| {
-        util::drop_effective_capabilities();
-        Builder::new(Backend::Ebpf)
-            .workers(2)
-            .listen(loopback())
-            .bind()
-            .unwrap_err()
-    })
-    .join()
-    .unwrap();
+    let builder = Builder::new(Backend::Ebpf).workers(2).listen(loopback());
+    let err = bind_without_capabilities(builder).unwrap_err();
     let BindError::Steering { source, .. } = &err else {
         panic!("{err:?}");
     };
@@ -276,16 +269,21 @@ fn ebpf_without_privilege_names_the_missing_capability() {
 
 #[test]
 fn ebpf_fallback_is_explicit_and_reported() {
-    let listener = std::thread::spawn(|| {
+    let builder = Builder::new(Backend::Ebpf)
+        .workers(2)
+        .listen(loopback())
+        .fallback_to_reuseport(true);
+    let listener = bind_without_capabilities(builder).expect("opted-in fallback binds");
+    assert_eq!(listener.backend(), Backend::ReusePort);
+}
+
+/// Binds on a thread whose effective capabilities are cleared (capabilities
+/// are per thread, so the rest of the test process keeps its own).
+fn bind_without_capabilities(builder: Builder) -> Result<BalancedListener, BindError> {
+    std::thread::spawn(move || {
         util::drop_effective_capabilities();
-        Builder::new(Backend::Ebpf)
-            .workers(2)
-            .listen(loopback())
-            .fallback_to_reuseport(true)
-            .bind()
-            .expect("opted-in fallback binds")
+        builder.bind()
     })
     .join()
-    .unwrap();
-    assert_eq!(listener.backend(), Backend::ReusePort);
+    .unwrap()
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::{
-    backend::ExactBalancer,
+    handoff::LiveWorkers,
     stats::{WorkerCounters, WorkerLoad},
 };
 
@@ -32,7 +32,7 @@ impl Default for Counters {
 
 /// The exact balancer over `workers` workers, without sockets.
 pub struct ExactPick {
-    balancer: ExactBalancer,
+    balancer: LiveWorkers,
 }
 
 /// A connection counted by [`ExactPick::pick`]; released on drop.
@@ -44,7 +44,7 @@ impl ExactPick {
         let counters: Vec<_> = (0..workers)
             .map(|_| Arc::new(WorkerCounters::new(Vec::new())))
             .collect();
-        let (balancer, _receivers) = ExactBalancer::new(&counters);
+        let (balancer, _receivers) = LiveWorkers::new(&counters);
         Self { balancer }
     }
 

@@ -38,6 +38,7 @@
 
 mod backend;
 mod connection;
+mod handoff;
 mod listener;
 pub mod original_dst;
 pub mod stats;

@@ -6,6 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     num::NonZeroUsize,
+    os::fd::{AsFd, BorrowedFd},
     sync::Arc,
     task::{Context, Poll},
     thread::JoinHandle,
@@ -16,9 +17,10 @@ use balancer_common::{LOAD_UNAVAILABLE, MAX_WORKERS};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
-    backend::{self, Backend, Dispatch, ExactBalancer, Handoff, Incoming},
+    backend::{self, Backend},
+    handoff::{Dispatch, Handoff, Incoming, LiveWorkers},
     original_dst,
-    stats::{Stats, WorkerCounters, WorkerLoad},
+    stats::{Stats, WorkerCounters, WorkerLoad, WorkerState},
     steering::{Steering, SteeringError},
     Accepted, ConnectionGuard, ListenerId,
 };
@@ -68,8 +70,23 @@ pub enum BindError {
         /// The virtual listener's address.
         virtual_listener: SocketAddr,
     },
-    /// The address is taken by a socket that does not share it.
-    #[error("{addr} is already in use: another socket is bound to it")]
+    /// A listener's address can never accept connections.
+    #[error("cannot listen on {addr}: {reason}")]
+    InvalidAddress {
+        /// The address.
+        addr: SocketAddr,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// The same address was added twice.
+    #[error("{addr} is added twice: each address can have one listener")]
+    DuplicateListener {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// A socket already listens on the address (in this or another process;
+    /// without [`Builder::take_over`], also one that shares it).
+    #[error("{addr} is already in use: another socket listens on it")]
     AddressInUse {
         /// The address.
         addr: SocketAddr,
@@ -162,6 +179,7 @@ pub struct Builder {
     pin_to_cores: bool,
     fallback_to_reuseport: bool,
     ebpf_debug_log: bool,
+    take_over: bool,
 }
 
 impl Builder {
@@ -177,6 +195,7 @@ impl Builder {
             pin_to_cores: false,
             fallback_to_reuseport: false,
             ebpf_debug_log: false,
+            take_over: false,
         }
     }
 
@@ -239,6 +258,20 @@ impl Builder {
         self
     }
 
+    /// Takes over addresses that a running listener set (this process's or
+    /// one being replaced, of the same user) listens on, instead of failing
+    /// with [`BindError::AddressInUse`]: the new sockets join the old ones'
+    /// `SO_REUSEPORT` group, so the port never stops accepting. The kernel
+    /// spreads new connections over old and new sockets until the old set
+    /// stops (with `Ebpf`, the newest program steers them to the new set
+    /// only); then stop the old workers with [`Worker::close`]. See the
+    /// README's "Guarantees" for what each backend keeps across the switch.
+    /// Off by default, so that a second server on the same port is an error.
+    pub fn take_over(mut self, take_over: bool) -> Self {
+        self.take_over = take_over;
+        self
+    }
+
     fn add(mut self, addr: SocketAddr, role: Role) -> Self {
         self.listeners.push(ListenerSpec { addr, role });
         self
@@ -283,6 +316,13 @@ impl Builder {
         if self.listeners.iter().all(|l| l.role == Role::Target) {
             return Err(BindError::NoListeners);
         }
+        for (i, spec) in self.listeners.iter().enumerate() {
+            check_address(spec)?;
+            let earlier = &self.listeners[..i];
+            if spec.addr.port() != 0 && earlier.iter().any(|l| l.addr == spec.addr) {
+                return Err(BindError::DuplicateListener { addr: spec.addr });
+            }
+        }
         let virtuals: Vec<_> = self.with_role(Role::Virtual).collect();
         for target in self.with_role(Role::Target) {
             if virtuals.is_empty() {
@@ -315,7 +355,9 @@ impl Builder {
         for spec in &self.listeners {
             let bound = match spec.role {
                 Role::Target => Vec::new(),
-                Role::Plain | Role::Virtual => backend.bind(spec.addr, workers, self.backlog)?,
+                Role::Plain | Role::Virtual => {
+                    backend.bind(spec.addr, workers, self.backlog, self.take_over)?
+                }
             };
             addrs.push(match bound.first() {
                 Some(socket) => socket
@@ -340,19 +382,14 @@ impl Builder {
             .collect();
         let names = addrs.iter().map(|a| listener_name(*a)).collect();
         let stats = Stats::new(counters.clone(), names);
-        let (exact, receivers) = match backend {
-            Backend::Exact => {
-                let (balancer, receivers) = ExactBalancer::new(&counters);
-                (Some(balancer), receivers.into_iter().map(Some).collect())
-            }
-            _ => (None, (0..workers).map(|_| None).collect()),
-        };
+        let (live, receivers) = LiveWorkers::new(&counters);
         let roles = self.listeners.iter().map(|l| l.role).collect();
         let group = Arc::new(Group {
             stats,
             addrs,
             roles,
-            exact,
+            backend,
+            live,
             _steering: steering,
             pin_to_cores: self.pin_to_cores,
         });
@@ -377,6 +414,23 @@ impl Builder {
     }
 }
 
+/// Rejects addresses no TCP listener can accept on: multicast and broadcast
+/// addresses, and a handoff target on port 0 (no original destination has
+/// port 0).
+fn check_address(spec: &ListenerSpec) -> Result<(), BindError> {
+    let addr = spec.addr;
+    let reason = if addr.ip().is_multicast() {
+        "a multicast address cannot accept TCP connections"
+    } else if addr.ip() == std::net::Ipv4Addr::BROADCAST {
+        "the broadcast address cannot accept TCP connections"
+    } else if spec.role == Role::Target && addr.port() == 0 {
+        "a handoff target needs a port: it matches original destinations"
+    } else {
+        return Ok(());
+    };
+    Err(BindError::InvalidAddress { addr, reason })
+}
+
 /// Envoy's listener stat name: `127.0.0.1_8080`, `[::1]_8080`.
 fn listener_name(addr: SocketAddr) -> String {
     match addr {
@@ -389,7 +443,7 @@ fn listener_name(addr: SocketAddr) -> String {
 fn distribute(
     sockets: Vec<Vec<std::net::TcpListener>>,
     workers: usize,
-    receivers: Vec<Option<UnboundedReceiver<Handoff>>>,
+    receivers: Vec<UnboundedReceiver<Handoff>>,
     group: &Arc<Group>,
 ) -> Vec<Worker> {
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
@@ -406,6 +460,7 @@ fn distribute(
             handoffs,
             next: 0,
             blocking: None,
+            stopped: false,
         })
         .collect()
 }
@@ -416,7 +471,8 @@ struct Group {
     /// Bound (or, for targets, configured) address of each listener.
     addrs: Vec<SocketAddr>,
     roles: Vec<Role>,
-    exact: Option<ExactBalancer>,
+    backend: Backend,
+    live: LiveWorkers,
     /// Kept alive as long as any worker: the program steers by these maps.
     _steering: Vec<Steering>,
     pin_to_cores: bool,
@@ -527,6 +583,71 @@ enum Sockets {
     Registered(Vec<(ListenerId, tokio::net::TcpListener)>),
 }
 
+impl Sockets {
+    /// Accepts, without blocking, every connection queued on these sockets
+    /// (worker `index`'s; `roles` by listener).
+    fn drain_accept_queues(
+        &self,
+        roles: &[Role],
+        index: usize,
+    ) -> Vec<Incoming<std::net::TcpStream>> {
+        let mut drained = Vec::new();
+        for (listener, fd) in self.fds() {
+            let socket = socket2::SockRef::from(&fd);
+            loop {
+                let (stream, peer) = match socket.accept() {
+                    Ok(accepted) => accepted,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                    Err(error) => {
+                        log::warn!("worker {index}: draining its accept queue: {error}");
+                        break;
+                    }
+                };
+                match drained_connection(stream, peer.as_socket(), listener, roles[listener.0]) {
+                    Ok(incoming) => drained.push(incoming),
+                    Err(error) => {
+                        log::warn!("worker {index}: dropping a drained connection: {error}")
+                    }
+                }
+            }
+        }
+        drained
+    }
+
+    fn fds(&self) -> Vec<(ListenerId, BorrowedFd<'_>)> {
+        match self {
+            Self::Unregistered(sockets) => sockets.iter().map(|(id, s)| (*id, s.as_fd())).collect(),
+            Self::Registered(sockets) => sockets.iter().map(|(id, s)| (*id, s.as_fd())).collect(),
+        }
+    }
+}
+
+/// A connection accepted while draining, as a worker would have accepted it.
+fn drained_connection(
+    stream: socket2::Socket,
+    peer: Option<SocketAddr>,
+    listener: ListenerId,
+    role: Role,
+) -> io::Result<Incoming<std::net::TcpStream>> {
+    let stream = std::net::TcpStream::from(stream);
+    stream.set_nonblocking(true)?;
+    let peer = match peer {
+        Some(peer) => peer,
+        None => stream.peer_addr()?,
+    };
+    let original_dst = match role {
+        Role::Virtual => original_dst::original_destination(&stream).ok(),
+        Role::Plain | Role::Target => None,
+    };
+    Ok(Incoming {
+        stream,
+        peer,
+        listener,
+        original_dst,
+    })
+}
+
 /// One worker's handle: accepts the connections the backend gives this
 /// worker. Owned by the worker's thread.
 ///
@@ -536,10 +657,12 @@ pub struct Worker {
     index: usize,
     group: Arc<Group>,
     sockets: Sockets,
-    handoffs: Option<UnboundedReceiver<Handoff>>,
+    handoffs: UnboundedReceiver<Handoff>,
     /// Listener to poll first, so one busy listener cannot starve the rest.
     next: usize,
     blocking: Option<tokio::runtime::Runtime>,
+    /// Retired from the live workers (by `close` or drop).
+    stopped: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -649,6 +772,70 @@ impl Worker {
         }
     }
 
+    /// Stops this worker without losing a connection the kernel already
+    /// accepted, and returns the ones only this worker can serve.
+    ///
+    /// The worker is retired under the balancer's lock: no later choice
+    /// picks it, and with `Ebpf` its load slot reads as unavailable before
+    /// its sockets close (closing also removes them from the program's
+    /// socket map). Then, per backend:
+    /// - `Ebpf`: the kernel migrates the connections queued on its sockets,
+    ///   and handshakes still in flight, to the remaining sockets through the
+    ///   steering program (a `migrate` program: no sysctl needed), so they go
+    ///   to the least-loaded live worker.
+    /// - `ReusePort`: its sockets are its own, so it first accepts everything
+    ///   queued on them and hands it to the least-loaded live worker. A
+    ///   handshake that completes between that drain and the close is reset,
+    ///   unless `net.ipv4.tcp_migrate_req = 1`, which makes the kernel
+    ///   migrate it.
+    /// - `Shared`, `Exact`: the listening socket stays open in the other
+    ///   workers, which keep accepting its queue.
+    ///
+    /// On every backend, connections already handed to this worker move to
+    /// the least-loaded live worker. If this is the last live worker, it
+    /// accepts what is queued on its sockets instead, and everything is
+    /// returned here, counted against this worker, for the caller to serve
+    /// (streams are non-blocking, ready for `tokio::net::TcpStream::from_std`).
+    /// Dropping a worker does the same, and closes those connections.
+    pub fn close(mut self) -> Vec<Accepted<std::net::TcpStream>> {
+        let left = self.stop();
+        left.into_iter()
+            .map(|handoff| self.finish(handoff.connection, handoff.load))
+            .collect()
+    }
+
+    /// Retires the worker once; see [`Worker::close`].
+    fn stop(&mut self) -> Vec<Handoff> {
+        if std::mem::replace(&mut self.stopped, true) {
+            return Vec::new();
+        }
+        let panicking = std::thread::panicking();
+        if panicking {
+            log::error!(
+                "worker {} panicked; its connections move to the live workers",
+                self.index
+            );
+        }
+        let state = if panicking {
+            WorkerState::Panicked
+        } else {
+            WorkerState::Stopped
+        };
+        self.counters().set_state(state);
+        // Steer new connections away from this worker's closing sockets.
+        for (loads, worker) in self.counters().load_slots() {
+            loads.set(*worker, LOAD_UNAVAILABLE);
+        }
+        let (group, sockets, index) = (&self.group, &self.sockets, self.index);
+        group.live.retire(index, &mut self.handoffs, |last| {
+            if last || group.backend == Backend::ReusePort {
+                sockets.drain_accept_queues(&group.roles, index)
+            } else {
+                Vec::new()
+            }
+        })
+    }
+
     fn run<Fut: Future<Output = ()>>(self, serve: impl FnOnce(Self) -> Fut) {
         if self.group.pin_to_cores {
             if let Err(error) = self.pin_current_thread() {
@@ -686,10 +873,8 @@ impl Worker {
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         // Connections handed in are already counted here: take them first.
-        if let Some(handoffs) = &mut self.handoffs {
-            if let Poll::Ready(Some(handoff)) = handoffs.poll_recv(cx) {
-                return Poll::Ready(Event::HandedIn(handoff));
-            }
+        if let Poll::Ready(Some(handoff)) = self.handoffs.poll_recv(cx) {
+            return Poll::Ready(Event::HandedIn(handoff));
         }
         let Sockets::Registered(listeners) = &self.sockets else {
             return Poll::Pending;
@@ -721,12 +906,12 @@ impl Worker {
     /// Counts a connection this worker accepted, or hands it to a less
     /// loaded worker (`Exact`), returning `None` then.
     fn own_or_hand_off(&mut self, incoming: Incoming) -> io::Result<Option<Accepted>> {
-        let (incoming, load) = match &self.group.exact {
-            None => (incoming, WorkerLoad::new(Arc::clone(self.counters()))),
-            Some(exact) => match exact.dispatch(self.index, incoming)? {
+        let (incoming, load) = match self.group.backend {
+            Backend::Exact => match self.group.live.dispatch(self.index, incoming)? {
                 Dispatch::Keep(incoming, load) => (incoming, load),
                 Dispatch::HandedOff => return Ok(None),
             },
+            _ => (incoming, WorkerLoad::new(Arc::clone(self.counters()))),
         };
         Ok(Some(self.finish(incoming, load)))
     }
@@ -738,7 +923,7 @@ impl Worker {
         Ok(self.finish(incoming, handoff.load))
     }
 
-    fn finish(&self, incoming: Incoming, load: WorkerLoad) -> Accepted {
+    fn finish<S>(&self, incoming: Incoming<S>, load: WorkerLoad) -> Accepted<S> {
         let Incoming {
             stream,
             peer,
@@ -759,13 +944,16 @@ impl Worker {
 }
 
 impl Drop for Worker {
+    /// Stops the worker as [`Worker::close`] does; connections that only it
+    /// could serve (it was the last live worker) are closed.
     fn drop(&mut self) {
-        if let (Some(exact), Some(queued)) = (&self.group.exact, &mut self.handoffs) {
-            exact.retire(self.index, queued);
-        }
-        // Steer new connections away from this worker's closing sockets.
-        for (loads, worker) in self.counters().load_slots() {
-            loads.set(*worker, LOAD_UNAVAILABLE);
+        let left = self.stop();
+        if !left.is_empty() {
+            log::warn!(
+                "worker {}: closing {} accepted connections: no live worker remains",
+                self.index,
+                left.len()
+            );
         }
     }
 }

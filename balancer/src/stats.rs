@@ -17,7 +17,7 @@
 use std::{
     fmt::Write as _,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
         Arc,
     },
 };
@@ -32,6 +32,8 @@ pub(crate) struct WorkerCounters {
     handoffs_in: AtomicU64,
     handoffs_out: AtomicU64,
     accept_errors: AtomicU64,
+    /// A [`WorkerState`] as `u8`.
+    state: AtomicU8,
     /// The kernel-visible copies of `active`, one per eBPF steering group
     /// (listener) this worker serves: `(loads, index of this worker)`.
     load_slots: Vec<(Arc<LoadMap>, usize)>,
@@ -53,6 +55,10 @@ impl WorkerCounters {
     /// The kernel-visible copies of this worker's load.
     pub(crate) fn load_slots(&self) -> &[(Arc<LoadMap>, usize)] {
         &self.load_slots
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
     }
 
     pub(crate) fn record_accept_error(&self) {
@@ -87,6 +93,7 @@ impl WorkerCounters {
             handoffs_in: self.handoffs_in.load(Ordering::Relaxed),
             handoffs_out: self.handoffs_out.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            state: WorkerState::from_u8(self.state.load(Ordering::Relaxed)),
         }
     }
 }
@@ -236,6 +243,33 @@ pub struct WorkerSnapshot {
     pub handoffs_out: u64,
     /// `accept` calls that failed (e.g. EMFILE).
     pub accept_errors: u64,
+    /// Whether the worker still takes connections.
+    pub state: WorkerState,
+}
+
+/// Whether a worker still takes connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Its handle is alive: it is picked and its sockets are open.
+    #[default]
+    Running,
+    /// Its handle was closed or dropped: its connections went to the live
+    /// workers (see [`Worker::close`](crate::Worker::close)).
+    Stopped,
+    /// Its handle was dropped while its thread panicked; otherwise as
+    /// `Stopped`.
+    Panicked,
+}
+
+impl WorkerState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Running,
+            1 => Self::Stopped,
+            _ => Self::Panicked,
+        }
+    }
 }
 
 /// One listener's counts on one worker.
@@ -330,6 +364,8 @@ impl Snapshot {
                 "balancer.worker_{i}.accept_errors: {}",
                 w.accept_errors
             );
+            let _ = writeln!(out, "balancer.worker_{i}.live: {}", live(w));
+            let _ = writeln!(out, "balancer.worker_{i}.panicked: {}", panicked(w));
         }
         out
     }
@@ -359,7 +395,7 @@ impl Snapshot {
                 }
             }
         }
-        let worker_metrics: [Metric<WorkerSnapshot>; 5] = [
+        let worker_metrics: [Metric<WorkerSnapshot>; 7] = [
             ("balancer_worker_downstream_cx_active", "gauge", |w| {
                 w.downstream_cx_active
             }),
@@ -375,6 +411,8 @@ impl Snapshot {
             ("balancer_worker_accept_errors_total", "counter", |w| {
                 w.accept_errors
             }),
+            ("balancer_worker_live", "gauge", live),
+            ("balancer_worker_panicked", "gauge", panicked),
         ];
         for (metric, kind, value) in worker_metrics {
             let _ = writeln!(out, "# TYPE {metric} {kind}");
@@ -384,6 +422,16 @@ impl Snapshot {
         }
         out
     }
+}
+
+/// 1 while the worker takes connections, else 0.
+fn live(w: &WorkerSnapshot) -> u64 {
+    u64::from(w.state == WorkerState::Running)
+}
+
+/// 1 if the worker's thread panicked, else 0.
+fn panicked(w: &WorkerSnapshot) -> u64 {
+    u64::from(w.state == WorkerState::Panicked)
 }
 
 /// A Prometheus metric: name, type, and how to read it from a snapshot.

@@ -133,7 +133,17 @@ where
                 }
             }
             let (index, stats) = (worker.index(), worker.stats().clone());
-            drop(worker); // closes this worker's listening sockets
+            // Closes this worker's listening sockets; the last worker to close
+            // gets what was still queued, so nothing the kernel accepted is reset.
+            for accepted in worker.close() {
+                match tokio::net::TcpStream::from_std(accepted.stream) {
+                    Ok(stream) => {
+                        let conn = Conn { stream, worker: index, guard: Some(accepted.guard) };
+                        tokio::task::spawn_local(handle(conn));
+                    }
+                    Err(error) => eprintln!("worker {index}: {error}"),
+                }
+            }
             let deadline = Instant::now() + drain;
             while stats.snapshot().workers[index].downstream_cx_active > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,7 +1,6 @@
 //! The balancing backends: how accepted connections are spread over workers.
 
 mod ebpf;
-mod exact;
 mod reuseport;
 mod shared;
 
@@ -10,7 +9,6 @@ use std::{fmt, io, net::SocketAddr, net::TcpListener, str::FromStr};
 use socket2::{Domain, Socket, Type};
 
 pub(crate) use ebpf::steer;
-pub(crate) use exact::{Dispatch, ExactBalancer, Handoff, Incoming};
 
 use crate::BindError;
 
@@ -60,13 +58,18 @@ impl Backend {
     }
 
     /// The sockets each worker accepts from for one listener at `addr`:
-    /// one per worker, in worker order, non-blocking and listening.
+    /// one per worker, in worker order, non-blocking and listening. Unless
+    /// `take_over`, fails if any socket already listens on `addr`.
     pub(crate) fn bind(
         self,
         addr: SocketAddr,
         workers: usize,
         backlog: u32,
+        take_over: bool,
     ) -> Result<Vec<TcpListener>, BindError> {
+        if !take_over {
+            ensure_unused(addr).map_err(|source| BindError::from_bind(addr, source))?;
+        }
         let bound = match self {
             Self::Shared | Self::Exact => shared::bind(addr, workers, backlog),
             Self::ReusePort | Self::Ebpf => reuseport::bind(addr, workers, backlog),
@@ -97,17 +100,36 @@ impl FromStr for Backend {
     }
 }
 
-/// A non-blocking listening socket at `addr`. IPv6 sockets are v6-only, so an
-/// IPv4 and an IPv6 listener on one port do not collide.
-fn listening_socket(addr: SocketAddr, backlog: u32, reuse_port: bool) -> io::Result<TcpListener> {
+/// Fails with `EADDRINUSE` if a socket listens on `addr`, including a
+/// `SO_REUSEPORT` group of the same user that our sockets would otherwise
+/// join silently: a probe without `SO_REUSEPORT` cannot bind next to it.
+/// (A socket bound between this check and our bind still joins; only
+/// [`Builder::take_over`](crate::Builder::take_over) means to.)
+fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = socket(addr)?;
+    probe.bind(&addr.into())
+}
+
+/// A TCP socket for `addr` with `SO_REUSEADDR`; IPv6 sockets are v6-only, so
+/// an IPv4 and an IPv6 listener on one port do not collide.
+fn socket(addr: SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    Ok(socket)
+}
+
+/// A non-blocking listening socket at `addr`. Every backend's sockets are
+/// `SO_REUSEPORT`, so a new listener set can take over the address while this
+/// one drains (see [`Builder::take_over`](crate::Builder::take_over)).
+fn listening_socket(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = socket(addr)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);

@@ -11,7 +11,7 @@ pub(super) fn bind(
 ) -> io::Result<Vec<TcpListener>> {
     let mut sockets = Vec::with_capacity(workers);
     for _ in 0..workers {
-        let socket = super::listening_socket(addr, backlog, true)?;
+        let socket = super::listening_socket(addr, backlog)?;
         addr = socket.local_addr()?;
         sockets.push(socket);
     }

@@ -5,7 +5,7 @@
 use std::{io, net::SocketAddr, net::TcpListener};
 
 pub(super) fn bind(addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-    let socket = super::listening_socket(addr, backlog, false)?;
+    let socket = super::listening_socket(addr, backlog)?;
     let mut sockets = Vec::with_capacity(workers);
     for _ in 1..workers {
         sockets.push(socket.try_clone()?);

@@ -1,12 +1,17 @@
-//! [`Backend::Exact`](super::Backend::Exact): Envoy's `exact_balance`.
+//! The live workers of one balanced listener and their handoff queues.
 //!
-//! Any worker may accept from the shared socket. It then asks the
-//! [`ExactBalancer`], which under one mutex picks the live worker with the
-//! fewest active connections, counts the connection against it (so the next
-//! pick already sees it), and, if that is another worker, queues the socket on
-//! that worker's handoff channel. A worker that goes away is retired under
-//! the same mutex: it is never picked again, and connections queued for it
-//! are re-dispatched to the remaining workers, so none is lost or stuck.
+//! Every worker has a handoff queue: a channel of sockets already accepted
+//! from the kernel and already counted against it. Two things use it:
+//! - [`Backend::Exact`](crate::Backend::Exact) on every connection: the
+//!   accepting worker asks [`LiveWorkers::dispatch`], which under one mutex
+//!   picks the live worker with the fewest active connections, counts the
+//!   connection against it (so the next pick already sees it) and, if that is
+//!   another worker, queues the socket there.
+//! - every backend when a worker stops: [`LiveWorkers::retire`] marks it dead
+//!   under the same mutex, so it is never picked again, and moves what it
+//!   holds (its queued handoffs, and any connections it drained from its own
+//!   accept queue) to the least-loaded live worker. Nothing the kernel
+//!   accepted is dropped while a live worker remains.
 
 use std::{
     net::SocketAddr,
@@ -55,7 +60,7 @@ impl<S> Incoming<S> {
     }
 }
 
-/// What [`ExactBalancer::dispatch`] decided.
+/// What [`LiveWorkers::dispatch`] decided.
 pub(crate) enum Dispatch {
     /// The accepting worker is the least loaded: it keeps the connection,
     /// counted by this load.
@@ -70,13 +75,13 @@ struct Slot {
     handoffs: Option<UnboundedSender<Handoff>>,
 }
 
-/// The mutex-guarded least-loaded choice and the workers' handoff queues.
-pub(crate) struct ExactBalancer {
+/// The mutex-guarded set of live workers, their loads and handoff queues.
+pub(crate) struct LiveWorkers {
     slots: Mutex<Vec<Slot>>,
 }
 
-impl ExactBalancer {
-    /// A balancer over `workers`, and each worker's handoff receiver.
+impl LiveWorkers {
+    /// Every worker live, and each worker's handoff receiver.
     pub(crate) fn new(workers: &[Arc<WorkerCounters>]) -> (Self, Vec<UnboundedReceiver<Handoff>>) {
         let (slots, receivers) = workers
             .iter()
@@ -121,29 +126,42 @@ impl ExactBalancer {
         pick(&self.lock(), me).1
     }
 
-    /// Retires worker `me`: it is never picked again, and the connections
-    /// already queued for it go to the remaining workers. If no worker
-    /// remains, they are closed (the balanced listener is shutting down).
-    pub(crate) fn retire(&self, me: usize, queued: &mut UnboundedReceiver<Handoff>) {
+    /// Retires worker `me`: under the lock it is marked dead (never picked
+    /// again), `drain(last)` collects connections from `me`'s own accept
+    /// queue (`last`: no other worker is live), and those plus the ones
+    /// already queued for `me` move to the least-loaded live worker.
+    ///
+    /// Returns what no live worker could take (only when `me` was the last),
+    /// counted against `me`, for `me` to serve or close.
+    pub(crate) fn retire(
+        &self,
+        me: usize,
+        queued: &mut UnboundedReceiver<Handoff>,
+        drain: impl FnOnce(bool) -> Vec<Incoming<std::net::TcpStream>>,
+    ) -> Vec<Handoff> {
         let mut slots = self.lock();
         slots[me].handoffs = None;
         queued.close();
-        while let Ok(handoff) = queued.try_recv() {
+        let drained = drain(least_loaded(&slots).is_none());
+        let mut left = Vec::new();
+        let queued = std::iter::from_fn(|| queued.try_recv().ok());
+        let drained = drained.into_iter().map(|connection| Handoff {
+            connection,
+            load: WorkerLoad::new(Arc::clone(&slots[me].counters)),
+        });
+        for handoff in queued.chain(drained) {
             let Some(target) = least_loaded(&slots) else {
+                left.push(handoff);
                 continue;
             };
             // Count it against the new owner before releasing the old count.
             let load = WorkerLoad::new(Arc::clone(&slots[target].counters));
-            send(
-                &slots,
-                target,
-                Handoff {
-                    connection: handoff.connection,
-                    load,
-                },
-            );
+            WorkerCounters::record_handoff(&slots[me].counters, &slots[target].counters);
+            let connection = handoff.connection;
             drop(handoff.load);
+            send(&slots, target, Handoff { connection, load });
         }
+        left
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {

@@ -13,9 +13,10 @@ use std::{
 
 use balancer::{
     stats::{Snapshot, Stats},
-    Backend, BalancedListener, ListenerId,
+    Accepted, Backend, BalancedListener, ConnectionGuard, ListenerId, Worker,
 };
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream as TcpStreamTokio;
 
 use super::TIMEOUT;
 
@@ -50,51 +51,53 @@ pub struct EchoServer {
 impl EchoServer {
     /// Starts one thread per worker of `listener`.
     pub fn start(listener: BalancedListener, guard: Guard) -> Self {
+        Self::start_some(listener, guard, None).0
+    }
+
+    /// Starts one thread per worker except worker `held`, whose handle is
+    /// returned unserved: its sockets stay open but nothing accepts on them.
+    pub fn start_holding(listener: BalancedListener, guard: Guard, held: usize) -> (Self, Worker) {
+        let (server, held) = Self::start_some(listener, guard, Some(held));
+        (server, held.expect("the held worker exists"))
+    }
+
+    fn start_some(
+        listener: BalancedListener,
+        guard: Guard,
+        held: Option<usize>,
+    ) -> (Self, Option<Worker>) {
         let stats = listener.stats();
         let backend = listener.backend();
         let addrs = listener.listeners().map(|(_, addr)| addr).collect();
         let served = Arc::new(Mutex::new(HashMap::new()));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let record = Arc::clone(&served);
-        let threads = listener
-            .spawn(move |mut worker| {
-                let record = Arc::clone(&record);
-                let mut stopped = stopped.clone();
-                async move {
-                    loop {
-                        let conn = tokio::select! {
-                            conn = worker.accept() => conn.expect("accept"),
-                            _ = stopped.changed() => break,
-                        };
-                        let served = Served {
-                            worker: worker.index(),
-                            listener: conn.guard.listener(),
-                            original_dst: conn.original_dst,
-                        };
-                        record.lock().unwrap().insert(conn.peer, served);
-                        let conn_guard = match guard {
-                            Guard::Keep => Some(conn.guard),
-                            Guard::DropAtHandoff => None,
-                        };
-                        let stream = conn.stream;
-                        tokio::task::spawn_local(async move {
-                            let (mut rd, mut wr) = stream.into_split();
-                            let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                            let _ = wr.shutdown().await;
-                            drop(conn_guard);
-                        });
-                    }
-                }
-            })
-            .expect("spawn workers");
-        Self {
+        let mut kept = None;
+        let mut threads = Vec::new();
+        for worker in listener.into_workers() {
+            if Some(worker.index()) == held {
+                kept = Some(worker);
+                continue;
+            }
+            let (record, stopped) = (Arc::clone(&served), stopped.clone());
+            let thread = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                let local = tokio::task::LocalSet::new();
+                local.block_on(&runtime, serve(worker, guard, record, stopped));
+            });
+            threads.push(thread);
+        }
+        let server = Self {
             stats,
             backend,
             addrs,
             served,
             stop,
             threads,
-        }
+        };
+        (server, kept)
     }
 
     /// The bound address of listener `index`.
@@ -158,6 +161,90 @@ impl Drop for EchoServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Echoes every connection `worker` accepts until `stopped`, then closes the
+/// worker as a server draining for a restart would: it serves what
+/// `Worker::close` returns and waits (bounded) for its connections to end.
+async fn serve(
+    mut worker: Worker,
+    guard: Guard,
+    record: Arc<Mutex<HashMap<SocketAddr, Served>>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let conn = tokio::select! {
+            conn = worker.accept() => conn.expect("accept"),
+            _ = stopped.changed() => break,
+        };
+        let Accepted {
+            stream,
+            peer,
+            original_dst,
+            guard: conn_guard,
+            ..
+        } = conn;
+        echo(
+            (stream, peer, original_dst, conn_guard),
+            worker.index(),
+            guard,
+            &record,
+        );
+    }
+    let (index, stats) = (worker.index(), worker.stats().clone());
+    for conn in worker.close() {
+        let Accepted {
+            stream,
+            peer,
+            original_dst,
+            guard: conn_guard,
+            ..
+        } = conn;
+        let stream = tokio::net::TcpStream::from_std(stream).expect("register");
+        echo(
+            (stream, peer, original_dst, conn_guard),
+            index,
+            guard,
+            &record,
+        );
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    while stats.snapshot().workers[index].downstream_cx_active > 0 && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// A connection's parts, as `Accepted` carries them.
+type Conn = (
+    TcpStreamTokio,
+    SocketAddr,
+    Option<SocketAddr>,
+    ConnectionGuard,
+);
+
+/// Records who serves the connection and echoes it on a local task.
+fn echo(
+    (stream, peer, original_dst, conn_guard): Conn,
+    worker: usize,
+    guard: Guard,
+    record: &Mutex<HashMap<SocketAddr, Served>>,
+) {
+    let served = Served {
+        worker,
+        listener: conn_guard.listener(),
+        original_dst,
+    };
+    record.lock().unwrap().insert(peer, served);
+    let conn_guard = match guard {
+        Guard::Keep => Some(conn_guard),
+        Guard::DropAtHandoff => None,
+    };
+    tokio::task::spawn_local(async move {
+        let (mut rd, mut wr) = stream.into_split();
+        let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        let _ = wr.shutdown().await;
+        drop(conn_guard);
+    });
 }
 
 /// max - min of a split.

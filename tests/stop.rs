@@ -1,0 +1,258 @@
+//! Stopping a worker, gracefully or by a panic, on every backend: the
+//! connections the kernel already accepted for it are served by the other
+//! workers, and the counters end right. `Ebpf` cases need root.
+
+mod util;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use balancer::{stats::WorkerState, Backend, Builder};
+use rstest::rstest;
+use util::echo::{EchoServer, Guard};
+
+const QUEUED: usize = 20;
+
+fn runnable(backend: Backend) -> bool {
+    backend != Backend::Ebpf || util::privileged("the Ebpf backend")
+}
+
+fn bind(backend: Backend, workers: usize) -> balancer::BalancedListener {
+    Builder::new(backend)
+        .workers(workers)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"))
+}
+
+/// Connects and sends one line without waiting for the echo.
+fn send_line(addr: SocketAddr) -> (TcpStream, String) {
+    let mut stream = util::connect(addr);
+    let line = format!("hello from {}\n", stream.local_addr().unwrap());
+    stream.write_all(line.as_bytes()).unwrap();
+    (stream, line)
+}
+
+/// Whether the echo has arrived yet.
+fn echoed_yet(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0];
+    let ready = match stream.peek(&mut byte) {
+        Ok(_) => true,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+        Err(e) => panic!("peek: {e}"),
+    };
+    stream.set_nonblocking(false).unwrap();
+    ready
+}
+
+/// Reads the echo of `line`, failing on a reset or a short read.
+fn expect_echo(stream: &mut TcpStream, line: &str) {
+    let mut echoed = vec![0; line.len()];
+    stream
+        .read_exact(&mut echoed)
+        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
+    assert_eq!(echoed, line.as_bytes());
+}
+
+/// Worker 0 stops accepting, connections queue for it (in its own socket's
+/// accept queue with `ReusePort` and `Ebpf`, in its handoff queue with
+/// `Exact`), then it is closed: every client gets its echo from worker 1 and
+/// none is reset.
+#[rstest]
+fn a_closed_worker_loses_no_queued_connection(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !runnable(backend) {
+        return;
+    }
+    let (server, idle) = EchoServer::start_holding(bind(backend, 2), Guard::Keep, 0);
+    let mut clients: Vec<_> = (0..QUEUED).map(|_| send_line(server.addr(0))).collect();
+    // Let worker 1 answer what it owns; what is left waits for worker 0.
+    server.wait_for(|s| s.workers[1].downstream_cx_total > 0);
+    std::thread::sleep(Duration::from_millis(100));
+    let queued = clients.iter().filter(|(c, _)| !echoed_yet(c)).count();
+    println!("{backend}: {queued} of {QUEUED} connections waiting for the idle worker");
+    if backend != Backend::Shared {
+        assert!(queued > 0, "{backend}: nothing queued for worker 0");
+    }
+
+    let left = idle.close();
+    assert!(
+        left.is_empty(),
+        "worker 1 is live: nothing is left to worker 0"
+    );
+    for (client, line) in &mut clients {
+        expect_echo(client, line);
+    }
+    let split = server.split(
+        &clients
+            .iter()
+            .map(|(c, _)| c.try_clone().unwrap())
+            .collect::<Vec<_>>(),
+        2,
+    );
+    assert_eq!(split, [0, QUEUED], "{backend}: worker 1 serves everything");
+
+    let snap = server.stats.snapshot();
+    assert_eq!(snap.workers[0].state, WorkerState::Stopped);
+    assert_eq!(snap.workers[0].downstream_cx_active, 0);
+    // How the queue moved: the kernel migrates it for Ebpf; ReusePort drains
+    // it in userspace; Exact re-queues its handoffs.
+    let moved = snap.workers[1].handoffs_in;
+    match backend {
+        Backend::Ebpf | Backend::Shared => assert_eq!(moved, 0, "{backend}: {snap:?}"),
+        _ => assert_eq!(moved as usize, queued, "{backend}: {snap:?}"),
+    }
+
+    // New connections avoid the stopped worker.
+    let later: Vec<_> = (0..10).map(|_| server.open(server.addr(0))).collect();
+    assert_eq!(server.split(&later, 2), [0, 10]);
+    drop((clients, later));
+    let snap = server.wait_for(|s| s.active_per_worker() == [0, 0]);
+    assert_eq!(snap.active_per_worker(), [0, 0]);
+}
+
+/// A handler that panics drops its guard while unwinding: the panicking
+/// connections are counted out, the worker keeps serving.
+#[rstest]
+fn a_panicking_handler_leaves_the_counters_right(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !runnable(backend) {
+        return;
+    }
+    let listener = bind(backend, 2);
+    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let threads = listener
+        .spawn(|mut worker| async move {
+            while let Ok(conn) = worker.accept().await {
+                tokio::task::spawn_local(async move {
+                    let _guard = conn.guard;
+                    let mut stream = conn.stream;
+                    let mut byte = [0];
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    while stream.read_exact(&mut byte).await.is_ok() {
+                        assert_ne!(byte[0], b'!', "the handler panics on '!'");
+                        let _ = stream.write_all(&byte).await;
+                    }
+                });
+            }
+        })
+        .unwrap();
+    let mut healthy = Vec::new();
+    for i in 0..20 {
+        let mut client = util::connect(addr);
+        if i % 2 == 0 {
+            client.write_all(b"!").unwrap();
+            let mut byte = [0];
+            let read = client.read(&mut byte);
+            assert!(
+                matches!(read, Ok(0) | Err(_)),
+                "a panicked handler answers nothing"
+            );
+        } else {
+            client.write_all(b"x").unwrap();
+            let mut byte = [0];
+            client.read_exact(&mut byte).unwrap();
+            healthy.push(client);
+        }
+    }
+    let deadline = Instant::now() + util::TIMEOUT;
+    while stats.snapshot().active_per_worker().iter().sum::<u64>() != 10
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let snap = stats.snapshot();
+    assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 10, "{snap:?}");
+    let total: u64 = snap.workers.iter().map(|w| w.downstream_cx_total).sum();
+    assert_eq!(total, 20);
+    assert!(snap.workers.iter().all(|w| w.state == WorkerState::Running));
+    drop(healthy);
+    let deadline = Instant::now() + util::TIMEOUT;
+    while stats.snapshot().active_per_worker() != [0, 0] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
+    drop(threads); // detached: they end with the test process
+}
+
+/// A worker whose thread panics is reported (state `Panicked`, the
+/// `balancer_worker_panicked` gauge), its connections are counted out as its
+/// tasks are dropped, and the other worker takes every later connection.
+#[rstest]
+fn a_panicked_worker_is_reported_and_reconciled(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !runnable(backend) {
+        return;
+    }
+    let listener = bind(backend, 2);
+    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let mut threads = listener
+        .spawn(|mut worker| async move {
+            let mut accepted = 0;
+            while let Ok(conn) = worker.accept().await {
+                accepted += 1;
+                assert!(
+                    worker.index() != 0 || accepted < 3,
+                    "worker 0 panics at its third connection"
+                );
+                tokio::task::spawn_local(async move {
+                    let _guard = conn.guard;
+                    let (mut rd, mut wr) = conn.stream.into_split();
+                    let _ = tokio::io::copy(&mut rd, &mut wr).await;
+                });
+            }
+        })
+        .unwrap();
+    // Connect until worker 0 has died (bounded); keep the healthy ones open.
+    let mut clients = Vec::new();
+    for _ in 0..60 {
+        if threads[0].is_finished() {
+            break;
+        }
+        let mut client = util::connect(addr);
+        client.write_all(b"x").unwrap();
+        let mut byte = [0];
+        if client.read_exact(&mut byte).is_ok() {
+            clients.push(client);
+        }
+    }
+    let panicked = threads.remove(0).join();
+    assert!(panicked.is_err(), "{backend}: worker 0 never panicked");
+    let snap = stats.snapshot();
+    assert_eq!(snap.workers[0].state, WorkerState::Panicked);
+    assert_eq!(
+        snap.workers[0].downstream_cx_active, 0,
+        "its tasks were dropped: {snap:?}"
+    );
+    assert_eq!(snap.workers[0].downstream_cx_total, 3);
+    assert!(snap
+        .to_prometheus()
+        .contains("balancer_worker_panicked{worker=\"0\"} 1\n"));
+
+    // Clients of worker 0 see their connection closed; worker 1 serves on.
+    let before = snap.workers[1].downstream_cx_total;
+    for _ in 0..10 {
+        let mut client = util::connect(addr);
+        client.write_all(b"y").unwrap();
+        let mut byte = [0];
+        client
+            .read_exact(&mut byte)
+            .unwrap_or_else(|e| panic!("{backend}: after the panic: {e}"));
+        clients.push(client);
+    }
+    let snap = stats.snapshot();
+    assert_eq!(snap.workers[1].downstream_cx_total, before + 10);
+    drop(clients);
+    let deadline = Instant::now() + util::TIMEOUT;
+    while stats.snapshot().active_per_worker() != [0, 0] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
+}

@@ -1,0 +1,153 @@
+//! Restart without refusing a connection: a new listener set takes the port
+//! over (`Builder::take_over`) while the old one drains, with clients
+//! connecting in a loop through the switch. Runs in a network namespace of
+//! its own (for the per-namespace `net.ipv4.tcp_migrate_req`), so it needs
+//! root.
+
+mod util;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use balancer::{Backend, Builder};
+use rstest::rstest;
+use util::echo::{EchoServer, Guard};
+
+const CLIENTS: usize = 2;
+/// Each phase of the switch: old only, old and new, new only.
+const PHASE: Duration = Duration::from_millis(300);
+
+/// What one client loop saw.
+#[derive(Debug, Default)]
+struct Tally {
+    echoed: usize,
+    failures: Vec<String>,
+}
+
+/// Connects, sends a line and reads its echo, again and again, until `stop`
+/// (or a bound on time and count).
+fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Tally> {
+    std::thread::spawn(move || {
+        let mut tally = Tally::default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && tally.echoed < 200_000 {
+            match round_trip(addr) {
+                Ok(()) => tally.echoed += 1,
+                Err(e) => tally.failures.push(e.to_string()),
+            }
+        }
+        tally
+    })
+}
+
+fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, util::TIMEOUT)?;
+    stream.set_read_timeout(Some(util::TIMEOUT))?;
+    stream.write_all(b"ping\n")?;
+    let mut echoed = [0; 5];
+    stream.read_exact(&mut echoed)?;
+    assert_eq!(&echoed, b"ping\n");
+    Ok(())
+}
+
+fn bind(backend: Backend, addr: SocketAddr, take_over: bool) -> balancer::BalancedListener {
+    Builder::new(backend)
+        .workers(2)
+        .listen(addr)
+        .take_over(take_over)
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend} on {addr}: {e:?}"))
+}
+
+/// `Ebpf` keeps every connection with `tcp_migrate_req` off: its migrate
+/// program moves the old sockets' queues. The other backends need the
+/// sysctl for the handshakes that complete while the old sockets close.
+#[rstest]
+fn a_new_listener_set_takes_over_without_refusing_a_connection(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !util::privileged("restart in a network namespace") {
+        return;
+    }
+    util::netns::in_new_netns(move || {
+        let migrate = if backend == Backend::Ebpf { "0" } else { "1" };
+        std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", migrate).unwrap();
+
+        let old = EchoServer::start(
+            bind(backend, "127.0.0.1:0".parse().unwrap(), false),
+            Guard::Keep,
+        );
+        let addr = old.addr(0);
+        assert!(
+            matches!(
+                Builder::new(backend).workers(2).listen(addr).bind(),
+                Err(balancer::BindError::AddressInUse { .. })
+            ),
+            "without take_over a second set on the port is an error"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| client_loop(addr, Arc::clone(&stop)))
+            .collect();
+
+        std::thread::sleep(PHASE);
+        let new = EchoServer::start(bind(backend, addr, true), Guard::Keep);
+        std::thread::sleep(PHASE);
+        let old_stats = old.stats.clone();
+        drop(old); // closes every old worker and serves what they return
+        let new_before = total(&new);
+        std::thread::sleep(PHASE);
+        stop.store(true, Ordering::Relaxed);
+
+        let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let echoed: usize = tallies.iter().map(|t| t.echoed).sum();
+        let failures: Vec<_> = tallies.iter().flat_map(|t| &t.failures).collect();
+        let old_total: u64 = old_stats
+            .snapshot()
+            .workers
+            .iter()
+            .map(|w| w.downstream_cx_total)
+            .sum();
+        println!(
+            "{backend}: {echoed} round trips, old set served {old_total}, new set {}",
+            total(&new)
+        );
+        assert!(
+            failures.is_empty(),
+            "{backend}: {} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(old_total > 0, "the old set served before the switch");
+        assert!(
+            total(&new) > new_before,
+            "the new set serves after the switch"
+        );
+        assert_eq!(
+            old_total + total(&new),
+            echoed as u64,
+            "every round trip was counted once"
+        );
+        let snap = new.wait_for(|s| s.active_per_worker() == [0, 0]);
+        assert_eq!(snap.active_per_worker(), [0, 0]);
+        assert_eq!(old_stats.snapshot().active_per_worker(), [0, 0]);
+    });
+}
+
+fn total(server: &EchoServer) -> u64 {
+    server
+        .stats
+        .snapshot()
+        .workers
+        .iter()
+        .map(|w| w.downstream_cx_total)
+        .sum()
+}

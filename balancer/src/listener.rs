@@ -461,6 +461,7 @@ fn distribute(
             next: 0,
             blocking: None,
             stopped: false,
+            backoff: Backoff::default(),
         })
         .collect()
 }
@@ -663,6 +664,7 @@ pub struct Worker {
     blocking: Option<tokio::runtime::Runtime>,
     /// Retired from the live workers (by `close` or drop).
     stopped: bool,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for Worker {
@@ -707,19 +709,21 @@ impl Worker {
     /// current tokio runtime (call it from inside one).
     pub async fn accept(&mut self) -> io::Result<Accepted> {
         self.register()?;
-        let mut backoff = Backoff::default();
         loop {
             let taken = match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::HandedIn(handoff) => self.take_handoff(handoff).map(Some),
                 Event::Accepted(incoming) => self.own_or_hand_off(incoming),
                 Event::Failed(error) => {
                     self.counters().record_accept_error();
-                    backoff.wait(error).await?;
+                    self.backoff.wait(error).await?;
                     continue;
                 }
             };
             match taken {
-                Ok(Some(accepted)) => return Ok(accepted),
+                Ok(Some(accepted)) => {
+                    self.backoff.succeeded();
+                    return Ok(accepted);
+                }
                 Ok(None) => {}
                 Err(error) => {
                     // The connection is closed and nothing stays counted.
@@ -960,30 +964,42 @@ impl Drop for Worker {
 
 /// Retry policy for accept failures: connection-specific errors retry at
 /// once; resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) waits 10 ms,
-/// doubling to 1 s, and is logged once per episode; anything else is
-/// returned.
+/// doubling to 1 s while it lasts; anything else is returned.
+///
+/// Exhaustion is logged once per episode: an episode ends only after
+/// [`QUIET`] without an exhaustion error, so a limit that frees one fd at a
+/// time does not log once per accept.
 #[derive(Default)]
 struct Backoff {
     delay: Option<Duration>,
+    last_exhausted: Option<std::time::Instant>,
 }
+
+/// How long accepts must go without exhaustion to end an episode.
+const QUIET: Duration = Duration::from_secs(10);
 
 impl Backoff {
     async fn wait(&mut self, error: io::Error) -> io::Result<()> {
         match error.raw_os_error() {
             Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM) => Ok(()),
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                let delay = match self.delay {
-                    None => {
-                        log::warn!("accept: {error}; backing off until resources free up");
-                        Duration::from_millis(10)
-                    }
-                    Some(delay) => (delay * 2).min(Duration::from_secs(1)),
-                };
+                if self.last_exhausted.is_none_or(|at| at.elapsed() > QUIET) {
+                    log::warn!("accept: {error}; backing off until resources free up");
+                }
+                self.last_exhausted = Some(std::time::Instant::now());
+                let delay = self.delay.map_or(Duration::from_millis(10), |d| {
+                    (d * 2).min(Duration::from_secs(1))
+                });
                 self.delay = Some(delay);
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
             _ => Err(error),
         }
+    }
+
+    /// An accept succeeded: the next failure retries quickly again.
+    fn succeeded(&mut self) {
+        self.delay = None;
     }
 }

@@ -153,7 +153,7 @@ fn compile_bitcode(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(target_dir.join(HOST_TARGET).join("ebpf/libbalancer_ebpf.a"))
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")

@@ -3,6 +3,7 @@
 mod bench;
 mod bpf_linker;
 mod build_ebpf;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Command {
     InstallBpfLinker,
     /// Measure every backend side by side (needs root, wrk, nginx, haproxy).
     Bench(bench::Options),
+    /// Run the soak test at full size: 100,000 short connections per backend.
+    Soak(soak::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::CheckEbpf(options) => build_ebpf::check(&options),
         Command::InstallBpfLinker => bpf_linker::install(),
         Command::Bench(options) => bench::run(&options),
+        Command::Soak(options) => soak::run(&options),
     }
 }

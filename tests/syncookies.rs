@@ -1,0 +1,65 @@
+//! SYN cookies: with `net.ipv4.tcp_syncookies = 2` (always) in a network
+//! namespace of the test's own, the listener keeps no request socket; the
+//! kernel runs the reuseport selection (and so the `Ebpf` program) again on
+//! the final ACK. Connections still complete on every backend and the
+//! least-loaded backends still balance exactly. Needs root.
+
+mod util;
+
+use balancer::{Backend, Builder};
+use rstest::rstest;
+use util::echo::{EchoServer, Guard};
+
+const WORKERS: usize = 4;
+const CONNECTIONS: usize = 40;
+
+/// A `TcpExt` counter of the calling thread's network namespace.
+fn tcp_ext(name: &str) -> u64 {
+    let netstat = std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == name).unwrap();
+    values.split_whitespace().nth(at).unwrap().parse().unwrap()
+}
+
+#[rstest]
+fn connections_complete_and_balance_with_syn_cookies_always_on(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !util::privileged("SYN cookies in a network namespace") {
+        return;
+    }
+    util::netns::in_new_netns(move || {
+        std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
+        let listener = Builder::new(backend)
+            .workers(WORKERS)
+            .listen("127.0.0.1:0".parse().unwrap())
+            .bind()
+            .unwrap();
+        let server = EchoServer::start(listener, Guard::Keep);
+        let clients: Vec<_> = (0..CONNECTIONS)
+            .map(|_| server.open(server.addr(0)))
+            .collect();
+        let split = server.split(&clients, WORKERS);
+        let (sent, received) = (tcp_ext("SyncookiesSent"), tcp_ext("SyncookiesRecv"));
+        println!("{backend}: split {split:?}, cookies sent {sent}, accepted {received}");
+        assert!(sent >= CONNECTIONS as u64, "every SYN got a cookie: {sent}");
+        assert!(
+            received >= CONNECTIONS as u64,
+            "every final ACK carried one: {received}"
+        );
+        assert_eq!(split.iter().sum::<usize>(), CONNECTIONS);
+        if matches!(backend, Backend::Exact | Backend::Ebpf) {
+            assert_eq!(
+                split,
+                [CONNECTIONS / WORKERS; WORKERS],
+                "{backend} still balances"
+            );
+        }
+        let snap = server.stats.snapshot();
+        assert_eq!(
+            snap.active_per_worker().iter().sum::<u64>(),
+            CONNECTIONS as u64
+        );
+    });
+}

@@ -3,7 +3,7 @@
 
 mod util;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
 use balancer::{
     steering::SteeringError, Backend, BalancedListener, BindError, Builder, MAX_WORKERS,
@@ -180,12 +180,22 @@ fn more_workers_than_the_maps_hold_is_a_typed_error() {
     );
 }
 
+/// Another server on the port, whether or not it shares it: a plain
+/// listener, or a `SO_REUSEPORT` one of the same user (the kernel checks the
+/// user, not the process), which the sockets would otherwise join silently.
 #[rstest]
 fn address_in_use_is_a_typed_error(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact)] backend: Backend,
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+    #[values(false, true)] other_shares_the_port: bool,
 ) {
-    let taken = TcpListener::bind(loopback()).unwrap();
-    let addr = taken.local_addr().unwrap();
+    if !runnable(backend) {
+        return;
+    }
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_port(other_shares_the_port).unwrap();
+    other.bind(&loopback().into()).unwrap();
+    other.listen(16).unwrap();
+    let addr = other.local_addr().unwrap().as_socket().unwrap();
     let err = Builder::new(backend)
         .workers(2)
         .listen(addr)
@@ -196,6 +206,84 @@ fn address_in_use_is_a_typed_error(
         "{err:?}"
     );
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[test]
+fn unusable_and_duplicate_addresses_are_typed_errors() {
+    let bind = |builder: Builder| builder.workers(2).bind().unwrap_err();
+    let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+    for bad in ["224.0.0.1:8080", "255.255.255.255:8080", "[ff02::1]:8080"] {
+        let err = bind(Builder::new(Backend::ReusePort).listen(addr(bad)));
+        assert!(
+            matches!(err, BindError::InvalidAddress { addr: a, .. } if a == addr(bad)),
+            "{bad}: {err:?}"
+        );
+    }
+    let err = bind(
+        Builder::new(Backend::Exact)
+            .listen_virtual(loopback())
+            .handoff_target(addr("0.0.0.0:0")),
+    );
+    assert!(matches!(err, BindError::InvalidAddress { .. }), "{err:?}");
+    let twice = addr("127.0.0.1:18080");
+    let err = bind(Builder::new(Backend::Shared).listen(twice).listen(twice));
+    assert!(
+        matches!(err, BindError::DuplicateListener { addr: a } if a == twice),
+        "{err:?}"
+    );
+    let err = Builder::new(Backend::Shared)
+        .workers(usize::MAX)
+        .listen(loopback())
+        .bind()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BindError::TooManyWorkers {
+                workers: usize::MAX,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+/// The maps are reachable only through this process's fds: nothing is
+/// pinned, even with a BPF filesystem mounted where pins would go.
+#[test]
+fn ebpf_maps_are_not_pinned() {
+    if !util::privileged("eBPF steering in a mount namespace") {
+        return;
+    }
+    std::thread::spawn(|| {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).expect("unshare(CLONE_NEWNS)");
+        let none: Option<&str> = None;
+        mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).unwrap();
+        mount(
+            Some("bpf"),
+            "/sys/fs/bpf",
+            Some("bpf"),
+            MsFlags::empty(),
+            none,
+        )
+        .unwrap();
+        // The kernel may preload its own iterators (maps.debug, progs.debug).
+        let entries = || -> Vec<_> {
+            let dir = std::fs::read_dir("/sys/fs/bpf").unwrap();
+            dir.map(|entry| entry.unwrap().path()).collect()
+        };
+        let before = entries();
+        let listener = Builder::new(Backend::Ebpf)
+            .workers(2)
+            .listen(loopback())
+            .bind()
+            .unwrap();
+        assert_eq!(entries(), before, "binding pinned something");
+        drop(listener);
+    })
+    .join()
+    .unwrap();
 }
 
 #[test]

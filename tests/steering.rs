@@ -3,7 +3,7 @@
 
 mod util;
 
-use balancer::steering::Steering;
+use balancer::steering::{Steering, SteeringError};
 use util::{connect, drain_counts, privileged, reuseport_group};
 
 const CONNECTIONS: usize = 20;
@@ -78,4 +78,37 @@ fn debug_log_build_of_the_program_passes_the_verifier() {
     steering.loads().set(0, 1);
     let counts = split(addr, &listeners);
     assert_eq!(counts, [0, CONNECTIONS]);
+}
+
+/// A program the verifier refuses (the embedded one with its first
+/// instruction made to read an uninitialized register) fails with
+/// `SteeringError::Program`, and the error carries the verifier's log.
+#[test]
+fn a_rejected_program_returns_the_verifier_log() {
+    if !privileged("eBPF steering") {
+        return;
+    }
+    let mut object = balancer::bench_internals::steering_object().to_vec();
+    let section = {
+        use object::{Object, ObjectSection};
+        let elf = object::File::parse(&*object).expect("the embedded object is ELF");
+        let section = elf
+            .section_by_name("sk_reuseport/migrate")
+            .expect("the program's section");
+        section.file_range().expect("the section has bytes").0 as usize
+    };
+    // r0 = *(u64 *)(r9 + 0): r9 is never written before.
+    object[section..section + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
+    let error = balancer::bench_internals::load_steering_object(&object, 2)
+        .expect_err("the verifier must refuse it");
+    let log = error
+        .verifier_log()
+        .unwrap_or_else(|| panic!("no verifier log in {error:?}"));
+    println!("{error}: {}", log.lines().last().unwrap_or_default());
+    assert!(matches!(error, SteeringError::Program(_)), "{error:?}");
+    assert!(log.contains("R9 !read_ok"), "verifier log: {log}");
+    assert!(
+        !error.is_unavailable(),
+        "a rejected program is not a missing feature"
+    );
 }

@@ -1,12 +1,27 @@
-//! Hot paths exposed for the criterion benches only (feature
-//! `bench-internals`); not part of the public API.
+//! Hot paths exposed for the criterion benches, and the steering loader for
+//! a modified object for the tests (feature `bench-internals`); not part of
+//! the public API.
 
 use std::sync::Arc;
 
 use crate::{
     handoff::LiveWorkers,
     stats::{WorkerCounters, WorkerLoad},
+    steering::{Steering, SteeringError, SteeringOptions},
 };
+
+/// The embedded steering object, for tests that load a modified copy.
+pub fn steering_object() -> &'static [u8] {
+    crate::steering::PROGRAM_OBJECT
+}
+
+/// Loads `object` exactly as [`Steering::load`] loads the embedded one.
+///
+/// # Errors
+/// As [`Steering::load`].
+pub fn load_steering_object(object: &[u8], workers: usize) -> Result<Steering, SteeringError> {
+    Steering::load_object(object, workers, &SteeringOptions::default())
+}
 
 /// One worker's counters, as a connection's guard updates them.
 pub struct Counters(Arc<WorkerCounters>);

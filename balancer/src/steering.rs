@@ -33,7 +33,7 @@ use balancer_common::{Config, CONFIG_MAP, LOADS_MAP, MAX_WORKERS, PROGRAM, SOCKE
 use crate::sys;
 
 /// The sk_reuseport object built by `cargo xtask build-ebpf`.
-static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/balancer.bpf.o");
+pub(crate) static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../bpf/balancer.bpf.o");
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -188,6 +188,15 @@ impl Steering {
     /// # Ok::<(), balancer::steering::SteeringError>(())
     /// ```
     pub fn load_with(workers: usize, options: &SteeringOptions) -> Result<Self, SteeringError> {
+        Self::load_object(PROGRAM_OBJECT, workers, options)
+    }
+
+    /// [`Steering::load_with`] for `object` instead of the embedded one.
+    pub(crate) fn load_object(
+        object: &[u8],
+        workers: usize,
+        options: &SteeringOptions,
+    ) -> Result<Self, SteeringError> {
         let count = u32::try_from(workers)
             .ok()
             .filter(|n| (1..=MAX_WORKERS).contains(n))
@@ -204,7 +213,7 @@ impl Steering {
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("AYA_LOG_LEVEL", &level, true)
-            .load(PROGRAM_OBJECT)
+            .load(object)
             .map_err(SteeringError::Object)?;
         let log = options
             .debug_log

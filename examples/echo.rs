@@ -12,7 +12,7 @@ mod common;
 use clap::Parser;
 use tokio::io::AsyncWriteExt;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Report> {
     let args = common::Args::parse();
     let listener = common::bind(&args)?;
     common::run(listener, &args, |conn| async move {

@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Longest `/spin/<micros>` honoured: 100 ms.
 const MAX_SPIN_MICROS: u64 = 100_000;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), common::Report> {
     let args = common::Args::parse();
     let listener = common::bind(&args)?;
     common::run(listener, &args, |conn| async move {

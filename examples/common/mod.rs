@@ -46,6 +46,10 @@ pub struct Args {
     /// count as soon as it is accepted (the balancer then sees idle workers).
     #[arg(long)]
     pub release_at_handoff: bool,
+    /// Take the port over from a running instance (restart): join its
+    /// SO_REUSEPORT group; then SIGTERM the old one. Give a free --admin.
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 /// Binds `args.listen` on the requested backend, or on `ebpf` falling back
@@ -58,7 +62,8 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
         let mut builder = Builder::new(backend)
             .workers(workers)
             .listen(args.listen)
-            .pin_to_cores(args.pin);
+            .pin_to_cores(args.pin)
+            .take_over(args.take_over);
         if let Some(addr) = args.virtual_listener {
             builder = builder.listen_virtual(addr);
         }
@@ -99,11 +104,7 @@ pub struct Conn {
 
 /// Serves every worker with `handle` until SIGINT/SIGTERM, then stops
 /// accepting, gives open connections `drain_timeout` to finish, and returns.
-pub fn run<H, Fut>(
-    listener: BalancedListener,
-    args: &Args,
-    handle: H,
-) -> Result<(), Box<dyn std::error::Error>>
+pub fn run<H, Fut>(listener: BalancedListener, args: &Args, handle: H) -> Result<(), Report>
 where
     H: Fn(Conn) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
@@ -220,5 +221,27 @@ async fn serve_admin(listener: tokio::net::TcpListener, stats: Stats) -> std::io
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+/// What `main` returns on failure: printed as the error and its causes, one
+/// per line, rather than as a debug dump.
+pub struct Report(Box<dyn std::error::Error>);
+
+impl<E: Into<Box<dyn std::error::Error>>> From<E> for Report {
+    fn from(error: E) -> Self {
+        Self(error.into())
+    }
+}
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, "\n  caused by: {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
 }

@@ -237,9 +237,11 @@ pub struct WorkerSnapshot {
     pub downstream_cx_active: u64,
     /// Connections the worker has owned since bind.
     pub downstream_cx_total: u64,
-    /// Connections another worker accepted and handed to this one (`Exact`).
+    /// Connections another worker accepted and handed to this one (`Exact`
+    /// on every connection; any backend when a worker stops).
     pub handoffs_in: u64,
-    /// Connections this worker accepted and handed to another (`Exact`).
+    /// Connections this worker accepted and handed to another (`Exact`), or
+    /// moved to another when it stopped.
     pub handoffs_out: u64,
     /// `accept` calls that failed (e.g. EMFILE).
     pub accept_errors: u64,

@@ -100,12 +100,21 @@ fn a_closed_worker_loses_no_queued_connection(
     let snap = server.stats.snapshot();
     assert_eq!(snap.workers[0].state, WorkerState::Stopped);
     assert_eq!(snap.workers[0].downstream_cx_active, 0);
+    assert_eq!(
+        snap.workers[0].downstream_cx_total, 0,
+        "worker 0 took nothing"
+    );
+    assert_eq!(snap.workers[1].downstream_cx_total, QUEUED as u64);
     // How the queue moved: the kernel migrates it for Ebpf; ReusePort drains
     // it in userspace; Exact re-queues its handoffs.
-    let moved = snap.workers[1].handoffs_in;
+    // (`queued` may include a few that worker 1 owned but had not answered.)
+    let moved = snap.workers[1].handoffs_in as usize;
     match backend {
         Backend::Ebpf | Backend::Shared => assert_eq!(moved, 0, "{backend}: {snap:?}"),
-        _ => assert_eq!(moved as usize, queued, "{backend}: {snap:?}"),
+        _ => assert!(
+            (1..=queued).contains(&moved),
+            "{backend}: {moved} moved: {snap:?}"
+        ),
     }
 
     // New connections avoid the stopped worker.
@@ -219,10 +228,19 @@ fn a_panicked_worker_is_reported_and_reconciled(
         let mut client = util::connect(addr);
         client.write_all(b"x").unwrap();
         let mut byte = [0];
-        if client.read_exact(&mut byte).is_ok() {
-            clients.push(client);
+        if client.read_exact(&mut byte).is_err() {
+            break; // worker 0 panicked on this one: let it finish unwinding
         }
+        clients.push(client);
     }
+    let deadline = Instant::now() + util::TIMEOUT;
+    while !threads[0].is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        threads[0].is_finished(),
+        "{backend}: worker 0 never panicked"
+    );
     let panicked = threads.remove(0).join();
     assert!(panicked.is_err(), "{backend}: worker 0 never panicked");
     let snap = stats.snapshot();

@@ -60,6 +60,7 @@ impl ConnectionGuard {
         worker: usize,
         listener: ListenerId,
     ) -> Self {
+        stats.worker(worker).record_taken();
         let attribution = ListenerAttribution::new(Arc::clone(stats.listener(listener.0, worker)));
         Self {
             attribution,

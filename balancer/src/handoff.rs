@@ -114,8 +114,7 @@ impl LiveWorkers {
         }
         // On error `load` drops here, so nothing stays counted.
         let connection = incoming.try_map_stream(tokio::net::TcpStream::into_std)?;
-        WorkerCounters::record_handoff(&slots[me].counters, &slots[target].counters);
-        send(&slots, target, Handoff { connection, load });
+        move_to(&slots, me, target, connection, load);
         Ok(Dispatch::HandedOff)
     }
 
@@ -144,22 +143,27 @@ impl LiveWorkers {
         queued.close();
         let drained = drain(least_loaded(&slots).is_none());
         let mut left = Vec::new();
-        let queued = std::iter::from_fn(|| queued.try_recv().ok());
-        let drained = drained.into_iter().map(|connection| Handoff {
-            connection,
-            load: WorkerLoad::new(Arc::clone(&slots[me].counters)),
-        });
-        for handoff in queued.chain(drained) {
+        while let Ok(handoff) = queued.try_recv() {
             let Some(target) = least_loaded(&slots) else {
                 left.push(handoff);
                 continue;
             };
             // Count it against the new owner before releasing the old count.
             let load = WorkerLoad::new(Arc::clone(&slots[target].counters));
-            WorkerCounters::record_handoff(&slots[me].counters, &slots[target].counters);
-            let connection = handoff.connection;
             drop(handoff.load);
-            send(&slots, target, Handoff { connection, load });
+            move_to(&slots, me, target, handoff.connection, load);
+        }
+        for connection in drained {
+            match least_loaded(&slots) {
+                Some(target) => {
+                    let load = WorkerLoad::new(Arc::clone(&slots[target].counters));
+                    move_to(&slots, me, target, connection, load);
+                }
+                None => left.push(Handoff {
+                    connection,
+                    load: WorkerLoad::new(Arc::clone(&slots[me].counters)),
+                }),
+            }
         }
         left
     }
@@ -185,6 +189,19 @@ fn least_loaded(slots: &[Slot]) -> Option<usize> {
 fn pick(slots: &[Slot], fallback: usize) -> (usize, WorkerLoad) {
     let target = least_loaded(slots).unwrap_or(fallback);
     (target, WorkerLoad::new(Arc::clone(&slots[target].counters)))
+}
+
+/// Queues `connection`, counted against `target` by `load`, for `target`,
+/// as moved there by `from`.
+fn move_to(
+    slots: &[Slot],
+    from: usize,
+    target: usize,
+    connection: Incoming<std::net::TcpStream>,
+    load: WorkerLoad,
+) {
+    WorkerCounters::record_handoff(&slots[from].counters, &slots[target].counters);
+    send(slots, target, Handoff { connection, load });
 }
 
 /// Queues `handoff` (already counted against `target`) on `target`'s

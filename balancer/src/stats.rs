@@ -70,9 +70,13 @@ impl WorkerCounters {
         to.handoffs_in.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a connection this worker took: returned it from `accept`.
+    pub(crate) fn record_taken(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn add_active(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
-        self.total.fetch_add(1, Ordering::Relaxed);
         for (loads, worker) in &self.load_slots {
             loads.slot(*worker).fetch_add(1, Ordering::Relaxed);
         }
@@ -235,7 +239,10 @@ pub struct WorkerSnapshot {
     pub worker: usize,
     /// Connections the worker owns now, over all listeners: its load.
     pub downstream_cx_active: u64,
-    /// Connections the worker has owned since bind.
+    /// Connections the worker has taken (returned from `accept` or
+    /// `Worker::close`) since bind. A connection queued for a worker and
+    /// moved on when it stopped counts only where it is taken, so the totals
+    /// of all workers add up to the connections served.
     pub downstream_cx_total: u64,
     /// Connections another worker accepted and handed to this one (`Exact`
     /// on every connection; any backend when a worker stops).
@@ -462,6 +469,7 @@ mod tests {
     fn load_and_attribution_count_and_release() {
         let stats = stats();
         let load = WorkerLoad::new(Arc::clone(stats.worker(1)));
+        stats.worker(1).record_taken();
         let attribution = ListenerAttribution::new(Arc::clone(stats.listener(0, 1)));
         let snap = stats.snapshot();
         assert_eq!(snap.active_per_worker(), [0, 1]);

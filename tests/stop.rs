@@ -7,7 +7,7 @@ mod util;
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use balancer::{stats::WorkerState, Backend, Builder};
@@ -170,22 +170,14 @@ fn a_panicking_handler_leaves_the_counters_right(
             healthy.push(client);
         }
     }
-    let deadline = Instant::now() + util::TIMEOUT;
-    while stats.snapshot().active_per_worker().iter().sum::<u64>() != 10
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    util::eventually(|| stats.snapshot().active_per_worker().iter().sum::<u64>() == 10);
     let snap = stats.snapshot();
     assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 10, "{snap:?}");
     let total: u64 = snap.workers.iter().map(|w| w.downstream_cx_total).sum();
     assert_eq!(total, 20);
     assert!(snap.workers.iter().all(|w| w.state == WorkerState::Running));
     drop(healthy);
-    let deadline = Instant::now() + util::TIMEOUT;
-    while stats.snapshot().active_per_worker() != [0, 0] && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
     assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
     drop(threads); // detached: they end with the test process
 }
@@ -233,10 +225,7 @@ fn a_panicked_worker_is_reported_and_reconciled(
         }
         clients.push(client);
     }
-    let deadline = Instant::now() + util::TIMEOUT;
-    while !threads[0].is_finished() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    util::eventually(|| threads[0].is_finished());
     assert!(
         threads[0].is_finished(),
         "{backend}: worker 0 never panicked"
@@ -268,9 +257,6 @@ fn a_panicked_worker_is_reported_and_reconciled(
     let snap = stats.snapshot();
     assert_eq!(snap.workers[1].downstream_cx_total, before + 10);
     drop(clients);
-    let deadline = Instant::now() + util::TIMEOUT;
-    while stats.snapshot().active_per_worker() != [0, 0] && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
     assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
 }

@@ -34,6 +34,27 @@ pub struct Accepted<S = tokio::net::TcpStream> {
     pub guard: ConnectionGuard,
 }
 
+impl<S> Accepted<S> {
+    /// The same connection with its stream converted, e.g. the std streams
+    /// [`Worker::close`](crate::Worker::close) returns into tokio's with
+    /// `accepted.try_map_stream(tokio::net::TcpStream::from_std)`. On error
+    /// the connection is closed and its guard released.
+    ///
+    /// # Errors
+    /// Whatever `convert` returns.
+    pub fn try_map_stream<T>(
+        self,
+        convert: impl FnOnce(S) -> std::io::Result<T>,
+    ) -> std::io::Result<Accepted<T>> {
+        Ok(Accepted {
+            stream: convert(self.stream)?,
+            peer: self.peer,
+            original_dst: self.original_dst,
+            guard: self.guard,
+        })
+    }
+}
+
 /// Counts one connection against its worker (the load the balancer sees) and
 /// against a listener, until dropped.
 ///

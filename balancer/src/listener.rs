@@ -749,14 +749,10 @@ impl Worker {
         };
         let accepted = runtime.block_on(self.accept());
         self.blocking = Some(runtime);
-        let accepted = accepted?;
-        let stream = accepted.stream.into_std()?;
-        stream.set_nonblocking(false)?;
-        Ok(Accepted {
-            stream,
-            peer: accepted.peer,
-            original_dst: accepted.original_dst,
-            guard: accepted.guard,
+        accepted?.try_map_stream(|stream| {
+            let stream = stream.into_std()?;
+            stream.set_nonblocking(false)?;
+            Ok(stream)
         })
     }
 

@@ -137,9 +137,9 @@ where
             // Closes this worker's listening sockets; the last worker to close
             // gets what was still queued, so nothing the kernel accepted is reset.
             for accepted in worker.close() {
-                match tokio::net::TcpStream::from_std(accepted.stream) {
-                    Ok(stream) => {
-                        let conn = Conn { stream, worker: index, guard: Some(accepted.guard) };
+                match accepted.try_map_stream(tokio::net::TcpStream::from_std) {
+                    Ok(accepted) => {
+                        let conn = Conn { stream: accepted.stream, worker: index, guard: Some(accepted.guard) };
                         tokio::task::spawn_local(handle(conn));
                     }
                     Err(error) => eprintln!("worker {index}: {error}"),

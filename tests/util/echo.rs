@@ -13,10 +13,9 @@ use std::{
 
 use balancer::{
     stats::{Snapshot, Stats},
-    Accepted, Backend, BalancedListener, ConnectionGuard, ListenerId, Worker,
+    Accepted, Backend, BalancedListener, ListenerId, Worker,
 };
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream as TcpStreamTokio;
 
 use super::TIMEOUT;
 
@@ -177,36 +176,12 @@ async fn serve(
             conn = worker.accept() => conn.expect("accept"),
             _ = stopped.changed() => break,
         };
-        let Accepted {
-            stream,
-            peer,
-            original_dst,
-            guard: conn_guard,
-            ..
-        } = conn;
-        echo(
-            (stream, peer, original_dst, conn_guard),
-            worker.index(),
-            guard,
-            &record,
-        );
+        echo(conn, worker.index(), guard, &record);
     }
     let (index, stats) = (worker.index(), worker.stats().clone());
     for conn in worker.close() {
-        let Accepted {
-            stream,
-            peer,
-            original_dst,
-            guard: conn_guard,
-            ..
-        } = conn;
-        let stream = tokio::net::TcpStream::from_std(stream).expect("register");
-        echo(
-            (stream, peer, original_dst, conn_guard),
-            index,
-            guard,
-            &record,
-        );
+        let conn = conn.try_map_stream(tokio::net::TcpStream::from_std);
+        echo(conn.expect("register"), index, guard, &record);
     }
     let deadline = Instant::now() + TIMEOUT;
     while stats.snapshot().workers[index].downstream_cx_active > 0 && Instant::now() < deadline {
@@ -214,33 +189,20 @@ async fn serve(
     }
 }
 
-/// A connection's parts, as `Accepted` carries them.
-type Conn = (
-    TcpStreamTokio,
-    SocketAddr,
-    Option<SocketAddr>,
-    ConnectionGuard,
-);
-
 /// Records who serves the connection and echoes it on a local task.
-fn echo(
-    (stream, peer, original_dst, conn_guard): Conn,
-    worker: usize,
-    guard: Guard,
-    record: &Mutex<HashMap<SocketAddr, Served>>,
-) {
+fn echo(conn: Accepted, worker: usize, guard: Guard, record: &Mutex<HashMap<SocketAddr, Served>>) {
     let served = Served {
         worker,
-        listener: conn_guard.listener(),
-        original_dst,
+        listener: conn.guard.listener(),
+        original_dst: conn.original_dst,
     };
-    record.lock().unwrap().insert(peer, served);
+    record.lock().unwrap().insert(conn.peer, served);
     let conn_guard = match guard {
-        Guard::Keep => Some(conn_guard),
+        Guard::Keep => Some(conn.guard),
         Guard::DropAtHandoff => None,
     };
     tokio::task::spawn_local(async move {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = conn.stream.into_split();
         let _ = tokio::io::copy(&mut rd, &mut wr).await;
         let _ = wr.shutdown().await;
         drop(conn_guard);

@@ -85,6 +85,19 @@ pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
 pub mod echo;
 pub mod netns;
 
+/// Polls `done` every 2 ms until it holds or [`TIMEOUT`] passes; returns
+/// whether it held.
+pub fn eventually(done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + TIMEOUT;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// Clears the calling thread's effective capabilities (capabilities are per
 /// thread, so the rest of the test process keeps its own). Root or not,
 /// privileged kernel operations on this thread then fail as for a normal user.

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer::{Backend, Builder};
+use balancer::Backend;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use socket2::{Domain, Socket, Type};
 use util::echo::{EchoServer, Guard};
@@ -49,7 +49,7 @@ fn accept_backs_off_while_fds_are_exhausted_and_recovers() {
     log::set_logger(&EpisodeCounter).unwrap();
     log::set_max_level(log::LevelFilter::Warn);
     for backend in Backend::ALL {
-        if backend == Backend::Ebpf && !util::privileged("the Ebpf backend") {
+        if !util::runnable(backend) {
             continue;
         }
         exhaust_and_recover(backend);
@@ -57,11 +57,7 @@ fn accept_backs_off_while_fds_are_exhausted_and_recovers() {
 }
 
 fn exhaust_and_recover(backend: Backend) {
-    let listener = Builder::new(backend)
-        .workers(1)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .bind()
-        .unwrap();
+    let listener = util::bind_loopback(backend, 1);
     let server = EchoServer::start(listener, Guard::Keep);
     let addr = server.addr(0);
     drop(server.open(addr)); // the worker's runtime is up

@@ -17,11 +17,6 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// Whether `backend` can run here; `Ebpf` needs root.
-fn runnable(backend: Backend) -> bool {
-    backend != Backend::Ebpf || util::privileged("the Ebpf backend")
-}
-
 fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer {
     let mut builder = Builder::new(backend).workers(workers);
     for _ in 0..listeners {
@@ -39,7 +34,7 @@ fn serves_every_connection_and_counts_return_to_zero(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
     let server = echo_server(backend, workers, 1);
@@ -85,7 +80,7 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
     let server = echo_server(backend, workers, 1);
@@ -123,7 +118,7 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
 fn two_listeners_balance_on_the_workers_combined_load(
     #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
     let workers = 4;
@@ -188,7 +183,7 @@ fn address_in_use_is_a_typed_error(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
     #[values(false, true)] other_shares_the_port: bool,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
     let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -315,7 +310,7 @@ fn no_bound_listener_is_a_typed_error() {
 #[test]
 fn ipv6_listeners_serve_on_every_backend() {
     for backend in Backend::ALL {
-        if !runnable(backend) {
+        if !util::runnable(backend) {
             continue;
         }
         let listener = Builder::new(backend)

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer::{Backend, Builder};
+use balancer::Backend;
 use rstest::rstest;
 use util::echo::{EchoServer, Guard};
 
@@ -54,15 +54,11 @@ fn short_connections(addr: SocketAddr, count: u64, deadline: Instant) -> Vec<Str
 fn short_connections_all_echo_and_counters_end_consistent(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
 ) {
-    if backend == Backend::Ebpf && !util::privileged("the Ebpf backend") {
+    if !util::runnable(backend) {
         return;
     }
     let total = connections();
-    let listener = Builder::new(backend)
-        .workers(2)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .bind()
-        .unwrap();
+    let listener = util::bind_loopback(backend, 2);
     let server = EchoServer::start(listener, Guard::Keep);
     let addr = server.addr(0);
     let start = Instant::now();

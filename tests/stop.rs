@@ -10,23 +10,11 @@ use std::{
     time::Duration,
 };
 
-use balancer::{stats::WorkerState, Backend, Builder};
+use balancer::{stats::WorkerState, Backend};
 use rstest::rstest;
 use util::echo::{EchoServer, Guard};
 
 const QUEUED: usize = 20;
-
-fn runnable(backend: Backend) -> bool {
-    backend != Backend::Ebpf || util::privileged("the Ebpf backend")
-}
-
-fn bind(backend: Backend, workers: usize) -> balancer::BalancedListener {
-    Builder::new(backend)
-        .workers(workers)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"))
-}
 
 /// Connects and sends one line without waiting for the echo.
 fn send_line(addr: SocketAddr) -> (TcpStream, String) {
@@ -66,10 +54,10 @@ fn expect_echo(stream: &mut TcpStream, line: &str) {
 fn a_closed_worker_loses_no_queued_connection(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
-    let (server, idle) = EchoServer::start_holding(bind(backend, 2), Guard::Keep, 0);
+    let (server, idle) = EchoServer::start_holding(util::bind_loopback(backend, 2), Guard::Keep, 0);
     let mut clients: Vec<_> = (0..QUEUED).map(|_| send_line(server.addr(0))).collect();
     // Let worker 1 answer what it owns; what is left waits for worker 0.
     server.wait_for(|s| s.workers[1].downstream_cx_total > 0);
@@ -131,10 +119,10 @@ fn a_closed_worker_loses_no_queued_connection(
 fn a_panicking_handler_leaves_the_counters_right(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
-    let listener = bind(backend, 2);
+    let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let threads = listener
         .spawn(|mut worker| async move {
@@ -189,10 +177,10 @@ fn a_panicking_handler_leaves_the_counters_right(
 fn a_panicked_worker_is_reported_and_reconciled(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
 ) {
-    if !runnable(backend) {
+    if !util::runnable(backend) {
         return;
     }
-    let listener = bind(backend, 2);
+    let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let mut threads = listener
         .spawn(|mut worker| async move {

@@ -11,7 +11,7 @@ use std::{
     net::{SocketAddr, TcpStream},
 };
 
-use balancer::{Backend, Builder};
+use balancer::Backend;
 use rstest::rstest;
 use util::echo::{EchoServer, Guard};
 
@@ -55,14 +55,10 @@ fn round_trip(addr: SocketAddr) -> TcpStream {
 fn counters_add_up_after_random_concurrent_closes(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
 ) {
-    if backend == Backend::Ebpf && !util::privileged("the Ebpf backend") {
+    if !util::runnable(backend) {
         return;
     }
-    let listener = Builder::new(backend)
-        .workers(WORKERS)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .bind()
-        .unwrap();
+    let listener = util::bind_loopback(backend, WORKERS);
     let server = EchoServer::start(listener, Guard::Keep);
     let addr = server.addr(0);
     let clients: Vec<_> = (0..THREADS)

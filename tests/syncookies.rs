@@ -6,7 +6,7 @@
 
 mod util;
 
-use balancer::{Backend, Builder};
+use balancer::Backend;
 use rstest::rstest;
 use util::echo::{EchoServer, Guard};
 
@@ -31,11 +31,7 @@ fn connections_complete_and_balance_with_syn_cookies_always_on(
     }
     util::netns::in_new_netns(move || {
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
-        let listener = Builder::new(backend)
-            .workers(WORKERS)
-            .listen("127.0.0.1:0".parse().unwrap())
-            .bind()
-            .unwrap();
+        let listener = util::bind_loopback(backend, WORKERS);
         let server = EchoServer::start(listener, Guard::Keep);
         let clients: Vec<_> = (0..CONNECTIONS)
             .map(|_| server.open(server.addr(0)))

@@ -34,6 +34,24 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Whether `backend` can run here: `Ebpf` needs root (see [`privileged`]).
+#[must_use]
+pub fn runnable(backend: balancer::Backend) -> bool {
+    backend != balancer::Backend::Ebpf || privileged("the Ebpf backend")
+}
+
+/// `workers` workers of `backend` on one listener on 127.0.0.1, port 0. The
+/// backend is the one asked for: no silent fallback.
+pub fn bind_loopback(backend: balancer::Backend, workers: usize) -> balancer::BalancedListener {
+    let listener = balancer::Builder::new(backend)
+        .workers(workers)
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+    assert_eq!(listener.backend(), backend, "no silent fallback");
+    listener
+}
+
 /// `n` listening TCP sockets on one loopback port, all in one `SO_REUSEPORT`
 /// group, non-blocking.
 pub fn reuseport_group(n: usize) -> (SocketAddr, Vec<TcpListener>) {

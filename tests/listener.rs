@@ -5,9 +5,7 @@ mod util;
 
 use std::net::SocketAddr;
 
-use balancer::{
-    steering::SteeringError, Backend, BalancedListener, BindError, Builder, MAX_WORKERS,
-};
+use balancer::{steering::SteeringError, Backend, BalancedListener, BindError, Builder};
 use rstest::rstest;
 use util::echo::{spread, EchoServer, Guard};
 
@@ -159,7 +157,7 @@ fn zero_workers_is_a_typed_error() {
 
 #[test]
 fn more_workers_than_the_maps_hold_is_a_typed_error() {
-    let workers = MAX_WORKERS as usize + 1;
+    let workers = Backend::Ebpf.max_workers() + 1;
     let err = Builder::new(Backend::Ebpf)
         .workers(workers)
         .listen(loopback())

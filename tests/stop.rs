@@ -96,7 +96,7 @@ fn a_closed_worker_loses_no_queued_connection(
     // How the queue moved: the kernel migrates it for Ebpf; ReusePort drains
     // it in userspace; Exact re-queues its handoffs.
     // (`queued` may include a few that worker 1 owned but had not answered.)
-    let moved = snap.workers[1].handoffs_in as usize;
+    let moved = snap.workers[1].transfers_in as usize;
     match backend {
         Backend::Ebpf | Backend::Shared => assert_eq!(moved, 0, "{backend}: {snap:?}"),
         _ => assert!(

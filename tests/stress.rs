@@ -80,9 +80,9 @@ fn counters_add_up_after_random_concurrent_closes(
     );
     assert_eq!(snap.listeners[0].total().downstream_cx_total, opened);
     assert_eq!(snap.listeners[0].total().downstream_cx_active, 0);
-    let handoffs_in: u64 = snap.workers.iter().map(|w| w.handoffs_in).sum();
-    let handoffs_out: u64 = snap.workers.iter().map(|w| w.handoffs_out).sum();
-    assert_eq!(handoffs_in, handoffs_out);
+    let transfers_in: u64 = snap.workers.iter().map(|w| w.transfers_in).sum();
+    let transfers_out: u64 = snap.workers.iter().map(|w| w.transfers_out).sum();
+    assert_eq!(transfers_in, transfers_out);
 
     // The balancer's view (the counters, and for Ebpf the kernel's load map)
     // is back at zero: sequential connections split exactly again.

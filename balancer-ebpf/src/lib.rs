@@ -1,8 +1,8 @@
-//! The sk_reuseport program: steer each new connection to the least-loaded
-//! worker's listening socket.
+//! The `steering` sk_reuseport program: steer each new connection to the
+//! least-loaded worker's listening socket.
 //!
 //! Attached to a `SO_REUSEPORT` group with `SO_ATTACH_REUSEPORT_EBPF`, the
-//! kernel runs [`steer`] once per incoming SYN (and once more on the final ACK
+//! kernel runs [`steering`] once per incoming SYN (and once more on the final ACK
 //! when SYN cookies are in use). It reads the worker count from `CONFIG`,
 //! scans `LOADS` for the lowest load, and selects that worker's socket from
 //! `SOCKETS`. The scan starts at the connection's 4-tuple hash, so equal loads
@@ -42,16 +42,16 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Selects the least-loaded worker's socket for this connection.
 #[sk_reuseport(migrate)]
-pub fn steer(ctx: SkReuseportContext) -> u32 {
+pub fn steering(ctx: SkReuseportContext) -> u32 {
     let Some(workers) = configured_workers() else {
         return SK_PASS;
     };
     let (worker, load) = least_loaded(ctx.hash() % workers, workers);
     match SOCKETS.select_reuseport(&ctx, worker) {
-        Ok(()) => debug!(&ctx, "steer: worker {} (load {})", worker, load),
+        Ok(()) => debug!(&ctx, "steering: worker {} (load {})", worker, load),
         Err(err) => debug!(
             &ctx,
-            "steer: worker {} slot empty ({}), kernel hash decides", worker, err
+            "steering: worker {} slot empty ({}), kernel hash decides", worker, err
         ),
     }
     SK_PASS

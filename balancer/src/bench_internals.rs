@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use crate::{
-    handoff::LiveWorkers,
     stats::{WorkerCounters, WorkerLoad},
     steering::{Steering, SteeringError, SteeringOptions},
+    transfer::LiveWorkers,
 };
 
 /// The embedded steering object, for tests that load a modified copy.
@@ -59,7 +59,7 @@ impl ExactPick {
         let counters: Vec<_> = (0..workers)
             .map(|_| Arc::new(WorkerCounters::new(Vec::new())))
             .collect();
-        let (balancer, _receivers) = LiveWorkers::new(&counters);
+        let (balancer, _receivers) = LiveWorkers::new(counters);
         Self { balancer }
     }
 

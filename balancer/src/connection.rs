@@ -1,6 +1,7 @@
-//! What `accept` returns: the connection and the guard that keeps it counted.
+//! A connection on its way through a worker: [`Incoming`] before it is
+//! counted, [`Accepted`] with the [`ConnectionGuard`] that keeps it counted.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{io, net::SocketAddr, sync::Arc};
 
 use crate::stats::{ListenerAttribution, Stats, WorkerLoad};
 
@@ -14,6 +15,33 @@ impl ListenerId {
     /// The listener's position in the builder, from 0.
     pub fn index(self) -> usize {
         self.0
+    }
+}
+
+/// A connection just accepted, before it is counted: registered with the
+/// accepting worker's event loop (`S` = tokio's stream) or detached from it
+/// on its way to another worker (`S` = std's).
+#[derive(Debug)]
+pub(crate) struct Incoming<S = tokio::net::TcpStream> {
+    pub(crate) stream: S,
+    pub(crate) peer: SocketAddr,
+    pub(crate) listener: ListenerId,
+    /// Read at accept, for connections of virtual listeners only.
+    pub(crate) original_dst: Option<SocketAddr>,
+}
+
+impl<S> Incoming<S> {
+    /// The same connection with its stream converted by `convert`.
+    pub(crate) fn try_map_stream<T>(
+        self,
+        convert: impl FnOnce(S) -> io::Result<T>,
+    ) -> io::Result<Incoming<T>> {
+        Ok(Incoming {
+            stream: convert(self.stream)?,
+            peer: self.peer,
+            listener: self.listener,
+            original_dst: self.original_dst,
+        })
     }
 }
 
@@ -44,8 +72,8 @@ impl<S> Accepted<S> {
     /// Whatever `convert` returns.
     pub fn try_map_stream<T>(
         self,
-        convert: impl FnOnce(S) -> std::io::Result<T>,
-    ) -> std::io::Result<Accepted<T>> {
+        convert: impl FnOnce(S) -> io::Result<T>,
+    ) -> io::Result<Accepted<T>> {
         Ok(Accepted {
             stream: convert(self.stream)?,
             peer: self.peer,

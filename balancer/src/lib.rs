@@ -12,7 +12,7 @@
 //! `Ebpf` backends balance on and the observability surface, rendered in
 //! Envoy's stats text or Prometheus format. A worker's load is its total over
 //! every listener it serves, and it cannot drop while a connection is handed
-//! from a virtual listener to the listener for its original destination.
+//! off from a virtual listener to the listener for its original destination.
 //!
 //! ```no_run
 //! use balancer::{Backend, Builder};
@@ -34,22 +34,42 @@
 //! println!("{}", stats.snapshot().to_envoy_text());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Where things are
+//! - [`Builder`] (`builder.rs`) validates and binds; [`BalancedListener`]
+//!   (`listener.rs`) holds the bound workers; [`Worker`] (`worker.rs`)
+//!   accepts and stops; [`BindError`] (`error.rs`).
+//! - Each backend's behaviour is one file under `backend/`.
+//! - Moving a connection between workers is a *transfer* (`transfer.rs`);
+//!   moving its attribution between listeners is a *hand-off*
+//!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
+//! - [`stats`] holds the counters and their renderings; [`steering`] the
+//!   eBPF program's loader and maps; `sys/` every system call.
 #![deny(missing_docs)]
 
 mod backend;
+mod backoff;
+mod builder;
 mod connection;
-mod handoff;
+mod error;
+mod group;
 mod listener;
 pub mod original_dst;
+mod socket;
+mod sockets;
 pub mod stats;
 pub mod steering;
 mod sys;
+mod transfer;
+mod worker;
 
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
 pub mod bench_internals;
 
 pub use backend::{Backend, UnknownBackend};
-pub use balancer_common::MAX_WORKERS;
+pub use builder::Builder;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};
-pub use listener::{BalancedListener, BindError, Builder, Worker, MAX_WORKERS_ANY};
+pub use error::BindError;
+pub use listener::BalancedListener;
+pub use worker::Worker;

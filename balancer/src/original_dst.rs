@@ -62,8 +62,8 @@ pub fn original_destination(socket: &impl AsFd) -> Result<SocketAddr, OriginalDs
         .local_addr()
         .map_err(OriginalDstError::LocalAddr)?;
     let (option, result) = match local.as_socket() {
-        Some(SocketAddr::V6(_)) => ("IP6T_SO_ORIGINAL_DST", sys::original_dst_v6(fd)),
-        _ => ("SO_ORIGINAL_DST", sys::original_dst_v4(fd)),
+        Some(SocketAddr::V6(_)) => ("IP6T_SO_ORIGINAL_DST", sys::socket::original_dst_v6(fd)),
+        _ => ("SO_ORIGINAL_DST", sys::socket::original_dst_v4(fd)),
     };
     result.map_err(|source| match source.raw_os_error() {
         Some(libc::ENOENT) => OriginalDstError::NotRedirected,

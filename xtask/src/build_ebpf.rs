@@ -29,7 +29,7 @@ use crate::bpf_linker;
 const WRAPPER_ENV: &str = "BALANCER_XTASK_RUSTC_WRAPPER";
 const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The checked-in object the `balancer` crate embeds.
-const OBJECT: &str = "balancer/bpf/balancer.bpf.o";
+const OBJECT: &str = "balancer/bpf/steering.bpf.o";
 /// Symbols the object must keep: the program and every map.
 const EXPORTS: [&str; 6] = [
     PROGRAM,
@@ -42,8 +42,8 @@ const EXPORTS: [&str; 6] = [
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Where to write the object (default: the checked-in balancer/bpf/balancer.bpf.o
-    /// for build-ebpf, target/ebpf/balancer.bpf.o for check-ebpf).
+    /// Where to write the object (default: the checked-in balancer/bpf/steering.bpf.o
+    /// for build-ebpf, target/ebpf/steering.bpf.o for check-ebpf).
     #[arg(long)]
     output: Option<PathBuf>,
 }
@@ -63,7 +63,7 @@ pub fn check(options: &Options) -> anyhow::Result<()> {
     let fresh = options
         .output
         .clone()
-        .unwrap_or_else(|| root.join("target/ebpf/balancer.bpf.o"));
+        .unwrap_or_else(|| root.join("target/ebpf/steering.bpf.o"));
     link(&root, &fresh)?;
     let checked_in = root.join(OBJECT);
     let want = std::fs::read(&fresh).with_context(|| format!("reading {}", fresh.display()))?;

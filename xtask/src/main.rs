@@ -16,7 +16,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the sk_reuseport program and write it to balancer/bpf/balancer.bpf.o.
+    /// Build the sk_reuseport program and write it to balancer/bpf/steering.bpf.o.
     BuildEbpf(build_ebpf::Options),
     /// Rebuild the program and fail if the checked-in object differs.
     CheckEbpf(build_ebpf::Options),

@@ -1,16 +1,38 @@
 //! The balancing backends: how accepted connections are spread over workers.
+//!
+//! [`Backend`] is the closed set users choose from. Everything a backend
+//! does differently lives in its own file, as an implementation of the
+//! private [`Strategy`] trait: how it binds, what it attaches in the kernel,
+//! where a newly accepted connection goes, what happens when a worker stops,
+//! and how many workers it supports. The trait's default methods are the
+//! baseline (one socket per worker or shared, nothing in the kernel, keep
+//! what you accept); each backend overrides only what it changes:
+//!
+//! | file | overrides |
+//! | --- | --- |
+//! | `shared.rs` | nothing but how it binds: one socket, every worker accepts |
+//! | `reuseport.rs` | a stopping worker drains its own accept queue |
+//! | `exact.rs` | every accepted connection is placed by the exact balancer |
+//! | `ebpf.rs` | attaches the `steering` program, mirrors loads into it, 64 workers at most |
+//!
+//! One `match`, in [`Backend::strategy`], chooses the implementation; worker
+//! code only calls the trait. A trait object rather than an enum with a
+//! `match` per method: backends carry their own state (`Ebpf` its loaded
+//! program), each backend reads as one unit, and the per-connection cost is
+//! one indirect call next to an `accept(2)`.
 
 mod ebpf;
+mod exact;
 mod reuseport;
 mod shared;
 
-use std::{fmt, io, net::SocketAddr, net::TcpListener, str::FromStr};
+use std::{fmt, io, net::SocketAddr, net::TcpListener, str::FromStr, sync::Arc};
 
-use socket2::{Domain, Socket, Type};
-
-pub(crate) use ebpf::steer;
-
-use crate::BindError;
+use crate::{
+    connection::Incoming,
+    steering::{LoadMap, SteeringError, SteeringOptions},
+    transfer::{LiveWorkers, Placement},
+};
 
 /// How a [`BalancedListener`](crate::BalancedListener) spreads connections
 /// over its workers. Changing it is a one-word change; worker code stays the
@@ -29,11 +51,11 @@ pub enum Backend {
     ReusePort,
     /// Envoy's `exact_balance`: workers accept from one socket, then under a
     /// mutex the connection is counted against the worker with the fewest
-    /// active connections (ties: lowest index) and handed to it. Exact; costs
-    /// a lock per connection and a cross-thread handoff when the accepting
-    /// worker is not the least loaded.
+    /// active connections (ties: lowest index) and transferred to it. Exact;
+    /// costs a lock per connection and a cross-thread transfer when the
+    /// accepting worker is not the least loaded.
     Exact,
-    /// One `SO_REUSEPORT` socket per worker with the embedded sk_reuseport
+    /// One `SO_REUSEPORT` socket per worker with the embedded `steering`
     /// program attached: the kernel steers each new connection to the worker
     /// with the fewest active connections. Exact for connections that are
     /// accepted one after another (loads change at accept and close, not at
@@ -57,24 +79,72 @@ impl Backend {
         }
     }
 
-    /// The sockets each worker accepts from for one listener at `addr`:
-    /// one per worker, in worker order, non-blocking and listening. Unless
-    /// `take_over`, fails if any socket already listens on `addr`.
-    pub(crate) fn bind(
-        self,
-        addr: SocketAddr,
-        workers: usize,
-        backlog: u32,
-        take_over: bool,
-    ) -> Result<Vec<TcpListener>, BindError> {
-        if !take_over {
-            ensure_unused(addr).map_err(|source| BindError::from_bind(addr, source))?;
+    /// The most workers this backend supports: 64 for `Ebpf` (the size of
+    /// the program's maps, which bounds its cost per connection), 1024 for
+    /// the others (a thread each).
+    pub fn max_workers(self) -> usize {
+        self.strategy(SteeringOptions::default()).max_workers()
+    }
+
+    /// What this backend does; the one place a backend is chosen.
+    pub(crate) fn strategy(self, steering: SteeringOptions) -> Box<dyn Strategy> {
+        match self {
+            Self::Shared => Box::new(shared::Shared),
+            Self::ReusePort => Box::new(reuseport::ReusePort),
+            Self::Exact => Box::new(exact::Exact),
+            Self::Ebpf => Box::new(ebpf::Ebpf::new(steering)),
         }
-        let bound = match self {
-            Self::Shared | Self::Exact => shared::bind(addr, workers, backlog),
-            Self::ReusePort | Self::Ebpf => reuseport::bind(addr, workers, backlog),
-        };
-        bound.map_err(|source| BindError::from_bind(addr, source))
+    }
+}
+
+/// What a backend does. The default methods are the baseline.
+pub(crate) trait Strategy: Send + Sync {
+    /// The backend this implements.
+    fn backend(&self) -> Backend;
+
+    /// The most workers it supports.
+    fn max_workers(&self) -> usize {
+        1024
+    }
+
+    /// The sockets the workers accept from for one listener at `addr`,
+    /// worker `i`'s at index `i`: non-blocking and listening.
+    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>>;
+
+    /// Sets up what the backend needs in the kernel for one bound listener,
+    /// once every listener is bound. Baseline: nothing.
+    fn attach(&mut self, _sockets: &[TcpListener]) -> Result<(), SteeringError> {
+        Ok(())
+    }
+
+    /// The kernel-visible copies of worker `worker`'s load, kept equal to
+    /// its active count. Baseline: none.
+    fn load_slots(&self, _worker: usize) -> Vec<(Arc<LoadMap>, usize)> {
+        Vec::new()
+    }
+
+    /// Places a connection worker `me` accepted from its own socket.
+    /// Baseline: `me` keeps it.
+    fn place(&self, live: &LiveWorkers, me: usize, incoming: Incoming) -> io::Result<Placement> {
+        Ok(Placement::Keep(incoming, live.count_against(me)))
+    }
+
+    /// Worker `worker` is stopping and its sockets are about to close.
+    /// Baseline: nothing to do.
+    fn stopping(&self, _worker: usize) {}
+
+    /// Whether a stopping worker accepts what is queued on its own sockets
+    /// (to move it to the live workers). Baseline: only the last live worker
+    /// does; otherwise the queue outlives it (a shared socket stays open in
+    /// the other workers, or the kernel migrates it).
+    fn drains_on_stop(&self, last: bool) -> bool {
+        last
+    }
+}
+
+impl fmt::Debug for dyn Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.backend().name())
     }
 }
 
@@ -98,41 +168,4 @@ impl FromStr for Backend {
             .find(|b| b.name().eq_ignore_ascii_case(s))
             .ok_or_else(|| UnknownBackend(s.to_owned()))
     }
-}
-
-/// Fails with `EADDRINUSE` if a socket listens on `addr`, including a
-/// `SO_REUSEPORT` group of the same user that our sockets would otherwise
-/// join silently: a probe without `SO_REUSEPORT` cannot bind next to it.
-/// (A socket bound between this check and our bind still joins; only
-/// [`Builder::take_over`](crate::Builder::take_over) means to.)
-fn ensure_unused(addr: SocketAddr) -> io::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let probe = socket(addr)?;
-    probe.bind(&addr.into())
-}
-
-/// A TCP socket for `addr` with `SO_REUSEADDR`; IPv6 sockets are v6-only, so
-/// an IPv4 and an IPv6 listener on one port do not collide.
-fn socket(addr: SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    Ok(socket)
-}
-
-/// A non-blocking listening socket at `addr`. Every backend's sockets are
-/// `SO_REUSEPORT`, so a new listener set can take over the address while this
-/// one drains (see [`Builder::take_over`](crate::Builder::take_over)).
-fn listening_socket(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
-    let socket = socket(addr)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
-    socket.listen(backlog)?;
-    Ok(socket.into())
 }

@@ -1,19 +1,28 @@
-//! [`Backend::ReusePort`](super::Backend::ReusePort) (and the sockets of
-//! `Ebpf`): one `SO_REUSEPORT` socket per worker, all on one address. With
-//! port 0 the first socket's port is reused for the rest.
+//! [`Backend::ReusePort`]: one `SO_REUSEPORT` socket per worker; the kernel
+//! hashes each connection's 4-tuple to pick one.
+//!
+//! A worker keeps what it accepts. Its socket is its own, so when it stops
+//! it first accepts everything queued there and transfers it to the
+//! least-loaded live worker; a handshake that completes between that drain
+//! and the close is reset unless `net.ipv4.tcp_migrate_req = 1`.
 
 use std::{io, net::SocketAddr, net::TcpListener};
 
-pub(super) fn bind(
-    mut addr: SocketAddr,
-    workers: usize,
-    backlog: u32,
-) -> io::Result<Vec<TcpListener>> {
-    let mut sockets = Vec::with_capacity(workers);
-    for _ in 0..workers {
-        let socket = super::listening_socket(addr, backlog)?;
-        addr = socket.local_addr()?;
-        sockets.push(socket);
+use super::{Backend, Strategy};
+use crate::socket;
+
+pub(super) struct ReusePort;
+
+impl Strategy for ReusePort {
+    fn backend(&self) -> Backend {
+        Backend::ReusePort
     }
-    Ok(sockets)
+
+    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
+        socket::per_worker(addr, workers, backlog)
+    }
+
+    fn drains_on_stop(&self, _last: bool) -> bool {
+        true
+    }
 }

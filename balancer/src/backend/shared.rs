@@ -1,15 +1,22 @@
-//! [`Backend::Shared`](super::Backend::Shared) (and the accept side of
-//! `Exact`): one listening socket, a duplicate fd of it per worker, so each
-//! worker's event loop can register it.
+//! [`Backend::Shared`]: one listening socket, every worker accepts from it.
+//!
+//! Everything else is the baseline: a worker keeps what it accepts, and a
+//! stopping worker leaves the queue to the others, in whose hands the socket
+//! stays open (only the last one drains it).
 
 use std::{io, net::SocketAddr, net::TcpListener};
 
-pub(super) fn bind(addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-    let socket = super::listening_socket(addr, backlog)?;
-    let mut sockets = Vec::with_capacity(workers);
-    for _ in 1..workers {
-        sockets.push(socket.try_clone()?);
+use super::{Backend, Strategy};
+use crate::socket;
+
+pub(super) struct Shared;
+
+impl Strategy for Shared {
+    fn backend(&self) -> Backend {
+        Backend::Shared
     }
-    sockets.push(socket);
-    Ok(sockets)
+
+    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
+        socket::shared(addr, workers, backlog)
+    }
 }

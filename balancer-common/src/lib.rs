@@ -26,7 +26,7 @@ pub const LOADS_MAP: &str = "LOADS";
 pub const CONFIG_MAP: &str = "CONFIG";
 
 /// Name of the sk_reuseport program (its function name in the object).
-pub const PROGRAM: &str = "steer";
+pub const PROGRAM: &str = "steering";
 
 /// `BPF_F_MMAPABLE`: the map flag that lets userspace `mmap` an array map.
 /// Linux 5.5 or later.

@@ -1,0 +1,35 @@
+//! [`Backend::Exact`]: Envoy's `exact_balance`. Workers accept from one
+//! shared socket; each accepted connection is then counted, under the
+//! [`LiveWorkers`] mutex, against the live worker with the fewest active
+//! connections, and transferred to it if that is not the accepting worker.
+//!
+//! Exact under any burst, because the count is taken at the moment of the
+//! choice. Costs a lock per connection and, when the accepting worker is
+//! not the least loaded, a transfer to another thread. When a worker stops,
+//! the socket stays open in the others and the transfers queued for it move
+//! on (see [`LiveWorkers::retire`]).
+
+use std::{io, net::SocketAddr, net::TcpListener};
+
+use super::{Backend, Strategy};
+use crate::{
+    connection::Incoming,
+    socket,
+    transfer::{LiveWorkers, Placement},
+};
+
+pub(super) struct Exact;
+
+impl Strategy for Exact {
+    fn backend(&self) -> Backend {
+        Backend::Exact
+    }
+
+    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
+        socket::shared(addr, workers, backlog)
+    }
+
+    fn place(&self, live: &LiveWorkers, me: usize, incoming: Incoming) -> io::Result<Placement> {
+        live.dispatch(me, incoming)
+    }
+}

@@ -1,0 +1,51 @@
+//! What a worker does when `accept` fails.
+
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+/// How long accepts must go without exhaustion to end an episode.
+const QUIET: Duration = Duration::from_secs(10);
+/// The first wait after an exhaustion error, doubled while it lasts.
+const FIRST: Duration = Duration::from_millis(10);
+/// The longest wait.
+const LONGEST: Duration = Duration::from_secs(1);
+
+/// Retry policy for accept failures: connection-specific errors retry at
+/// once; resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM) waits 10 ms,
+/// doubling to 1 s while it lasts; anything else is returned.
+///
+/// Exhaustion is logged once per episode: an episode ends only after
+/// [`QUIET`] without an exhaustion error, so a limit that frees one fd at a
+/// time does not log once per accept.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    delay: Option<Duration>,
+    last_exhausted: Option<Instant>,
+}
+
+impl Backoff {
+    /// Waits as `error` calls for, or returns it if retrying cannot help.
+    pub(crate) async fn wait(&mut self, error: io::Error) -> io::Result<()> {
+        match error.raw_os_error() {
+            Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM) => Ok(()),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                if self.last_exhausted.is_none_or(|at| at.elapsed() > QUIET) {
+                    log::warn!("accept: {error}; backing off until resources free up");
+                }
+                self.last_exhausted = Some(Instant::now());
+                let delay = self.delay.map_or(FIRST, |d| (d * 2).min(LONGEST));
+                self.delay = Some(delay);
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// An accept succeeded: the next failure retries quickly again.
+    pub(crate) fn succeeded(&mut self) {
+        self.delay = None;
+    }
+}

@@ -1,0 +1,111 @@
+//! Why [`Builder::bind`](crate::Builder::bind) failed.
+
+use std::{io, net::SocketAddr};
+
+use crate::{backend::Backend, steering::SteeringError};
+
+/// Why [`Builder::bind`](crate::Builder::bind) failed. Nothing is left bound
+/// when it does.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// `workers(0)`.
+    #[error("a balanced listener needs at least one worker")]
+    NoWorkers,
+    /// More workers than the backend supports.
+    #[error("{workers} workers is more than the {backend} backend supports (at most {max})")]
+    TooManyWorkers {
+        /// The requested count.
+        workers: usize,
+        /// The backend asked for.
+        backend: Backend,
+        /// Its limit, [`Backend::max_workers`].
+        max: usize,
+    },
+    /// No `listen` or `listen_virtual` call.
+    #[error("no listener to bind: call Builder::listen with an address")]
+    NoListeners,
+    /// Handoff targets were given but no virtual listener hands to them.
+    #[error("handoff target {target} has no virtual listener to hand to it: add Builder::listen_virtual")]
+    TargetWithoutVirtual {
+        /// The target's address.
+        target: SocketAddr,
+    },
+    /// A handoff target of one address family on a virtual listener of the
+    /// other: original destinations never cross families, so it could never
+    /// receive a connection.
+    #[error(
+        "handoff target {target} is {} but virtual listener {virtual_listener} is {}: \
+         its connections' original destinations can never match",
+        family(*target),
+        family(*virtual_listener)
+    )]
+    FamilyMismatch {
+        /// The target's address.
+        target: SocketAddr,
+        /// The virtual listener's address.
+        virtual_listener: SocketAddr,
+    },
+    /// A listener's address can never accept connections.
+    #[error("cannot listen on {addr}: {reason}")]
+    InvalidAddress {
+        /// The address.
+        addr: SocketAddr,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// The same address was added twice.
+    #[error("{addr} is added twice: each address can have one listener")]
+    DuplicateListener {
+        /// The address.
+        addr: SocketAddr,
+    },
+    /// A socket already listens on the address (in this or another process;
+    /// without [`Builder::take_over`](crate::Builder::take_over), also one
+    /// that shares it).
+    #[error("{addr} is already in use: another socket listens on it")]
+    AddressInUse {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error (`EADDRINUSE`).
+        #[source]
+        source: io::Error,
+    },
+    /// Creating, binding or listening on a socket failed.
+    #[error("binding {addr} failed")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The `Ebpf` backend could not be set up (privilege, kernel, verifier).
+    #[error("eBPF steering for {addr} failed")]
+    Steering {
+        /// The listener's address.
+        addr: SocketAddr,
+        /// Why (boxed: it can carry a verifier log).
+        #[source]
+        source: Box<SteeringError>,
+    },
+}
+
+impl BindError {
+    /// `AddressInUse` for `EADDRINUSE`, else `Bind`.
+    pub(crate) fn from_bind(addr: SocketAddr, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::AddrInUse {
+            Self::AddressInUse { addr, source }
+        } else {
+            Self::Bind { addr, source }
+        }
+    }
+}
+
+fn family(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}

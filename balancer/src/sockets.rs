@@ -1,0 +1,138 @@
+//! A worker's listening sockets, one per bound listener: registered with
+//! the worker's event loop at its first `accept`, polled fairly, and
+//! drained when it stops.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd},
+    panic::AssertUnwindSafe,
+    task::{Context, Poll},
+};
+
+use crate::{connection::Incoming, connection::ListenerId, group::Group};
+
+type StdSocket = (ListenerId, std::net::TcpListener);
+type TokioSocket = (ListenerId, tokio::net::TcpListener);
+
+pub(crate) enum Sockets {
+    /// Not yet registered with an event loop (the handle may still move
+    /// between threads).
+    Unregistered(Vec<StdSocket>),
+    Registered {
+        sockets: Vec<TokioSocket>,
+        /// Listener to poll first, so one busy listener cannot starve the
+        /// rest.
+        next: usize,
+    },
+}
+
+impl Sockets {
+    pub(crate) fn new(sockets: Vec<StdSocket>) -> Self {
+        Self::Unregistered(sockets)
+    }
+
+    /// Registers the sockets with the calling task's tokio runtime, once.
+    /// On error nothing changes: the sockets stay open, unregistered.
+    pub(crate) fn register(&mut self) -> io::Result<()> {
+        let Self::Unregistered(sockets) = self else {
+            return Ok(());
+        };
+        tokio::runtime::Handle::try_current().map_err(|error| {
+            io::Error::other(format!("Worker::accept needs a tokio runtime: {error}"))
+        })?;
+        // tokio panics instead of failing when the runtime's IO driver is
+        // off; registering duplicates keeps the sockets whatever happens.
+        let registered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            (sockets.iter())
+                .map(|(id, socket)| {
+                    Ok((*id, tokio::net::TcpListener::from_std(socket.try_clone()?)?))
+                })
+                .collect::<io::Result<Vec<_>>>()
+        }))
+        .unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "Worker::accept needs a tokio runtime with IO enabled (Builder::enable_io)",
+            ))
+        })?;
+        *self = Self::Registered {
+            sockets: registered,
+            next: 0,
+        };
+        Ok(())
+    }
+
+    /// Polls each socket once, starting after the one that last produced a
+    /// connection.
+    pub(crate) fn poll_accept(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(tokio::net::TcpStream, SocketAddr, ListenerId)>> {
+        let Self::Registered { sockets, next } = self else {
+            return Poll::Pending;
+        };
+        for step in 0..sockets.len() {
+            let at = (*next + step) % sockets.len();
+            let (id, listener) = &sockets[at];
+            match listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, peer))) => {
+                    *next = at + 1;
+                    return Poll::Ready(Ok((stream, peer, *id)));
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Accepts, without blocking, every connection queued on these sockets
+    /// (worker `index`'s).
+    pub(crate) fn drain(&self, group: &Group, index: usize) -> Vec<Incoming<std::net::TcpStream>> {
+        let mut drained = Vec::new();
+        for (listener, fd) in self.fds() {
+            let socket = socket2::SockRef::from(&fd);
+            loop {
+                let (stream, peer) = match socket.accept() {
+                    Ok(accepted) => accepted,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(error) if error.raw_os_error() == Some(libc::ECONNABORTED) => continue,
+                    Err(error) => {
+                        log::warn!("worker {index}: draining its accept queue: {error}");
+                        break;
+                    }
+                };
+                match detach(stream, peer.as_socket()) {
+                    Ok((stream, peer)) => drained.push(group.incoming(stream, peer, listener)),
+                    Err(error) => {
+                        log::warn!("worker {index}: dropping a drained connection: {error}")
+                    }
+                }
+            }
+        }
+        drained
+    }
+
+    fn fds(&self) -> Vec<(ListenerId, BorrowedFd<'_>)> {
+        match self {
+            Self::Unregistered(sockets) => sockets.iter().map(|(id, s)| (*id, s.as_fd())).collect(),
+            Self::Registered { sockets, .. } => {
+                sockets.iter().map(|(id, s)| (*id, s.as_fd())).collect()
+            }
+        }
+    }
+}
+
+/// A drained connection as a non-blocking std stream with its peer.
+fn detach(
+    stream: socket2::Socket,
+    peer: Option<SocketAddr>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let stream = std::net::TcpStream::from(stream);
+    stream.set_nonblocking(true)?;
+    let peer = match peer {
+        Some(peer) => peer,
+        None => stream.peer_addr()?,
+    };
+    Ok((stream, peer))
+}

@@ -1,0 +1,142 @@
+//! The live counters: one set per worker, one per listener and worker, and
+//! the tokens that hold a connection's counts until it ends.
+
+use std::sync::{
+    atomic::{AtomicU64, AtomicU8, Ordering},
+    Arc,
+};
+
+use super::{CountSnapshot, WorkerSnapshot, WorkerState};
+use crate::steering::LoadMap;
+
+/// A worker's counters. Shared by its connections' guards.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerCounters {
+    active: AtomicU64,
+    total: AtomicU64,
+    transfers_in: AtomicU64,
+    transfers_out: AtomicU64,
+    accept_errors: AtomicU64,
+    /// A [`WorkerState`] as `u8`.
+    state: AtomicU8,
+    /// The kernel-visible copies of `active`, one per eBPF steering group
+    /// (listener) this worker serves: `(loads, index of this worker)`.
+    load_slots: Vec<(Arc<LoadMap>, usize)>,
+}
+
+impl WorkerCounters {
+    pub(crate) fn new(load_slots: Vec<(Arc<LoadMap>, usize)>) -> Self {
+        Self {
+            load_slots,
+            ..Self::default()
+        }
+    }
+
+    /// Active connections: the load this worker presents to the balancer.
+    pub(crate) fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_state(&self, state: WorkerState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_accept_error(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection moved from worker `from` to worker `to`.
+    pub(crate) fn record_transfer(from: &Self, to: &Self) {
+        from.transfers_out.fetch_add(1, Ordering::Relaxed);
+        to.transfers_in.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection this worker took: returned it from `accept`.
+    pub(crate) fn record_taken(&self) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn add_active(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        for (loads, worker) in &self.load_slots {
+            loads.slot(*worker).fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn sub_active(&self) {
+        for (loads, worker) in &self.load_slots {
+            loads.slot(*worker).fetch_sub(1, Ordering::Relaxed);
+        }
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn snapshot(&self, index: usize) -> WorkerSnapshot {
+        WorkerSnapshot {
+            worker: index,
+            downstream_cx_active: self.active.load(Ordering::Relaxed),
+            downstream_cx_total: self.total.load(Ordering::Relaxed),
+            transfers_in: self.transfers_in.load(Ordering::Relaxed),
+            transfers_out: self.transfers_out.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            state: WorkerState::from_u8(self.state.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// One unit of a worker's load: created when a connection is counted
+/// against the worker, released only when dropped. Not `Clone`: a load can be
+/// moved (with its connection) but never duplicated or released early.
+#[derive(Debug)]
+pub(crate) struct WorkerLoad {
+    worker: Arc<WorkerCounters>,
+}
+
+impl WorkerLoad {
+    pub(crate) fn new(worker: Arc<WorkerCounters>) -> Self {
+        worker.add_active();
+        Self { worker }
+    }
+}
+
+impl Drop for WorkerLoad {
+    fn drop(&mut self) {
+        self.worker.sub_active();
+    }
+}
+
+/// One listener's counts for one worker.
+#[derive(Debug, Default)]
+pub(crate) struct ListenerCounters {
+    active: AtomicU64,
+    total: AtomicU64,
+}
+
+impl ListenerCounters {
+    pub(super) fn snapshot(&self) -> CountSnapshot {
+        CountSnapshot {
+            downstream_cx_active: self.active.load(Ordering::Relaxed),
+            downstream_cx_total: self.total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A connection's attribution to a listener on a worker: counts it in that
+/// listener's `active` and `total` until dropped.
+#[derive(Debug)]
+pub(crate) struct ListenerAttribution {
+    counters: Arc<ListenerCounters>,
+}
+
+impl ListenerAttribution {
+    pub(crate) fn new(counters: Arc<ListenerCounters>) -> Self {
+        counters.active.fetch_add(1, Ordering::Relaxed);
+        counters.total.fetch_add(1, Ordering::Relaxed);
+        Self { counters }
+    }
+}
+
+impl Drop for ListenerAttribution {
+    fn drop(&mut self) {
+        self.counters.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,231 @@
+//! Per-worker and per-listener connection counters, their snapshot, and two
+//! renderings (Envoy's stats text and Prometheus exposition).
+//!
+//! Two kinds of count, kept apart on purpose:
+//! - a **worker's load** (`downstream_cx_active` per worker): every connection
+//!   the worker owns, over every listener it serves. This is what the `Exact`
+//!   and `Ebpf` backends balance on. It is held by a load token that lives
+//!   inside each connection's guard; nothing but dropping the token can lower
+//!   it, so re-attributing a connection to another listener cannot open a
+//!   window where the worker looks idle (the bug in Envoy issue 15146).
+//! - a **listener's per-worker counts**: which listener a connection is
+//!   attributed to. An original-destination hand-off moves this attribution
+//!   from the virtual listener to the target listener.
+//!
+//! All counters are relaxed atomics: one uncontended atomic add per event.
+
+mod counters;
+mod envoy;
+mod prometheus;
+
+use std::sync::Arc;
+
+pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
+
+/// A listener's name (Envoy style, e.g. `127.0.0.1_8080`) and its counters
+/// on each worker.
+#[derive(Debug)]
+struct ListenerStats {
+    name: String,
+    per_worker: Vec<Arc<ListenerCounters>>,
+}
+
+/// The counters of one balanced listener set: every worker and listener.
+///
+/// Cheap to clone (an `Arc`); [`Stats::snapshot`] reads every counter once.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    inner: Arc<StatsInner>,
+}
+
+#[derive(Debug)]
+struct StatsInner {
+    workers: Vec<Arc<WorkerCounters>>,
+    listeners: Vec<ListenerStats>,
+}
+
+impl Stats {
+    pub(crate) fn new(workers: Vec<Arc<WorkerCounters>>, listener_names: Vec<String>) -> Self {
+        let listeners = listener_names
+            .into_iter()
+            .map(|name| ListenerStats {
+                name,
+                per_worker: workers.iter().map(|_| Arc::default()).collect(),
+            })
+            .collect();
+        Self {
+            inner: Arc::new(StatsInner { workers, listeners }),
+        }
+    }
+
+    pub(crate) fn worker(&self, worker: usize) -> &Arc<WorkerCounters> {
+        &self.inner.workers[worker]
+    }
+
+    pub(crate) fn listener(&self, listener: usize, worker: usize) -> &Arc<ListenerCounters> {
+        &self.inner.listeners[listener].per_worker[worker]
+    }
+
+    pub(crate) fn listener_names(&self) -> impl Iterator<Item = &str> {
+        self.inner.listeners.iter().map(|l| l.name.as_str())
+    }
+
+    /// Reads every counter. Each value is read atomically, but the snapshot
+    /// as a whole is not: a connection that opens or closes meanwhile may be
+    /// seen in one counter and not another.
+    pub fn snapshot(&self) -> Snapshot {
+        let workers = (self.inner.workers.iter().enumerate())
+            .map(|(i, w)| w.snapshot(i))
+            .collect();
+        let listeners = (self.inner.listeners.iter())
+            .map(|l| ListenerSnapshot {
+                name: l.name.clone(),
+                workers: l.per_worker.iter().map(|c| c.snapshot()).collect(),
+            })
+            .collect();
+        Snapshot { workers, listeners }
+    }
+}
+
+/// A point-in-time copy of every counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// One entry per worker, in worker order.
+    pub workers: Vec<WorkerSnapshot>,
+    /// One entry per listener, in the order they were added to the builder.
+    pub listeners: Vec<ListenerSnapshot>,
+}
+
+impl Snapshot {
+    /// Each worker's active connections (its load), in worker order.
+    pub fn active_per_worker(&self) -> Vec<u64> {
+        self.workers
+            .iter()
+            .map(|w| w.downstream_cx_active)
+            .collect()
+    }
+}
+
+/// A worker's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerSnapshot {
+    /// The worker's index.
+    pub worker: usize,
+    /// Connections the worker owns now, over all listeners: its load.
+    pub downstream_cx_active: u64,
+    /// Connections the worker has taken (returned from `accept` or
+    /// `Worker::close`) since bind. A connection queued for a worker and
+    /// moved on when it stopped counts only where it is taken, so the totals
+    /// of all workers add up to the connections served.
+    pub downstream_cx_total: u64,
+    /// Connections another worker accepted and transferred to this one
+    /// (`Exact` on every connection; any backend when a worker stops).
+    pub transfers_in: u64,
+    /// Connections this worker accepted and transferred to another
+    /// (`Exact`), or moved to another when it stopped.
+    pub transfers_out: u64,
+    /// `accept` calls that failed (e.g. EMFILE).
+    pub accept_errors: u64,
+    /// Whether the worker still takes connections.
+    pub state: WorkerState,
+}
+
+impl WorkerSnapshot {
+    /// 1 while the worker takes connections, else 0.
+    fn live(&self) -> u64 {
+        u64::from(self.state == WorkerState::Running)
+    }
+
+    /// 1 if the worker's thread panicked, else 0.
+    fn panicked(&self) -> u64 {
+        u64::from(self.state == WorkerState::Panicked)
+    }
+}
+
+/// Whether a worker still takes connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Its handle is alive: it is picked and its sockets are open.
+    #[default]
+    Running,
+    /// Its handle was closed or dropped: its connections went to the live
+    /// workers (see [`Worker::close`](crate::Worker::close)).
+    Stopped,
+    /// Its handle was dropped while its thread panicked; otherwise as
+    /// `Stopped`.
+    Panicked,
+}
+
+impl WorkerState {
+    fn from_u8(value: u8) -> Self {
+        match value {
+            0 => Self::Running,
+            1 => Self::Stopped,
+            _ => Self::Panicked,
+        }
+    }
+}
+
+/// One listener's counts on one worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CountSnapshot {
+    /// Connections attributed to this listener on this worker now.
+    pub downstream_cx_active: u64,
+    /// Connections attributed to this listener on this worker since bind.
+    pub downstream_cx_total: u64,
+}
+
+/// A listener's counts, per worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListenerSnapshot {
+    /// Envoy-style name: `127.0.0.1_8080`, `[::1]_8080`, or the name given
+    /// to an unbound (handoff target) listener.
+    pub name: String,
+    /// Counts per worker, in worker order.
+    pub workers: Vec<CountSnapshot>,
+}
+
+impl ListenerSnapshot {
+    /// The listener's counts summed over workers.
+    pub fn total(&self) -> CountSnapshot {
+        self.workers
+            .iter()
+            .fold(CountSnapshot::default(), |sum, c| CountSnapshot {
+                downstream_cx_active: sum.downstream_cx_active + c.downstream_cx_active,
+                downstream_cx_total: sum.downstream_cx_total + c.downstream_cx_total,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn stats() -> Stats {
+        let workers = (0..2)
+            .map(|_| Arc::new(WorkerCounters::new(Vec::new())))
+            .collect();
+        Stats::new(workers, vec!["127.0.0.1_8080".into()])
+    }
+
+    #[test]
+    fn load_and_attribution_count_and_release() {
+        let stats = stats();
+        let load = WorkerLoad::new(Arc::clone(stats.worker(1)));
+        stats.worker(1).record_taken();
+        let attribution = ListenerAttribution::new(Arc::clone(stats.listener(0, 1)));
+        let snap = stats.snapshot();
+        assert_eq!(snap.active_per_worker(), [0, 1]);
+        assert_eq!(snap.listeners[0].workers[1].downstream_cx_active, 1);
+        drop((load, attribution));
+        let snap = stats.snapshot();
+        assert_eq!(snap.active_per_worker(), [0, 0]);
+        assert_eq!(snap.workers[1].downstream_cx_total, 1);
+        assert_eq!(snap.listeners[0].total().downstream_cx_total, 1);
+    }
+}

@@ -1,0 +1,105 @@
+//! Why eBPF steering could not be set up.
+
+use std::io;
+
+use aya::{maps::MapError, programs::ProgramError};
+
+/// Why eBPF steering could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SteeringError {
+    /// The process lacks a capability the kernel requires to load the program.
+    #[error(
+        "eBPF steering needs {missing} (or CAP_SYS_ADMIN): run as root or grant it, e.g. \
+         `setcap cap_bpf,cap_net_admin+ep <binary>`"
+    )]
+    MissingCapability {
+        /// The missing capabilities, e.g. `"CAP_BPF and CAP_NET_ADMIN"`.
+        missing: &'static str,
+    },
+    /// The running kernel lacks a feature the program needs.
+    #[error("the kernel does not support {feature}")]
+    UnsupportedKernel {
+        /// The missing feature and the kernel version that added it.
+        feature: &'static str,
+    },
+    /// Probing the kernel for a feature failed for another reason than its
+    /// absence.
+    #[error("probing the kernel for {feature} failed")]
+    Probe {
+        /// The feature probed.
+        feature: &'static str,
+        /// The `bpf` system call's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The worker count is outside `1..=MAX_WORKERS`.
+    #[error("eBPF steering supports 1 to {max} workers, not {workers}")]
+    WorkerCount {
+        /// The requested worker count.
+        workers: usize,
+        /// The most the program's maps hold.
+        max: u32,
+    },
+    /// `attach` got a different number of sockets than there are workers.
+    #[error("attach needs one socket per worker: {workers} workers, {sockets} sockets")]
+    SocketCount {
+        /// Workers configured at load.
+        workers: usize,
+        /// Sockets passed to attach.
+        sockets: usize,
+    },
+    /// Parsing the embedded object or creating its maps failed.
+    #[error("loading the embedded eBPF object failed")]
+    Object(#[source] aya::EbpfError),
+    /// The kernel refused the program; the source carries the verifier log.
+    #[error("the kernel rejected the sk_reuseport program")]
+    Program(#[source] ProgramError),
+    /// An operation on one of the program's maps failed.
+    #[error("{operation} on map {map} failed")]
+    Map {
+        /// What was being done, e.g. `"inserting worker 2's socket"`.
+        operation: String,
+        /// The map's name.
+        map: &'static str,
+        /// The underlying error.
+        #[source]
+        source: MapError,
+    },
+    /// Mapping the load array into memory failed.
+    #[error("mapping the load array into memory failed")]
+    MapLoads(#[source] io::Error),
+    /// Starting the thread that forwards the program's debug log failed.
+    #[error("starting the eBPF log thread failed")]
+    Logger(#[source] io::Error),
+}
+
+impl SteeringError {
+    /// Whether eBPF is unavailable here (missing privilege or kernel
+    /// support), as opposed to a failure of the program or its sockets: the
+    /// case in which falling back to `SO_REUSEPORT` hashing makes sense.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::MissingCapability { .. } | Self::UnsupportedKernel { .. }
+        )
+    }
+
+    /// The verifier's log when the kernel refused the program.
+    pub fn verifier_log(&self) -> Option<String> {
+        match self {
+            Self::Program(ProgramError::LoadError { verifier_log, .. }) => {
+                Some(verifier_log.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn map(operation: impl Into<String>, map: &'static str, source: MapError) -> Self {
+        Self::Map {
+            operation: operation.into(),
+            map,
+            source,
+        }
+    }
+}

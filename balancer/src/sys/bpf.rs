@@ -1,0 +1,102 @@
+//! Kernel feature probes for the steering program: each asks the `bpf`
+//! system call for exactly one thing the program uses and closes what it
+//! created. Each costs one system call.
+
+use std::{
+    io,
+    os::fd::{FromRawFd, OwnedFd},
+};
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_PROG_TYPE_SK_REUSEPORT: u32 = 21;
+const BPF_SK_REUSEPORT_SELECT_OR_MIGRATE: u32 = 40;
+/// `offsetof(struct sk_reuseport_md, migrating_sk)`.
+const MIGRATING_SK_OFFSET: i16 = 48;
+
+/// The leading fields of `union bpf_attr` for `BPF_MAP_CREATE`; the kernel
+/// treats the fields a shorter attribute leaves out as zero.
+#[repr(C)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// The leading fields of `union bpf_attr` for `BPF_PROG_LOAD`.
+#[repr(C)]
+struct ProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// One BPF instruction: opcode, registers (`src << 4 | dst`), offset,
+/// immediate.
+#[repr(C)]
+struct Insn(u8, u8, i16, i32);
+
+/// Creates a one-entry array map with `flags` (e.g. `BPF_F_MMAPABLE`, Linux
+/// 5.5) and closes it.
+pub(crate) fn probe_array_flags(flags: u32) -> io::Result<()> {
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 8,
+        max_entries: 1,
+        map_flags: flags,
+    };
+    bpf(BPF_MAP_CREATE, &attr).map(drop)
+}
+
+/// Loads a two-instruction `sk_reuseport/migrate` program that reads
+/// `migrating_sk` (Linux 5.14) and closes it.
+pub(crate) fn probe_sk_reuseport_migrate() -> io::Result<()> {
+    let insns = [
+        // r0 = *(u64 *)(r1 + offsetof(migrating_sk))
+        Insn(0x79, 0x10, MIGRATING_SK_OFFSET, 0),
+        // r0 = SK_PASS; exit
+        Insn(0xb7, 0x00, 0, 1),
+        Insn(0x95, 0x00, 0, 0),
+    ];
+    let license = c"GPL";
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_SK_REUSEPORT,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: [0; 16],
+        prog_ifindex: 0,
+        expected_attach_type: BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
+    };
+    bpf(BPF_PROG_LOAD, &attr).map(drop)
+}
+
+/// `bpf(cmd, attr, sizeof attr)`, returning the new object's fd.
+fn bpf<A>(cmd: libc::c_long, attr: &A) -> io::Result<OwnedFd> {
+    let size = std::mem::size_of::<A>() as libc::c_uint;
+    // SAFETY: `attr` is a readable `repr(C)` prefix of `union bpf_attr` for
+    // `cmd`, `size` is its size, and every pointer inside it (instructions,
+    // license) outlives the call.
+    let fd = super::cvt(unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, size) })?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("bpf returned a bad fd"))?;
+    // SAFETY: the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -11,17 +11,16 @@ use std::{
 };
 
 use balancer::Backend;
-use rstest::rstest;
+use rstest_reuse::{self, apply};
+use util::every_backend;
 
 const CONNECTIONS: usize = 200;
 
 /// `accept` raced against a timer that wins most of the time, as in a
 /// `select!` loop with a busy second branch: every connection still arrives
 /// exactly once.
-#[rstest]
-fn accept_cancelled_again_and_again_loses_no_connection(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }
@@ -65,10 +64,8 @@ fn accept_cancelled_again_and_again_loses_no_connection(
 /// Outside any runtime, and in a runtime without its IO driver, `accept`
 /// returns an error; the worker's sockets stay open and a proper runtime
 /// then accepts the connection that waited.
-#[rstest]
-fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }

@@ -6,8 +6,9 @@ mod util;
 use std::net::SocketAddr;
 
 use balancer::{steering::SteeringError, Backend, BalancedListener, BindError, Builder};
-use rstest::rstest;
+use rstest_reuse::{self, apply};
 use util::echo::{spread, EchoServer, Guard};
+use util::{every_backend, least_loaded_backends};
 
 const CONNECTIONS: usize = 40;
 
@@ -27,9 +28,9 @@ fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer
     EchoServer::start(listener, Guard::Keep)
 }
 
-#[rstest]
+#[apply(every_backend)]
 fn serves_every_connection_and_counts_return_to_zero(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+    backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
     if !util::runnable(backend) {
@@ -73,9 +74,9 @@ fn serves_every_connection_and_counts_return_to_zero(
     );
 }
 
-#[rstest]
+#[apply(least_loaded_backends)]
 fn least_loaded_backends_stay_within_one_and_see_closes(
-    #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
+    backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
     if !util::runnable(backend) {
@@ -112,10 +113,8 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     );
 }
 
-#[rstest]
-fn two_listeners_balance_on_the_workers_combined_load(
-    #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(least_loaded_backends)]
+fn two_listeners_balance_on_the_workers_combined_load(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }
@@ -176,9 +175,9 @@ fn more_workers_than_the_maps_hold_is_a_typed_error() {
 /// Another server on the port, whether or not it shares it: a plain
 /// listener, or a `SO_REUSEPORT` one of the same user (the kernel checks the
 /// user, not the process), which the sockets would otherwise join silently.
-#[rstest]
+#[apply(every_backend)]
 fn address_in_use_is_a_typed_error(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+    backend: Backend,
     #[values(false, true)] other_shares_the_port: bool,
 ) {
     if !util::runnable(backend) {

@@ -6,10 +6,11 @@ mod util;
 use std::net::SocketAddr;
 
 use balancer::{Backend, Builder};
-use rstest::rstest;
+use balancer_testkit::in_new_netns;
+use rstest_reuse::{self, apply};
+use util::least_loaded_backends;
 use util::{
     echo::{spread, EchoServer, Guard},
-    netns::{in_new_netns, run},
     privileged,
 };
 
@@ -19,23 +20,7 @@ const WORKERS: usize = 2;
 /// In a fresh namespace: connections to 127.0.0.1:8080 are redirected to the
 /// virtual listener on 15001, which hands them to the `0.0.0.0_8080` target.
 fn redirected_server(backend: Backend, guard: Guard) -> EchoServer {
-    run(&[
-        "iptables",
-        "-t",
-        "nat",
-        "-A",
-        "OUTPUT",
-        "-p",
-        "tcp",
-        "-d",
-        "127.0.0.1",
-        "--dport",
-        "8080",
-        "-j",
-        "REDIRECT",
-        "--to-ports",
-        "15001",
-    ]);
+    balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
     let listener = Builder::new(backend)
         .workers(WORKERS)
         .listen_virtual("127.0.0.1:15001".parse().unwrap())
@@ -45,10 +30,8 @@ fn redirected_server(backend: Backend, guard: Guard) -> EchoServer {
     EchoServer::start(listener, guard)
 }
 
-#[rstest]
-fn redirected_connections_reach_the_target_and_stay_balanced(
-    #[values(Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(least_loaded_backends)]
+fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
     if !privileged("the original-destination test (netns, iptables)") {
         return;
     }

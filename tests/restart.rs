@@ -18,8 +18,9 @@ use std::{
 };
 
 use balancer::{Backend, Builder};
-use rstest::rstest;
+use rstest_reuse::{self, apply};
 use util::echo::{EchoServer, Guard};
+use util::every_backend;
 
 const CLIENTS: usize = 2;
 /// Each phase of the switch: old only, old and new, new only.
@@ -70,14 +71,12 @@ fn bind(backend: Backend, addr: SocketAddr, take_over: bool) -> balancer::Balanc
 /// `Ebpf` keeps every connection with `tcp_migrate_req` off: its migrate
 /// program moves the old sockets' queues. The other backends need the
 /// sysctl for the handshakes that complete while the old sockets close.
-#[rstest]
-fn a_new_listener_set_takes_over_without_refusing_a_connection(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend) {
     if !util::privileged("restart in a network namespace") {
         return;
     }
-    util::netns::in_new_netns(move || {
+    balancer_testkit::in_new_netns(move || {
         let migrate = if backend == Backend::Ebpf { "0" } else { "1" };
         std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", migrate).unwrap();
 

@@ -14,8 +14,9 @@ use std::{
 };
 
 use balancer::Backend;
-use rstest::rstest;
+use rstest_reuse::{self, apply};
 use util::echo::{EchoServer, Guard};
+use util::every_backend;
 
 const DEFAULT_CONNECTIONS: u64 = 10_000;
 const THREADS: u64 = 4;
@@ -50,10 +51,8 @@ fn short_connections(addr: SocketAddr, count: u64, deadline: Instant) -> Vec<Str
     failures
 }
 
-#[rstest]
-fn short_connections_all_echo_and_counters_end_consistent(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn short_connections_all_echo_and_counters_end_consistent(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }

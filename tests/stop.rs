@@ -11,8 +11,9 @@ use std::{
 };
 
 use balancer::{stats::WorkerState, Backend};
-use rstest::rstest;
+use rstest_reuse::{self, apply};
 use util::echo::{EchoServer, Guard};
+use util::every_backend;
 
 const QUEUED: usize = 20;
 
@@ -50,10 +51,8 @@ fn expect_echo(stream: &mut TcpStream, line: &str) {
 /// accept queue with `ReusePort` and `Ebpf`, in its handoff queue with
 /// `Exact`), then it is closed: every client gets its echo from worker 1 and
 /// none is reset.
-#[rstest]
-fn a_closed_worker_loses_no_queued_connection(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }
@@ -115,10 +114,8 @@ fn a_closed_worker_loses_no_queued_connection(
 
 /// A handler that panics drops its guard while unwinding: the panicking
 /// connections are counted out, the worker keeps serving.
-#[rstest]
-fn a_panicking_handler_leaves_the_counters_right(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }
@@ -173,10 +170,8 @@ fn a_panicking_handler_leaves_the_counters_right(
 /// A worker whose thread panics is reported (state `Panicked`, the
 /// `balancer_worker_panicked` gauge), its connections are counted out as its
 /// tasks are dropped, and the other worker takes every later connection.
-#[rstest]
-fn a_panicked_worker_is_reported_and_reconciled(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }

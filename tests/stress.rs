@@ -12,8 +12,9 @@ use std::{
 };
 
 use balancer::Backend;
-use rstest::rstest;
+use rstest_reuse::{self, apply};
 use util::echo::{EchoServer, Guard};
+use util::every_backend;
 
 const WORKERS: usize = 4;
 const THREADS: u64 = 8;
@@ -51,10 +52,8 @@ fn round_trip(addr: SocketAddr) -> TcpStream {
     stream
 }
 
-#[rstest]
-fn counters_add_up_after_random_concurrent_closes(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
     if !util::runnable(backend) {
         return;
     }

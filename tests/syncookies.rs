@@ -7,8 +7,9 @@
 mod util;
 
 use balancer::Backend;
-use rstest::rstest;
+use rstest_reuse::{self, apply};
 use util::echo::{EchoServer, Guard};
+use util::every_backend;
 
 const WORKERS: usize = 4;
 const CONNECTIONS: usize = 40;
@@ -22,14 +23,12 @@ fn tcp_ext(name: &str) -> u64 {
     values.split_whitespace().nth(at).unwrap().parse().unwrap()
 }
 
-#[rstest]
-fn connections_complete_and_balance_with_syn_cookies_always_on(
-    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
-) {
+#[apply(every_backend)]
+fn connections_complete_and_balance_with_syn_cookies_always_on(backend: Backend) {
     if !util::privileged("SYN cookies in a network namespace") {
         return;
     }
-    util::netns::in_new_netns(move || {
+    balancer_testkit::in_new_netns(move || {
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
         let listener = util::bind_loopback(backend, WORKERS);
         let server = EchoServer::start(listener, Guard::Keep);

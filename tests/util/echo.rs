@@ -8,14 +8,13 @@ use std::{
     net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
     thread::JoinHandle,
-    time::Instant,
 };
 
 use balancer::{
     stats::{Snapshot, Stats},
     Accepted, Backend, BalancedListener, ListenerId, Worker,
 };
-use tokio::io::AsyncWriteExt;
+use tokio::{io::AsyncWriteExt, task::JoinSet};
 
 use super::TIMEOUT;
 
@@ -142,14 +141,8 @@ impl EchoServer {
     /// Waits (bounded) until the counters satisfy `done`; returns the last
     /// snapshot either way.
     pub fn wait_for(&self, done: impl Fn(&Snapshot) -> bool) -> Snapshot {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let snapshot = self.stats.snapshot();
-            if done(&snapshot) || Instant::now() > deadline {
-                return snapshot;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        super::eventually(|| done(&self.stats.snapshot()));
+        self.stats.snapshot()
     }
 }
 
@@ -171,26 +164,34 @@ async fn serve(
     record: Arc<Mutex<HashMap<SocketAddr, Served>>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut tasks = JoinSet::new();
     loop {
         let conn = tokio::select! {
             conn = worker.accept() => conn.expect("accept"),
             _ = stopped.changed() => break,
         };
-        echo(conn, worker.index(), guard, &record);
+        echo(&mut tasks, conn, worker.index(), guard, &record);
+        while tasks.try_join_next().is_some() {}
     }
-    let (index, stats) = (worker.index(), worker.stats().clone());
+    let index = worker.index();
     for conn in worker.close() {
         let conn = conn.try_map_stream(tokio::net::TcpStream::from_std);
-        echo(conn.expect("register"), index, guard, &record);
+        echo(&mut tasks, conn.expect("register"), index, guard, &record);
     }
-    let deadline = Instant::now() + TIMEOUT;
-    while stats.snapshot().workers[index].downstream_cx_active > 0 && Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
+    let _ = tokio::time::timeout(TIMEOUT, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Records who serves the connection and echoes it on a local task.
-fn echo(conn: Accepted, worker: usize, guard: Guard, record: &Mutex<HashMap<SocketAddr, Served>>) {
+fn echo(
+    tasks: &mut JoinSet<()>,
+    conn: Accepted,
+    worker: usize,
+    guard: Guard,
+    record: &Mutex<HashMap<SocketAddr, Served>>,
+) {
     let served = Served {
         worker,
         listener: conn.guard.listener(),
@@ -201,7 +202,7 @@ fn echo(conn: Accepted, worker: usize, guard: Guard, record: &Mutex<HashMap<Sock
         Guard::Keep => Some(conn.guard),
         Guard::DropAtHandoff => None,
     };
-    tokio::task::spawn_local(async move {
+    tasks.spawn_local(async move {
         let (mut rd, mut wr) = conn.stream.into_split();
         let _ = tokio::io::copy(&mut rd, &mut wr).await;
         let _ = wr.shutdown().await;

@@ -1,18 +1,36 @@
-//! Helpers shared by the integration tests: privilege gating, loopback
-//! sockets with timeouts.
-#![allow(dead_code)] // each test binary uses a different subset
+//! Helpers shared by the integration tests: privilege gating, the backend
+//! lists every test runs over, loopback sockets with timeouts. Network
+//! namespaces and the iptables rule come from `balancer_testkit`.
+#![allow(dead_code, unused_imports, unused_macros)] // each test binary uses a different subset
 
 use std::{
     io::{ErrorKind, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use balancer::Backend;
+use rstest_reuse::template;
 use socket2::{Domain, Socket, Type};
 
 /// Timeout for every connect, accept and read in the tests.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a test once per backend (`backend: Backend`), each a case of its
+/// own: `#[apply(every_backend)]`.
+#[template]
+#[rstest::rstest]
+pub fn every_backend(
+    #[values(Backend::Shared, Backend::ReusePort, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+}
+
+/// Runs a test once per backend that balances by load (`Exact`, `Ebpf`):
+/// `#[apply(least_loaded_backends)]`.
+#[template]
+#[rstest::rstest]
+pub fn least_loaded_backends(#[values(Backend::Exact, Backend::Ebpf)] backend: Backend) {}
 
 /// Whether a test that needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) may
 /// run. Unprivileged, it prints why it skips and returns false; under CI
@@ -83,9 +101,8 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
 /// returns how many each had, waiting until `expected` are accepted in all or
 /// the timeout passes.
 pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
-    let deadline = Instant::now() + TIMEOUT;
     let mut counts = vec![0; listeners.len()];
-    while counts.iter().sum::<usize>() < expected && Instant::now() < deadline {
+    eventually(|| {
         for (count, listener) in counts.iter_mut().zip(listeners) {
             loop {
                 match listener.accept() {
@@ -95,25 +112,17 @@ pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+        counts.iter().sum::<usize>() >= expected
+    });
     counts
 }
 
 pub mod echo;
-pub mod netns;
 
 /// Polls `done` every 2 ms until it holds or [`TIMEOUT`] passes; returns
 /// whether it held.
-pub fn eventually(done: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    true
+pub fn eventually(done: impl FnMut() -> bool) -> bool {
+    balancer_testkit::eventually(TIMEOUT, done)
 }
 
 /// Clears the calling thread's effective capabilities (capabilities are per

@@ -13,6 +13,8 @@ use std::{
 
 use anyhow::{bail, Context};
 
+use crate::workspace::{self, output};
+
 pub const VERSION: &str = "0.13.0";
 
 /// Installs bpf-linker unless the right version already runs.
@@ -34,19 +36,17 @@ pub fn install() -> anyhow::Result<()> {
         "building bpf-linker {VERSION} against {} (a few minutes)",
         target.display()
     );
-    let status = Command::new("cargo")
-        .args(["install", "bpf-linker", "--locked", "--version", VERSION])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
-        .env("LLVM_PREFIX", &prefix)
-        .status()
-        .context("running cargo install")?;
-    if !status.success() {
-        bail!("cargo install bpf-linker failed: {status}");
-    }
+    workspace::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--version", VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("installing bpf-linker")?;
     Ok(())
 }
 
@@ -85,19 +85,4 @@ fn home() -> anyhow::Result<PathBuf> {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .context("HOME is not set")
-}
-
-/// Runs `command` and returns its trimmed stdout, failing on a non-zero exit.
-pub fn output(command: &mut Command) -> anyhow::Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

@@ -22,12 +22,11 @@ use std::{
 use anyhow::{bail, Context};
 use balancer_common::{CONFIG_MAP, LOADS_MAP, PROGRAM, SOCKETS_MAP};
 
-use crate::bpf_linker;
+use crate::{bpf_linker, workspace};
 
 /// Set in the environment of the cargo build that uses this binary as its
 /// rustc wrapper.
 const WRAPPER_ENV: &str = "BALANCER_XTASK_RUSTC_WRAPPER";
-const HOST_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The checked-in object the `balancer` crate embeds.
 const OBJECT: &str = "balancer/bpf/steering.bpf.o";
 /// Symbols the object must keep: the program and every map.
@@ -50,22 +49,18 @@ pub struct Options {
 
 /// Builds the object and writes it to the checked-in path (or `--output`).
 pub fn build(options: &Options) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let output = options.output.clone().unwrap_or_else(|| root.join(OBJECT));
-    link(&root, &output)?;
+    let output = (options.output.clone()).unwrap_or_else(|| workspace::root().join(OBJECT));
+    link(&output)?;
     println!("wrote {}", output.display());
     Ok(())
 }
 
 /// Rebuilds the object and fails if the checked-in one differs.
 pub fn check(options: &Options) -> anyhow::Result<()> {
-    let root = workspace_root();
-    let fresh = options
-        .output
-        .clone()
-        .unwrap_or_else(|| root.join("target/ebpf/steering.bpf.o"));
-    link(&root, &fresh)?;
-    let checked_in = root.join(OBJECT);
+    let fresh = (options.output.clone())
+        .unwrap_or_else(|| workspace::target_dir("ebpf").join("steering.bpf.o"));
+    link(&fresh)?;
+    let checked_in = workspace::root().join(OBJECT);
     let want = std::fs::read(&fresh).with_context(|| format!("reading {}", fresh.display()))?;
     let have =
         std::fs::read(&checked_in).with_context(|| format!("reading {}", checked_in.display()))?;
@@ -104,14 +99,14 @@ pub fn run_as_rustc_wrapper() -> Option<anyhow::Result<i32>> {
 }
 
 /// Compiles the bitcode and links it into a BPF object at `output`.
-fn link(root: &Path, output: &Path) -> anyhow::Result<()> {
+fn link(output: &Path) -> anyhow::Result<()> {
     if bpf_linker::installed_version().as_deref() != Some(bpf_linker::VERSION) {
         bail!(
             "bpf-linker {} is not on PATH: run `cargo xtask install-bpf-linker`",
             bpf_linker::VERSION
         );
     }
-    let bitcode = compile_bitcode(root)?;
+    let bitcode = compile_bitcode()?;
     if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -120,42 +115,26 @@ fn link(root: &Path, output: &Path) -> anyhow::Result<()> {
     for symbol in EXPORTS {
         command.args(["--export", symbol]);
     }
-    bpf_linker::output(command.arg(&bitcode))?;
+    workspace::output(command.arg(&bitcode))?;
     Ok(())
 }
 
 /// Builds `balancer-ebpf` for the host as bitcode; returns the `.a` path.
-fn compile_bitcode(root: &Path) -> anyhow::Result<PathBuf> {
-    let target_dir = root.join("target/ebpf");
+fn compile_bitcode() -> anyhow::Result<PathBuf> {
+    let target_dir = workspace::target_dir("ebpf");
+    let host = workspace::host_target()?;
     let wrapper = std::env::current_exe().context("locating the xtask binary")?;
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "rustc",
-            "--locked",
-            "--package",
-            "balancer-ebpf",
-            "--profile",
-            "ebpf",
-        ])
-        .args(["--target", HOST_TARGET, "--target-dir"])
-        .arg(&target_dir)
-        .args(["--", "-C", "linker-plugin-lto"])
-        .env("RUSTC_WRAPPER", wrapper)
-        .env(WRAPPER_ENV, "1")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .status()
-        .context("running cargo rustc for balancer-ebpf")?;
-    if !status.success() {
-        bail!("building balancer-ebpf bitcode failed: {status}");
-    }
-    Ok(target_dir.join(HOST_TARGET).join("ebpf/libbalancer_ebpf.a"))
-}
-
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives one level below the workspace root")
-        .to_path_buf()
+    workspace::run(
+        workspace::cargo()
+            .args(["rustc", "--locked", "--package", "balancer-ebpf"])
+            .args(["--profile", "ebpf", "--target", &host, "--target-dir"])
+            .arg(&target_dir)
+            .args(["--", "-C", "linker-plugin-lto"])
+            .env("RUSTC_WRAPPER", wrapper)
+            .env(WRAPPER_ENV, "1")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS"),
+    )
+    .context("building balancer-ebpf bitcode")?;
+    Ok(target_dir.join(host).join("ebpf/libbalancer_ebpf.a"))
 }

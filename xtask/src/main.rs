@@ -4,6 +4,7 @@ mod bench;
 mod bpf_linker;
 mod build_ebpf;
 mod soak;
+mod workspace;
 
 use clap::{Parser, Subcommand};
 

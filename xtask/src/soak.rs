@@ -1,7 +1,9 @@
 //! `cargo xtask soak`: the soak test (`tests/soak.rs`) at full size, in
 //! release mode. CI runs the same test with its default, smaller count.
 
-use std::process::Command;
+use anyhow::Context;
+
+use crate::workspace;
 
 /// Options for `cargo xtask soak`.
 #[derive(clap::Args)]
@@ -12,20 +14,11 @@ pub struct Options {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(crate::build_ebpf::workspace_root())
-        .args([
-            "test",
-            "--release",
-            "--test",
-            "soak",
-            "--",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("BALANCER_SOAK_CONNECTIONS", options.connections.to_string())
-        .status()?;
-    anyhow::ensure!(status.success(), "the soak test failed: {status}");
-    Ok(())
+    workspace::run(
+        workspace::cargo()
+            .args(["test", "--release", "--test", "soak", "--"])
+            .args(["--nocapture", "--test-threads=1"])
+            .env("BALANCER_SOAK_CONNECTIONS", options.connections.to_string()),
+    )
+    .context("the soak test failed")
 }

@@ -24,7 +24,6 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -32,6 +31,8 @@ use anyhow::Context;
 use report::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow};
 use serde::Serialize;
 use server::Ours;
+
+use crate::workspace;
 
 const BACKENDS: [&str; 4] = ["shared", "reuseport", "exact", "ebpf"];
 const CONNECTIONS: usize = 40;
@@ -89,10 +90,9 @@ impl Plan {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = root.join(&options.out);
+    let out = workspace::root().join(&options.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let binary = build_example(&root)?;
+    let binary = build_example()?;
     let plan = Plan::new(options.quick);
     let mut bench = Bench {
         binary,
@@ -116,14 +116,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_example(root: &Path) -> anyhow::Result<PathBuf> {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(root)
-        .args(["build", "--release", "--locked", "--example", "http"])
-        .status()
-        .context("building the http example")?;
-    anyhow::ensure!(status.success(), "building the http example failed");
-    Ok(root.join("target/release/examples/http"))
+fn build_example() -> anyhow::Result<PathBuf> {
+    workspace::run(workspace::cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "--example",
+        "http",
+    ]))
+    .context("building the http example")?;
+    Ok(workspace::target_dir("release/examples/http"))
 }
 
 struct Bench {
@@ -222,23 +224,7 @@ impl Bench {
                 };
                 self.progress(&format!("handoff {backend}, {counter}"));
                 let ns = netns::Netns::create(&format!("balancer-bench-{}", std::process::id()))?;
-                ns.exec(&[
-                    "iptables",
-                    "-t",
-                    "nat",
-                    "-A",
-                    "OUTPUT",
-                    "-p",
-                    "tcp",
-                    "-d",
-                    "127.0.0.1",
-                    "--dport",
-                    "8080",
-                    "-j",
-                    "REDIRECT",
-                    "--to-ports",
-                    "15001",
-                ])?;
+                netns::run_in(&ns.name, || balancer_testkit::redirect(8080, 15001))??;
                 let mut ours = self.ours(backend, workers);
                 ours.port = 18080;
                 ours.admin_port = 15000;

@@ -3,7 +3,8 @@
 
 use std::{fs::File, process::Command};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use balancer_testkit::run;
 
 pub struct Netns {
     pub name: String,
@@ -15,18 +16,10 @@ impl Netns {
         // A namespace left by an interrupted run; usually there is none.
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         run(&["ip", "netns", "add", name])?;
-        let netns = Self {
+        run(&["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"])?;
+        Ok(Self {
             name: name.to_owned(),
-        };
-        netns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(netns)
-    }
-
-    /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> anyhow::Result<()> {
-        let mut all = vec!["ip", "netns", "exec", &self.name];
-        all.extend_from_slice(args);
-        run(&all)
+        })
     }
 }
 
@@ -51,15 +44,4 @@ pub fn run_in<T: Send + 'static>(
     })
     .join()
     .map_err(|_| anyhow::anyhow!("thread in netns {name} panicked"))?
-}
-
-fn run(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!("{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
 }

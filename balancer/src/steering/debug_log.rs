@@ -1,4 +1,4 @@
-//! Forwards the program's aya-log records to the [`log`](::log) crate.
+//! Forwards the program's aya-log records to the `log` crate.
 
 use std::{
     io,

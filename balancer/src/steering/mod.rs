@@ -38,7 +38,7 @@ pub(crate) static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf
 #[non_exhaustive]
 pub struct SteeringOptions {
     /// Log every steering decision from the kernel at debug level through the
-    /// [`log`](::log) crate (target `balancer_ebpf`). Off by default: when
+    /// [`log`] crate (target `balancer_ebpf`). Off by default: when
     /// off, the verifier removes the logging code from the program, so it
     /// costs nothing per connection; when on, each decision costs a
     /// ring-buffer write in the kernel and a thread here forwards the records.

@@ -32,12 +32,12 @@ fn counter_update(c: &mut Criterion) {
     });
     if is_root() {
         let steering = Steering::load(4).expect("load the steering program");
-        let slot = steering.loads().slot(1);
-        c.bench_function("counter/ebpf_load_slot_add_sub", |b| {
-            b.iter(|| {
-                slot.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                slot.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            })
+        let steered = Counters::steered(&steering, 1);
+        c.bench_function("counter/ebpf_count_and_release", |b| {
+            b.iter(|| steered.count_and_release())
+        });
+        c.bench_function("counter/ebpf_claim_and_release", |b| {
+            b.iter(|| steered.claim_and_release())
         });
     }
 }

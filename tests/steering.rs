@@ -16,32 +16,47 @@ fn split(addr: std::net::SocketAddr, listeners: &[std::net::TcpListener]) -> Vec
     counts
 }
 
+/// Loads and in-flight counts per worker.
+fn loads(steering: &Steering, workers: usize) -> (Vec<i64>, Vec<i64>) {
+    let loads = steering.loads();
+    (0..workers)
+        .map(|w| (loads.get(w), loads.in_flight(w)))
+        .unzip()
+}
+
 #[test]
-fn every_connection_goes_to_the_least_loaded_worker_and_follows_a_flip() {
+fn each_connection_goes_to_the_least_loaded_worker_and_counts_there_at_once() {
     if !privileged("eBPF steering") {
         return;
     }
     let (addr, listeners) = reuseport_group(4);
     let mut steering = Steering::load(4).expect("load the embedded program");
     steering.attach(&listeners).expect("attach to the group");
-    let loads = steering.loads();
 
     for (worker, load) in [7, 3, 1, 9].into_iter().enumerate() {
-        loads.set(worker, load);
+        steering.loads().set(worker, load);
+    }
+    // Counted at the choice, 20 connections fill the lowest first: every
+    // worker ends at 10. Nothing accepts through the balancer here, so the
+    // in-flight counts stay up.
+    let counts = split(addr, &listeners);
+    println!("loads [7, 3, 1, 9] + {CONNECTIONS} -> split {counts:?}");
+    assert_eq!(counts, [3, 7, 9, 1]);
+    assert_eq!(loads(&steering, 4), (vec![10; 4], vec![3, 7, 9, 1]));
+    let selections: Vec<u64> = (0..4).map(|w| steering.loads().selections(w)).collect();
+    assert_eq!(selections, [3, 7, 9, 1]);
+
+    // New loads (in flight reset): every connection to the one far lower.
+    for (worker, load) in [0, 50, 50, 50].into_iter().enumerate() {
+        steering.loads().set(worker, load);
     }
     let counts = split(addr, &listeners);
-    println!("loads [7, 3, 1, 9] -> split {counts:?}");
-    assert_eq!(counts, [0, 0, CONNECTIONS, 0]);
-
-    loads.set(2, 50);
-    loads.set(0, 0);
-    let counts = split(addr, &listeners);
-    println!("loads [0, 3, 50, 9] -> split {counts:?}");
+    println!("loads [0, 50, 50, 50] -> split {counts:?}");
     assert_eq!(counts, [CONNECTIONS, 0, 0, 0]);
 }
 
 #[test]
-fn equal_loads_spread_over_workers() {
+fn equal_loads_spread_exactly_and_unavailable_workers_are_skipped() {
     if !privileged("eBPF steering") {
         return;
     }
@@ -49,16 +64,40 @@ fn equal_loads_spread_over_workers() {
     let mut steering = Steering::load(4).expect("load the embedded program");
     steering.attach(&listeners).expect("attach to the group");
 
-    // Loads stay equal (zero): the tie-break starts at the 4-tuple hash, so
-    // connections from different source ports reach several workers. All 20
-    // on one worker would have probability 4 * 4^-20.
     let counts = split(addr, &listeners);
     println!("equal loads -> split {counts:?}");
+    assert_eq!(counts, [CONNECTIONS / 4; 4]);
+
+    steering.loads().set_available(1, false);
+    let counts = split(addr, &listeners);
+    println!("worker 1 unavailable -> split {counts:?}");
+    assert_eq!(counts[1], 0, "{counts:?}");
     assert_eq!(counts.iter().sum::<usize>(), CONNECTIONS);
-    assert!(
-        counts.iter().filter(|&&n| n > 0).count() > 1,
-        "all ties went to one worker: {counts:?}"
+}
+
+/// Two listeners (two reuseport groups) on one program: a worker's load is
+/// its total over both, so connections to either go where the sum is lowest.
+#[test]
+fn listeners_on_one_program_share_each_workers_load() {
+    if !privileged("eBPF steering") {
+        return;
+    }
+    let (addr_a, group_a) = reuseport_group(2);
+    let (addr_b, group_b) = reuseport_group(2);
+    let mut steering = Steering::load(2).expect("load the embedded program");
+    steering.attach(&group_a).expect("attach listener a");
+    steering.attach(&group_b).expect("attach listener b");
+    steering.loads().set(0, 6);
+
+    let a = split(addr_a, &group_a);
+    let b = split(addr_b, &group_b);
+    println!("worker 0 at 6; listener a -> {a:?}, then listener b -> {b:?}");
+    assert_eq!(
+        a,
+        [7, 13],
+        "a fills worker 1 up to worker 0, then alternates"
     );
+    assert_eq!(b, [10, 10], "b sees both workers at 13");
 }
 
 #[test]
@@ -75,9 +114,9 @@ fn debug_log_build_of_the_program_passes_the_verifier() {
     let mut steering =
         Steering::load_with(2, &options).unwrap_or_else(|err| panic!("load with logging: {err:?}"));
     steering.attach(&listeners).expect("attach to the group");
-    steering.loads().set(0, 1);
+    steering.loads().set(0, 4);
     let counts = split(addr, &listeners);
-    assert_eq!(counts, [0, CONNECTIONS]);
+    assert_eq!(counts, [8, 12]);
 }
 
 /// A program the verifier refuses (the embedded one with its first

@@ -1,40 +1,67 @@
-//! Map names, layouts and limits shared by the `balancer-ebpf` sk_reuseport
-//! program and the `balancer` crate that loads it.
+//! Map names, layouts and limits shared by the `steering` sk_reuseport
+//! program (`balancer-ebpf`) and the `balancer` crate that loads it.
 //!
-//! Everything the kernel program and userspace must agree on lives here, once.
-//! With the `user` feature the value types implement [`aya::Pod`] so userspace
-//! can read and write them through aya's typed maps.
+//! Everything the kernel program and userspace must agree on lives here, once:
+//! the maps' names and sizes, their value types, and the encoding of a
+//! worker's load word. With the `user` feature the value types implement
+//! `aya::Pod` so userspace can read and write them through aya's typed maps.
 #![no_std]
 #![deny(missing_docs)]
 
-/// Most workers one steering group can hold: the size of the socket array and
-/// of the load array. The program scans at most this many slots per new
-/// connection, so it also bounds the program's cost.
+/// Most workers one steering program serves: the size of the load array and
+/// of each listener's row of the socket array. The program scans at most this
+/// many slots per new connection, so it also bounds the program's cost.
 pub const MAX_WORKERS: u32 = 64;
 
-/// Name of the `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY` holding worker `i`'s
-/// listening socket at index `i`.
+// The program masks connection hashes into range.
+const _: () = assert!(PENDING_SLOTS.is_power_of_two());
+
+/// Most listeners (reuseport groups) one steering program serves.
+pub const MAX_LISTENERS: u32 = 64;
+
+/// Name of the `BPF_MAP_TYPE_REUSEPORT_SOCKARRAY` holding listener `l`'s
+/// socket of worker `w` at [`socket_index`]`(l, w)`.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 
-/// Name of the per-worker load array: `u64` at index `i` is worker `i`'s load
-/// (its active connections over every listener it serves). Created with
+/// Name of the hash map from a listening socket's bound address
+/// ([`ListenAddr`]) to its listener index: which row of [`SOCKETS_MAP`] a
+/// connection to that address is steered in.
+pub const LISTENERS_MAP: &str = "LISTENERS";
+
+/// Name of the hash map from a listening socket's cookie (`SO_COOKIE`) to its
+/// worker index, read when the kernel migrates requests off a closing
+/// socket, to move their in-flight count.
+pub const SOCKET_WORKERS_MAP: &str = "SOCKET_WORKERS";
+
+/// Name of the per-worker [`WorkerSlot`] array. Created with
 /// `BPF_F_MMAPABLE`, so userspace maps it and updates it with atomic adds,
-/// without a syscall per connection.
+/// without a system call per connection.
 pub const LOADS_MAP: &str = "LOADS";
 
 /// Name of the one-entry array holding the [`Config`].
 pub const CONFIG_MAP: &str = "CONFIG";
 
-/// Name of the sk_reuseport program (its function name in the object).
+/// Name of the array that remembers, per connection hash, which worker the
+/// program chose for a SYN ([`Pending`]), so that the second run on a SYN
+/// cookie's final ACK selects the same worker without counting it twice.
+pub const PENDING_MAP: &str = "PENDING";
+
+/// Entries of [`PENDING_MAP`]; a power of two, indexed by the hash's low bits.
+pub const PENDING_SLOTS: u32 = 4096;
+
+/// Name of the sk_reuseport program (its function name in the object), of
+/// the object file (`steering.bpf.o`) and of the userspace module.
 pub const PROGRAM: &str = "steering";
 
 /// `BPF_F_MMAPABLE`: the map flag that lets userspace `mmap` an array map.
 /// Linux 5.5 or later.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// A load value the program never prefers: a worker whose slot holds it is
-/// chosen only when every worker does (and then the kernel's hash decides).
-pub const LOAD_UNAVAILABLE: u64 = u64::MAX;
+/// Index of listener `listener`'s socket of worker `worker` in
+/// [`SOCKETS_MAP`].
+pub const fn socket_index(listener: u32, worker: u32) -> u32 {
+    listener * MAX_WORKERS + worker
+}
 
 /// Steering configuration, the single value of [`CONFIG_MAP`].
 #[repr(C)]
@@ -48,7 +75,159 @@ pub struct Config {
     pub reserved: u32,
 }
 
+/// A listening socket's bound address as the program reads it from the
+/// socket (`struct bpf_sock`): the key of [`LISTENERS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    /// `AF_INET` (2) or `AF_INET6` (10).
+    pub family: u32,
+    /// The local port, host byte order.
+    pub port: u32,
+    /// The local address in network byte order: `ip[0]` for IPv4, all four
+    /// words for IPv6; unused words zero.
+    pub ip: [u32; 4],
+}
+
+/// One worker's entry in [`LOADS_MAP`], shared between the program and the
+/// workers through a memory mapping. Every field is updated atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerSlot {
+    /// The worker's load word: its active connections and its in-flight
+    /// ones, encoded as [`Load`] describes.
+    pub load: u64,
+    /// Connections the program has counted against this worker since it was
+    /// loaded: each new connection once (on its SYN), plus requests migrated
+    /// to it from a closing socket.
+    pub selections: u64,
+    /// Added to the worker's load when the program compares it:
+    /// [`UNAVAILABLE`] while the worker must not be chosen (it is
+    /// stopping), else zero. An addition rather than a flag keeps the
+    /// program's scan free of branches the verifier would have to walk.
+    pub penalty: u64,
+    /// Reserved, zero. Keeps the size a power of two.
+    pub reserved: u64,
+}
+
+/// The [`WorkerSlot::penalty`] of a worker that must not be chosen: far
+/// above any real load, so it is chosen only if every worker carries it
+/// (and then the program leaves the choice to the kernel).
+pub const UNAVAILABLE: u64 = 1 << 62;
+
+/// A worker's load word, `active · 2³² + in_flight`, as one 64-bit integer
+/// whose low half is a signed 32-bit in-flight count.
+///
+/// - *in flight*: connections the program chose this worker for that the
+///   worker has not accepted yet (the program adds one when it chooses);
+/// - *active*: connections the worker has accepted and not closed.
+///
+/// One atomic add moves a connection between the two: accepting adds
+/// [`Load::ACCEPT_CLAIMED`] (active + 1, in flight − 1), so the program never
+/// sees a connection in neither or both. The program compares
+/// [`Load::total`], which ignores a transiently negative in-flight count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load(pub u64);
+
+impl Load {
+    /// Adds one in-flight connection.
+    pub const CLAIM: u64 = 1;
+    /// Adds one active connection.
+    pub const ACTIVE: u64 = 1 << 32;
+    /// Turns one in-flight connection into an active one.
+    pub const ACCEPT_CLAIMED: u64 = Self::ACTIVE - Self::CLAIM;
+
+    /// The in-flight count (may be transiently negative).
+    pub const fn in_flight(self) -> i64 {
+        self.0 as u32 as i32 as i64
+    }
+
+    /// The active count.
+    pub const fn active(self) -> i64 {
+        (self.0.wrapping_sub(self.in_flight() as u64) as i64) >> 32
+    }
+
+    /// What the program compares: active plus in flight, as a signed
+    /// number (shifts and adds only, so the verifier walks the program's
+    /// scan without forking).
+    pub const fn total(self) -> i64 {
+        self.active().wrapping_add(self.in_flight())
+    }
+
+    /// The word for `active` and `in_flight`.
+    pub const fn new(active: i64, in_flight: i64) -> Self {
+        Self((active << 32).wrapping_add(in_flight) as u64)
+    }
+}
+
+/// An entry of [`PENDING_MAP`]: `hash · 2³² + worker + 1`, zero when empty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pending(pub u64);
+
+impl Pending {
+    /// The entry remembering that the connection with 4-tuple hash `hash`
+    /// was counted against `worker`.
+    pub const fn new(hash: u32, worker: u32) -> Self {
+        Self(((hash as u64) << 32) | (worker as u64 + 1))
+    }
+
+    /// The worker remembered for `hash`, if this entry is for `hash`.
+    pub const fn worker_for(self, hash: u32) -> Option<u32> {
+        let worker = self.0 as u32;
+        if worker != 0 && (self.0 >> 32) as u32 == hash {
+            Some(worker - 1)
+        } else {
+            None
+        }
+    }
+}
+
 // SAFETY: `Config` is `repr(C)`, `Copy`, made only of `u32`s with no padding,
 // so every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Config {}
+
+// SAFETY: `ListenAddr` is `repr(C)`, `Copy`, made only of `u32`s with no
+// padding, so every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ListenAddr {}
+
+// SAFETY: `WorkerSlot` is `repr(C)`, `Copy`, made only of `u64`s with no
+// padding, so every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WorkerSlot {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_add_moves_a_connection_from_in_flight_to_active() {
+        let mut word = Load::new(3, 0).0;
+        word = word.wrapping_add(Load::CLAIM);
+        assert_eq!((Load(word).active(), Load(word).in_flight()), (3, 1));
+        word = word.wrapping_add(Load::ACCEPT_CLAIMED);
+        assert_eq!((Load(word).active(), Load(word).in_flight()), (4, 0));
+        assert_eq!(Load(word).total(), 4);
+    }
+
+    #[test]
+    fn a_negative_in_flight_count_keeps_active_right_and_counts_as_zero() {
+        let word = Load::new(2, 0).0.wrapping_add(Load::ACCEPT_CLAIMED);
+        assert_eq!((Load(word).active(), Load(word).in_flight()), (3, -1));
+        assert_eq!(Load(word).total(), 2);
+        let word = word.wrapping_add(Load::CLAIM);
+        assert_eq!((Load(word).active(), Load(word).in_flight()), (3, 0));
+        let word = word.wrapping_sub(3 * Load::ACTIVE);
+        assert_eq!(Load(word), Load::new(0, 0));
+    }
+
+    #[test]
+    fn a_pending_entry_answers_only_for_its_hash() {
+        let entry = Pending::new(0xdead_beef, 5);
+        assert_eq!(entry.worker_for(0xdead_beef), Some(5));
+        assert_eq!(entry.worker_for(0xdead_beee), None);
+        assert_eq!(Pending(0).worker_for(0), None);
+        assert_eq!(Pending::new(7, 0).worker_for(7), Some(0));
+    }
+}

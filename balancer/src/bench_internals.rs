@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::{
     stats::{WorkerCounters, WorkerLoad},
-    steering::{Steering, SteeringError, SteeringOptions},
+    steering::{LoadSlot, Steering, SteeringError, SteeringOptions},
     transfer::LiveWorkers,
 };
 
@@ -27,15 +27,28 @@ pub fn load_steering_object(object: &[u8], workers: usize) -> Result<Steering, S
 pub struct Counters(Arc<WorkerCounters>);
 
 impl Counters {
-    /// Counters with no eBPF load slots.
+    /// Counters with no eBPF load slot.
     pub fn new() -> Self {
-        Self(Arc::new(WorkerCounters::new(Vec::new())))
+        Self(Arc::new(WorkerCounters::new(None)))
+    }
+
+    /// Counters mirrored into worker `worker`'s slot of `steering`'s load
+    /// map, as with `Backend::Ebpf`.
+    pub fn steered(steering: &Steering, worker: usize) -> Self {
+        let slot = LoadSlot::new(Arc::clone(steering.loads()), worker);
+        Self(Arc::new(WorkerCounters::new(Some(slot))))
     }
 
     /// Counts one connection and releases it: what accept and close cost
     /// in counter updates.
     pub fn count_and_release(&self) {
         drop(WorkerLoad::new(Arc::clone(&self.0)));
+    }
+
+    /// Counts one connection the program counted in flight (turning it
+    /// active) and releases it: what an `Ebpf` accept and close cost.
+    pub fn claim_and_release(&self) {
+        drop(WorkerLoad::claimed(Arc::clone(&self.0)));
     }
 }
 
@@ -57,7 +70,7 @@ impl ExactPick {
     /// A balancer over `workers` fresh workers.
     pub fn new(workers: usize) -> Self {
         let counters: Vec<_> = (0..workers)
-            .map(|_| Arc::new(WorkerCounters::new(Vec::new())))
+            .map(|_| Arc::new(WorkerCounters::new(None)))
             .collect();
         let (balancer, _receivers) = LiveWorkers::new(counters);
         Self { balancer }

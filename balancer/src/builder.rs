@@ -4,6 +4,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, TcpListener},
     num::NonZeroUsize,
     sync::Arc,
+    time::Instant,
 };
 
 use crate::{
@@ -237,7 +238,7 @@ impl Builder {
             .map(|(spec, group)| bound_spec(spec, group))
             .collect::<Result<Vec<_>, _>>()?;
         let counters: Vec<_> = (0..self.workers)
-            .map(|w| Arc::new(WorkerCounters::new(strategy.load_slots(w))))
+            .map(|w| Arc::new(WorkerCounters::new(strategy.load_slot(w))))
             .collect();
         let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
         let stats = Stats::new(counters.clone(), names);
@@ -248,6 +249,7 @@ impl Builder {
             strategy,
             live,
             pin_to_cores: self.pin_to_cores,
+            started: Instant::now(),
         });
         let workers = (per_worker(sockets, self.workers)
             .into_iter()

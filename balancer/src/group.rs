@@ -4,7 +4,7 @@
 //! read (once, here) and it is handed off to the listener that destination
 //! names.
 
-use std::{net::SocketAddr, os::fd::AsFd, sync::Arc};
+use std::{net::SocketAddr, os::fd::AsFd, sync::Arc, time::Instant};
 
 use crate::{
     backend::Strategy,
@@ -41,9 +41,22 @@ pub(crate) struct Group {
     pub(crate) strategy: Box<dyn Strategy>,
     pub(crate) live: LiveWorkers,
     pub(crate) pin_to_cores: bool,
+    /// When the group was bound: the workers' upkeeps run on one schedule
+    /// from here, so they repair at the same moments.
+    pub(crate) started: Instant,
 }
 
 impl Group {
+    /// A timer for `worker`'s upkeep, on the group's schedule, if the
+    /// backend has any. Call from inside a tokio runtime.
+    pub(crate) fn upkeep_timer(&self) -> Option<tokio::time::Interval> {
+        let period = self.strategy.upkeep_period()?;
+        let first = tokio::time::Instant::from_std(self.started + period);
+        let mut timer = tokio::time::interval_at(first, period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Some(timer)
+    }
+
     pub(crate) fn counters(&self, worker: usize) -> &Arc<WorkerCounters> {
         self.stats.worker(worker)
     }

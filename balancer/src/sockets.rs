@@ -90,7 +90,7 @@ impl Sockets {
     /// (worker `index`'s).
     pub(crate) fn drain(&self, group: &Group, index: usize) -> Vec<Incoming<std::net::TcpStream>> {
         let mut drained = Vec::new();
-        for (listener, fd) in self.fds() {
+        for (listener, fd) in self.listener_fds() {
             let socket = socket2::SockRef::from(&fd);
             loop {
                 let (stream, peer) = match socket.accept() {
@@ -113,7 +113,12 @@ impl Sockets {
         drained
     }
 
-    fn fds(&self) -> Vec<(ListenerId, BorrowedFd<'_>)> {
+    /// The sockets' fds, in listener order.
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.listener_fds().into_iter().map(|(_, fd)| fd).collect()
+    }
+
+    fn listener_fds(&self) -> Vec<(ListenerId, BorrowedFd<'_>)> {
         match self {
             Self::Unregistered(sockets) => sockets.iter().map(|(id, s)| (*id, s.as_fd())).collect(),
             Self::Registered { sockets, .. } => {

@@ -83,6 +83,12 @@ impl LiveWorkers {
         WorkerLoad::new(Arc::clone(&self.counters[me]))
     }
 
+    /// Counts one connection the kernel already chose and counted in flight
+    /// for worker `me` (no lock taken).
+    pub(crate) fn count_claimed(&self, me: usize) -> WorkerLoad {
+        WorkerLoad::claimed(Arc::clone(&self.counters[me]))
+    }
+
     /// Counts a connection accepted by worker `me` against the least-loaded
     /// live worker, and queues it there if that is another worker.
     ///

@@ -29,6 +29,8 @@ pub struct Worker {
     group: Arc<Group>,
     sockets: Sockets,
     transfers: UnboundedReceiver<Transfer>,
+    /// The backend's periodic repair, started at the first `accept`.
+    upkeep: Option<tokio::time::Interval>,
     blocking: Option<tokio::runtime::Runtime>,
     /// Retired from the live workers (by `close` or drop).
     stopped: bool,
@@ -62,6 +64,7 @@ impl Worker {
             group,
             sockets,
             transfers,
+            upkeep: None,
             blocking: None,
             stopped: false,
             backoff: Backoff::default(),
@@ -102,6 +105,9 @@ impl Worker {
     /// prints its panic message for the latter before this returns).
     pub async fn accept(&mut self) -> io::Result<Accepted> {
         self.sockets.register()?;
+        if self.upkeep.is_none() {
+            self.upkeep = self.group.upkeep_timer();
+        }
         loop {
             let taken = match poll_fn(|cx| self.poll_event(cx)).await {
                 Event::TransferredIn(transfer) => self.take_transfer(transfer).map(Some),
@@ -251,6 +257,13 @@ impl Worker {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if let Some(timer) = &mut self.upkeep {
+            while timer.poll_tick(cx).is_ready() {
+                let active = self.group.counters(self.index).active();
+                let sockets = self.sockets.fds();
+                self.group.strategy.upkeep(self.index, active, &sockets);
+            }
+        }
         // Connections transferred in are already counted here: take them first.
         if let Poll::Ready(Some(transfer)) = self.transfers.poll_recv(cx) {
             return Poll::Ready(Event::TransferredIn(transfer));

@@ -20,7 +20,9 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use balancer_common::{CONFIG_MAP, LOADS_MAP, PROGRAM, SOCKETS_MAP};
+use balancer_common::{
+    CONFIG_MAP, LISTENERS_MAP, LOADS_MAP, PENDING_MAP, PROGRAM, SOCKETS_MAP, SOCKET_WORKERS_MAP,
+};
 
 use crate::{bpf_linker, workspace};
 
@@ -30,11 +32,14 @@ const WRAPPER_ENV: &str = "BALANCER_XTASK_RUSTC_WRAPPER";
 /// The checked-in object the `balancer` crate embeds.
 const OBJECT: &str = "balancer/bpf/steering.bpf.o";
 /// Symbols the object must keep: the program and every map.
-const EXPORTS: [&str; 6] = [
+const EXPORTS: [&str; 9] = [
     PROGRAM,
     SOCKETS_MAP,
+    LISTENERS_MAP,
+    SOCKET_WORKERS_MAP,
     LOADS_MAP,
     CONFIG_MAP,
+    PENDING_MAP,
     "AYA_LOGS",
     "AYA_LOG_LEVEL",
 ];
@@ -111,7 +116,10 @@ fn link(output: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut command = Command::new("bpf-linker");
-    command.args(["--target", "bpfel", "-O3", "-o"]).arg(output);
+    // v3: the program uses atomic adds on map values (Linux 5.12).
+    command
+        .args(["--target", "bpfel", "--cpu", "v3", "-O3", "-o"])
+        .arg(output);
     for symbol in EXPORTS {
         command.args(["--export", symbol]);
     }

@@ -26,11 +26,17 @@ mod exact;
 mod reuseport;
 mod shared;
 
-use std::{fmt, io, net::SocketAddr, net::TcpListener, str::FromStr, sync::Arc};
+use std::{
+    fmt, io,
+    net::{SocketAddr, TcpListener},
+    os::fd::BorrowedFd,
+    str::FromStr,
+    time::Duration,
+};
 
 use crate::{
     connection::Incoming,
-    steering::{LoadMap, SteeringError, SteeringOptions},
+    steering::{LoadSlot, SteeringError, SteeringOptions},
     transfer::{LiveWorkers, Placement},
 };
 
@@ -117,10 +123,10 @@ pub(crate) trait Strategy: Send + Sync {
         Ok(())
     }
 
-    /// The kernel-visible copies of worker `worker`'s load, kept equal to
-    /// its active count. Baseline: none.
-    fn load_slots(&self, _worker: usize) -> Vec<(Arc<LoadMap>, usize)> {
-        Vec::new()
+    /// Worker `worker`'s slot in the kernel's load map, which mirrors its
+    /// active count. Baseline: none.
+    fn load_slot(&self, _worker: usize) -> Option<LoadSlot> {
+        None
     }
 
     /// Places a connection worker `me` accepted from its own socket.
@@ -128,6 +134,17 @@ pub(crate) trait Strategy: Send + Sync {
     fn place(&self, live: &LiveWorkers, me: usize, incoming: Incoming) -> io::Result<Placement> {
         Ok(Placement::Keep(incoming, live.count_against(me)))
     }
+
+    /// How often a waiting worker calls [`Strategy::upkeep`]. Baseline:
+    /// never.
+    fn upkeep_period(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic repair of worker `worker`'s kernel-visible state, given it
+    /// owns `active` connections and listens on `sockets`. Baseline:
+    /// nothing to repair.
+    fn upkeep(&self, _worker: usize, _active: u64, _sockets: &[BorrowedFd<'_>]) {}
 
     /// Worker `worker` is stopping and its sockets are about to close.
     /// Baseline: nothing to do.

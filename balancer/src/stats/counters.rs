@@ -6,8 +6,8 @@ use std::sync::{
     Arc,
 };
 
-use super::{CountSnapshot, WorkerSnapshot, WorkerState};
-use crate::steering::LoadMap;
+use super::{CountSnapshot, SteeringSnapshot, WorkerSnapshot, WorkerState};
+use crate::steering::LoadSlot;
 
 /// A worker's counters. Shared by its connections' guards.
 #[derive(Debug, Default)]
@@ -19,15 +19,15 @@ pub(crate) struct WorkerCounters {
     accept_errors: AtomicU64,
     /// A [`WorkerState`] as `u8`.
     state: AtomicU8,
-    /// The kernel-visible copies of `active`, one per eBPF steering group
-    /// (listener) this worker serves: `(loads, index of this worker)`.
-    load_slots: Vec<(Arc<LoadMap>, usize)>,
+    /// With `Ebpf`: the worker's slot in the program's load map, which
+    /// mirrors `active` and holds the in-flight count.
+    kernel: Option<LoadSlot>,
 }
 
 impl WorkerCounters {
-    pub(crate) fn new(load_slots: Vec<(Arc<LoadMap>, usize)>) -> Self {
+    pub(crate) fn new(kernel: Option<LoadSlot>) -> Self {
         Self {
-            load_slots,
+            kernel,
             ..Self::default()
         }
     }
@@ -56,16 +56,20 @@ impl WorkerCounters {
         self.total.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn add_active(&self) {
+    /// One more active connection; `claimed`: the steering program had
+    /// counted it in flight for this worker.
+    fn add_active(&self, claimed: bool) {
         self.active.fetch_add(1, Ordering::Relaxed);
-        for (loads, worker) in &self.load_slots {
-            loads.slot(*worker).fetch_add(1, Ordering::Relaxed);
+        match &self.kernel {
+            Some(slot) if claimed => slot.accept_claimed(),
+            Some(slot) => slot.add_active(),
+            None => {}
         }
     }
 
     fn sub_active(&self) {
-        for (loads, worker) in &self.load_slots {
-            loads.slot(*worker).fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = &self.kernel {
+            slot.sub_active();
         }
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -79,6 +83,15 @@ impl WorkerCounters {
             transfers_out: self.transfers_out.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             state: WorkerState::from_u8(self.state.load(Ordering::Relaxed)),
+            steering: self.kernel.as_ref().map(|slot| {
+                let (loads, worker) = (slot.loads(), slot.worker());
+                SteeringSnapshot {
+                    active: loads.active(worker),
+                    in_flight: loads.in_flight(worker),
+                    selections: loads.selections(worker),
+                    available: loads.is_available(worker),
+                }
+            }),
         }
     }
 }
@@ -92,8 +105,16 @@ pub(crate) struct WorkerLoad {
 }
 
 impl WorkerLoad {
+    /// Counts a connection against `worker`.
     pub(crate) fn new(worker: Arc<WorkerCounters>) -> Self {
-        worker.add_active();
+        worker.add_active(false);
+        Self { worker }
+    }
+
+    /// Counts a connection the steering program chose `worker` for (and
+    /// counted in flight there): in flight becomes active in one step.
+    pub(crate) fn claimed(worker: Arc<WorkerCounters>) -> Self {
+        worker.add_active(true);
         Self { worker }
     }
 }

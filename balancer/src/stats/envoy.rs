@@ -1,8 +1,8 @@
 //! Envoy's `/stats` text rendering of a [`Snapshot`].
 
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 
-use super::Snapshot;
+use super::{CountSnapshot, Snapshot};
 
 impl Snapshot {
     /// Envoy's `/stats` text: one `name: value` line per counter, e.g.
@@ -11,73 +11,52 @@ impl Snapshot {
     pub fn to_envoy_text(&self) -> String {
         let mut out = String::new();
         for listener in &self.listeners {
-            let name = &listener.name;
-            let total = listener.total();
-            line(
-                &mut out,
-                format_args!("listener.{name}.downstream_cx_active"),
-                total.downstream_cx_active,
-            );
-            line(
-                &mut out,
-                format_args!("listener.{name}.downstream_cx_total"),
-                total.downstream_cx_total,
-            );
+            let prefix = format!("listener.{}", listener.name);
+            counts(&mut out, &prefix, listener.total());
             for (worker, c) in listener.workers.iter().enumerate() {
-                let prefix = format_args!("listener.{name}.worker_{worker}");
-                line(
-                    &mut out,
-                    format_args!("{prefix}.downstream_cx_active"),
-                    c.downstream_cx_active,
-                );
-                line(
-                    &mut out,
-                    format_args!("{prefix}.downstream_cx_total"),
-                    c.downstream_cx_total,
-                );
+                counts(&mut out, &format!("{prefix}.worker_{worker}"), *c);
             }
         }
         for w in &self.workers {
-            let i = w.worker;
-            line(
-                &mut out,
-                format_args!("balancer.worker_{i}.downstream_cx_active"),
-                w.downstream_cx_active,
-            );
-            line(
-                &mut out,
-                format_args!("balancer.worker_{i}.downstream_cx_total"),
-                w.downstream_cx_total,
-            );
-            line(
-                &mut out,
-                format_args!("balancer.worker_{i}.transfers_in"),
-                w.transfers_in,
-            );
-            line(
-                &mut out,
-                format_args!("balancer.worker_{i}.transfers_out"),
-                w.transfers_out,
-            );
-            line(
-                &mut out,
-                format_args!("balancer.worker_{i}.accept_errors"),
-                w.accept_errors,
-            );
-            line(&mut out, format_args!("balancer.worker_{i}.live"), w.live());
-            line(
-                &mut out,
-                format_args!("balancer.worker_{i}.panicked"),
-                w.panicked(),
-            );
+            let prefix = format!("balancer.worker_{}", w.worker);
+            let values: [(&str, &dyn Display); 7] = [
+                ("downstream_cx_active", &w.downstream_cx_active),
+                ("downstream_cx_total", &w.downstream_cx_total),
+                ("transfers_in", &w.transfers_in),
+                ("transfers_out", &w.transfers_out),
+                ("accept_errors", &w.accept_errors),
+                ("live", &w.live()),
+                ("panicked", &w.panicked()),
+            ];
+            lines(&mut out, &prefix, &values);
+            if let Some(k) = &w.steering {
+                let values: [(&str, &dyn Display); 4] = [
+                    ("active", &k.active),
+                    ("in_flight", &k.in_flight),
+                    ("selections", &k.selections),
+                    ("available", &u64::from(k.available)),
+                ];
+                lines(&mut out, &format!("{prefix}.steering"), &values);
+            }
         }
         out
     }
 }
 
-/// Appends `name: value\n`.
-fn line(out: &mut String, name: std::fmt::Arguments<'_>, value: u64) {
-    let _ = writeln!(out, "{name}: {value}");
+/// A listener's active and total lines under `prefix`.
+fn counts(out: &mut String, prefix: &str, c: CountSnapshot) {
+    let values: [(&str, &dyn Display); 2] = [
+        ("downstream_cx_active", &c.downstream_cx_active),
+        ("downstream_cx_total", &c.downstream_cx_total),
+    ];
+    lines(out, prefix, &values);
+}
+
+/// Appends `prefix.name: value` for each value.
+fn lines(out: &mut String, prefix: &str, values: &[(&str, &dyn Display)]) {
+    for (name, value) in values {
+        let _ = writeln!(out, "{prefix}.{name}: {value}");
+    }
 }
 
 #[cfg(test)]

@@ -130,6 +130,30 @@ pub struct WorkerSnapshot {
     pub accept_errors: u64,
     /// Whether the worker still takes connections.
     pub state: WorkerState,
+    /// With `Ebpf`: what the steering program sees of this worker.
+    pub steering: Option<SteeringSnapshot>,
+}
+
+/// What the `steering` program sees of one worker: the values it compares
+/// when it chooses a worker for a new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SteeringSnapshot {
+    /// The worker's active connections as the program sees them; equal to
+    /// `downstream_cx_active` unless something wrote the load map (the
+    /// worker's upkeep repairs a difference within about 200 ms).
+    pub active: i64,
+    /// Connections the program chose this worker for that it has not
+    /// accepted yet: in the middle of their handshake or in its accept
+    /// queue. Transiently negative when the worker accepts a connection the
+    /// program did not count, until its upkeep repairs it.
+    pub in_flight: i64,
+    /// Connections the program has counted against this worker: each new
+    /// connection once (on its SYN, not again on a SYN cookie's ACK), plus
+    /// requests migrated to it from a closing worker.
+    pub selections: u64,
+    /// Whether the program may choose this worker (false once it stops).
+    pub available: bool,
 }
 
 impl WorkerSnapshot {
@@ -208,7 +232,7 @@ mod tests {
 
     pub(super) fn stats() -> Stats {
         let workers = (0..2)
-            .map(|_| Arc::new(WorkerCounters::new(Vec::new())))
+            .map(|_| Arc::new(WorkerCounters::new(None)))
             .collect();
         Stats::new(workers, vec!["127.0.0.1_8080".into()])
     }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{CountSnapshot, Snapshot, WorkerSnapshot};
+use super::{CountSnapshot, Snapshot, SteeringSnapshot, WorkerSnapshot};
 
 /// A Prometheus metric: name, type, and how to read it from a snapshot.
 type Metric<T> = (&'static str, &'static str, fn(&T) -> u64);
@@ -40,6 +40,23 @@ const WORKER_METRICS: [Metric<WorkerSnapshot>; 7] = [
     ),
 ];
 
+const STEERING_METRICS: [Metric<SteeringSnapshot>; 4] = [
+    ("balancer_worker_steering_active", "gauge", |k| {
+        k.active.max(0) as u64
+    }),
+    ("balancer_worker_steering_in_flight", "gauge", |k| {
+        k.in_flight.max(0) as u64
+    }),
+    (
+        "balancer_worker_steering_selections_total",
+        "counter",
+        |k| k.selections,
+    ),
+    ("balancer_worker_steering_available", "gauge", |k| {
+        u64::from(k.available)
+    }),
+];
+
 impl Snapshot {
     /// Prometheus text exposition (version 0.0.4): gauges for active counts,
     /// counters for totals, labelled by listener and worker.
@@ -59,6 +76,15 @@ impl Snapshot {
             let _ = writeln!(out, "# TYPE {metric} {kind}");
             for w in &self.workers {
                 let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {}", w.worker, value(w));
+            }
+        }
+        let steered: Vec<_> = (self.workers.iter())
+            .filter_map(|w| Some((w.worker, w.steering?)))
+            .collect();
+        for (metric, kind, value) in STEERING_METRICS.iter().filter(|_| !steered.is_empty()) {
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            for (worker, k) in &steered {
+                let _ = writeln!(out, "{metric}{{worker=\"{worker}\"}} {}", value(k));
             }
         }
         out

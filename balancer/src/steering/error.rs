@@ -49,6 +49,21 @@ pub enum SteeringError {
         /// Sockets passed to attach.
         sockets: usize,
     },
+    /// More listeners than the program's maps hold.
+    #[error("eBPF steering supports at most {max} listeners")]
+    ListenerCount {
+        /// The most the program's maps hold.
+        max: u32,
+    },
+    /// Reading a socket's address or cookie failed.
+    #[error("{operation} failed")]
+    Socket {
+        /// What was being read.
+        operation: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
     /// Parsing the embedded object or creating its maps failed.
     #[error("loading the embedded eBPF object failed")]
     Object(#[source] aya::EbpfError),

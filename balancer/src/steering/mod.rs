@@ -3,11 +3,13 @@
 //!
 //! [`Steering::load`] loads the program that ships inside this crate (built by
 //! `cargo xtask build-ebpf` from `balancer-ebpf`, so users need neither
-//! nightly nor bpf-linker). [`Steering::attach`] puts worker `i`'s listening
-//! socket at index `i` of the program's socket array and attaches the
-//! program to their `SO_REUSEPORT` group. From then on the kernel runs the
-//! program for every new connection and hands it to the socket whose worker
-//! has the lowest value in the [`LoadMap`].
+//! nightly nor bpf-linker). Each [`Steering::attach`] adds one listener: its
+//! sockets, worker `i`'s at index `i` of the listener's row of the program's
+//! socket array, and the program attached to their `SO_REUSEPORT` group.
+//! From then on the kernel runs the program for every new connection to any
+//! attached listener and hands it to the socket whose worker has the lowest
+//! load in the [`LoadMap`]: active plus in-flight connections, over every
+//! listener, the chosen worker's in-flight count rising at once.
 //!
 //! The load map is a `BPF_F_MMAPABLE` array mapped into this process, so
 //! updating a worker's load is one atomic add on shared memory: no system
@@ -18,17 +20,26 @@ mod error;
 mod loads;
 mod probe;
 
-use std::{os::fd::AsFd, sync::Arc};
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::{AsFd, BorrowedFd},
+    sync::Arc,
+};
 
 use aya::{
-    maps::{Array, Map, MapData, MapError, ReusePortSockArray},
+    maps::{Array, HashMap, Map, MapData, MapError, ReusePortSockArray},
     programs::{ProgramError, SkReuseport},
     Ebpf, EbpfLoader,
 };
-use balancer_common::{Config, CONFIG_MAP, LOADS_MAP, MAX_WORKERS, PROGRAM, SOCKETS_MAP};
+use balancer_common::{
+    socket_index, Config, ListenAddr, CONFIG_MAP, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS,
+    MAX_WORKERS, PROGRAM, SOCKETS_MAP, SOCKET_WORKERS_MAP,
+};
 
 pub use error::SteeringError;
 pub use loads::LoadMap;
+pub(crate) use loads::LoadSlot;
 
 /// The `steering` object built by `cargo xtask build-ebpf`.
 pub(crate) static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/steering.bpf.o");
@@ -45,18 +56,23 @@ pub struct SteeringOptions {
     pub debug_log: bool,
 }
 
-/// The loaded `steering` program and its maps, for one group of workers.
+/// The loaded `steering` program and its maps, for one set of workers and
+/// every listener they serve.
 ///
 /// Dropping a `Steering` does not detach the program from sockets it was
-/// attached to: the kernel keeps it (and its maps) until the group's last
-/// socket closes, but loads written after the drop are no longer seen. Keep
+/// attached to: the kernel keeps it (and its maps) until the groups' last
+/// sockets close, but loads written after the drop are no longer seen. Keep
 /// the `Steering` alive as long as the listening sockets.
 #[doc(alias = "SO_ATTACH_REUSEPORT_EBPF")]
 #[doc(alias = "sk_reuseport")]
 pub struct Steering {
     ebpf: Ebpf,
     sockets: ReusePortSockArray<MapData>,
+    listeners: HashMap<MapData, ListenAddr, u32>,
+    socket_workers: HashMap<MapData, u64, u32>,
     loads: Arc<LoadMap>,
+    /// Listeners attached so far: the next one's index.
+    attached: u32,
     log: Option<debug_log::LogForwarder>,
 }
 
@@ -64,6 +80,7 @@ impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steering")
             .field("workers", &self.loads.workers())
+            .field("listeners", &self.attached)
             .field("debug_log", &self.log.is_some())
             .finish_non_exhaustive()
     }
@@ -134,27 +151,31 @@ impl Steering {
             .map_err(SteeringError::Program)?;
         write_config(&mut ebpf, count)?;
         let loads = Arc::new(LoadMap::new(take_map(&mut ebpf, LOADS_MAP)?, workers)?);
-        let sockets = ReusePortSockArray::try_from(take_map(&mut ebpf, SOCKETS_MAP)?)
-            .map_err(|source| SteeringError::map("opening", SOCKETS_MAP, source))?;
         Ok(Self {
+            sockets: open_map(&mut ebpf, SOCKETS_MAP, ReusePortSockArray::try_from)?,
+            listeners: open_map(&mut ebpf, LISTENERS_MAP, HashMap::try_from)?,
+            socket_workers: open_map(&mut ebpf, SOCKET_WORKERS_MAP, HashMap::try_from)?,
             ebpf,
-            sockets,
             loads,
+            attached: 0,
             log,
         })
     }
 
-    /// Puts `sockets[i]` at index `i` of the program's socket array and
-    /// attaches the program to their `SO_REUSEPORT` group.
+    /// Adds a listener: puts `sockets[i]` in its row of the program's socket
+    /// array as worker `i`'s, and attaches the program to their
+    /// `SO_REUSEPORT` group.
     ///
-    /// Every socket must be a listening TCP socket with `SO_REUSEPORT` set, all
-    /// in the same group (same address and port, same owner), one per worker.
-    /// From the moment this returns, the kernel steers each new connection to
-    /// the socket of the worker with the lowest load. Connections already
-    /// queued on a socket stay there.
+    /// Every socket must be a listening TCP socket with `SO_REUSEPORT` set,
+    /// all in the same group (same address and port, same owner), one per
+    /// worker. From the moment this returns, the kernel steers each new
+    /// connection to the group to the socket of the worker with the lowest
+    /// load over every attached listener. Connections already queued on a
+    /// socket stay there.
     ///
     /// # Errors
     /// [`SteeringError::SocketCount`] if there is not one socket per worker;
+    /// [`SteeringError::ListenerCount`] beyond 64 listeners;
     /// [`SteeringError::Map`] if the kernel refuses a socket (not listening,
     /// or not in a reuseport group); [`SteeringError::Program`] if attaching
     /// fails.
@@ -166,17 +187,50 @@ impl Steering {
                 sockets: sockets.len(),
             });
         }
-        for (index, socket) in (0u32..).zip(sockets) {
-            self.sockets
-                .set(index, &socket.as_fd(), 0)
-                .map_err(|source| {
-                    let operation = format!("inserting worker {index}'s socket");
-                    SteeringError::map(operation, SOCKETS_MAP, source)
-                })?;
+        let listener = self.attached;
+        if listener >= MAX_LISTENERS {
+            return Err(SteeringError::ListenerCount { max: MAX_LISTENERS });
         }
+        for (worker, socket) in (0u32..).zip(sockets) {
+            self.insert_socket(listener, worker, socket.as_fd())?;
+        }
+        let addr = socket2::SockRef::from(&sockets[0].as_fd())
+            .local_addr()
+            .and_then(|addr| (addr.as_socket()).ok_or_else(|| io::Error::other("not an IP socket")))
+            .map_err(|source| SteeringError::Socket {
+                operation: "reading a listener's address",
+                source,
+            })?;
+        self.listeners
+            .insert(listen_addr(addr), listener, 0)
+            .map_err(|source| SteeringError::map("adding the listener", LISTENERS_MAP, source))?;
         program(&self.ebpf)?
             .attach(sockets[0].as_fd())
-            .map_err(SteeringError::Program)
+            .map_err(SteeringError::Program)?;
+        self.attached += 1;
+        Ok(())
+    }
+
+    fn insert_socket(
+        &mut self,
+        listener: u32,
+        worker: u32,
+        socket: BorrowedFd<'_>,
+    ) -> Result<(), SteeringError> {
+        let operation = || format!("inserting worker {worker}'s socket of listener {listener}");
+        self.sockets
+            .set(socket_index(listener, worker), &socket, 0)
+            .map_err(|source| SteeringError::map(operation(), SOCKETS_MAP, source))?;
+        let cookie =
+            socket2::SockRef::from(&socket)
+                .cookie()
+                .map_err(|source| SteeringError::Socket {
+                    operation: "reading a socket's cookie (SO_COOKIE)",
+                    source,
+                })?;
+        self.socket_workers
+            .insert(cookie, worker, 0)
+            .map_err(|source| SteeringError::map(operation(), SOCKET_WORKERS_MAP, source))
     }
 
     /// The per-worker loads the program steers by.
@@ -212,6 +266,35 @@ fn write_config(ebpf: &mut Ebpf, workers: u32) -> Result<(), SteeringError> {
     config
         .set(0, value, 0)
         .map_err(|source| SteeringError::map("writing the worker count", CONFIG_MAP, source))
+}
+
+fn open_map<T>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    open: impl FnOnce(Map) -> Result<T, MapError>,
+) -> Result<T, SteeringError> {
+    open(take_map(ebpf, name)?).map_err(|source| SteeringError::map("opening", name, source))
+}
+
+/// The listener key the program reads off a listening socket bound to
+/// `addr`: family, port in host order, address words in network order.
+fn listen_addr(addr: SocketAddr) -> ListenAddr {
+    let words = |octets: &[u8]| -> [u32; 4] {
+        let mut ip = [0; 4];
+        for (word, chunk) in ip.iter_mut().zip(octets.chunks_exact(4)) {
+            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        }
+        ip
+    };
+    let (family, ip) = match addr {
+        SocketAddr::V4(a) => (libc::AF_INET, words(&a.ip().octets())),
+        SocketAddr::V6(a) => (libc::AF_INET6, words(&a.ip().octets())),
+    };
+    ListenAddr {
+        family: family as u32,
+        port: u32::from(addr.port()),
+        ip,
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, SteeringError> {

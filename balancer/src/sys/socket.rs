@@ -45,3 +45,13 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<b
         Err(err) => Err(err),
     }
 }
+
+/// How many connections wait in a listening socket's accept queue
+/// (`TCP_INFO`'s `tcpi_unacked`, which a listener sets to its accept
+/// backlog).
+pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: TCP_INFO writes a `struct tcp_info` (or a prefix of it, the
+    // rest staying zero), plain integers.
+    let info: libc::tcp_info = unsafe { getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)? };
+    Ok(info.tcpi_unacked)
+}

@@ -29,9 +29,10 @@ pub const SOCKETS_MAP: &str = "SOCKETS";
 pub const LISTENERS_MAP: &str = "LISTENERS";
 
 /// Name of the hash map from a listening socket's cookie (`SO_COOKIE`) to its
-/// worker index, read when the kernel migrates requests off a closing
-/// socket, to move their in-flight count.
-pub const SOCKET_WORKERS_MAP: &str = "SOCKET_WORKERS";
+/// [`SocketSlot`], read when the kernel migrates requests off a closing
+/// socket (whose bound port the kernel has already cleared), to find its
+/// listener and move the requests' in-flight count off its worker.
+pub const SOCKET_SLOTS_MAP: &str = "SOCKET_SLOTS";
 
 /// Name of the per-worker [`WorkerSlot`] array. Created with
 /// `BPF_F_MMAPABLE`, so userspace maps it and updates it with atomic adds,
@@ -87,6 +88,16 @@ pub struct ListenAddr {
     /// The local address in network byte order: `ip[0]` for IPv4, all four
     /// words for IPv6; unused words zero.
     pub ip: [u32; 4],
+}
+
+/// Where a listening socket sits: the value of [`SOCKET_SLOTS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketSlot {
+    /// Its listener's index.
+    pub listener: u32,
+    /// Its worker's index.
+    pub worker: u32,
 }
 
 /// One worker's entry in [`LOADS_MAP`], shared between the program and the
@@ -191,6 +202,11 @@ unsafe impl aya::Pod for Config {}
 // padding, so every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ListenAddr {}
+
+// SAFETY: `SocketSlot` is `repr(C)`, `Copy`, made only of `u32`s with no
+// padding, so every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SocketSlot {}
 
 // SAFETY: `WorkerSlot` is `repr(C)`, `Copy`, made only of `u64`s with no
 // padding, so every bit pattern is a valid value.

@@ -21,7 +21,7 @@
 //!    hash without counting again (or, if forgotten, the least-loaded one,
 //!    uncounted); any other packet is steered the same way, uncounted;
 //! 5. on a migration, moves the in-flight count from the closing socket's
-//!    worker (`SOCKET_WORKERS`, by socket cookie) to the chosen one.
+//!    worker (`SOCKET_SLOTS`, by socket cookie) to the chosen one.
 //!
 //! The program never refuses a connection: when the maps are not populated,
 //! the listener is unknown or the chosen slot is empty, it returns `SK_PASS`
@@ -38,6 +38,7 @@
 
 use core::{
     ffi::c_void,
+    mem::MaybeUninit,
     ptr::{addr_of_mut, read_volatile, write_volatile},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -47,12 +48,12 @@ use aya_ebpf::{
     helpers::bpf_get_socket_cookie,
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, ReusePortSockArray},
-    programs::SkReuseportContext,
+    programs::{SkReuseportContext, SockContext},
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    socket_index, Config, ListenAddr, Load, Pending, WorkerSlot, BPF_F_MMAPABLE, MAX_LISTENERS,
-    MAX_WORKERS, PENDING_SLOTS, UNAVAILABLE,
+    socket_index, Config, ListenAddr, Load, Pending, SocketSlot, WorkerSlot, BPF_F_MMAPABLE,
+    MAX_LISTENERS, MAX_WORKERS, PENDING_SLOTS, UNAVAILABLE,
 };
 
 /// Listener `l`'s socket of worker `w` at `socket_index(l, w)`.
@@ -64,9 +65,10 @@ static SOCKETS: ReusePortSockArray =
 #[map]
 static LISTENERS: HashMap<ListenAddr, u32> = HashMap::with_max_entries(MAX_LISTENERS, 0);
 
-/// A listening socket's cookie to its worker index (read on migration).
+/// A listening socket's cookie to its listener and worker (read on
+/// migration, when the closing socket's port is already cleared).
 #[map]
-static SOCKET_WORKERS: HashMap<u64, u32> =
+static SOCKET_SLOTS: HashMap<u64, SocketSlot> =
     HashMap::with_max_entries(MAX_LISTENERS * MAX_WORKERS, 0);
 
 /// Worker `i`'s load word and counters at index `i`, shared with userspace
@@ -96,23 +98,29 @@ pub fn steering(ctx: SkReuseportContext) -> u32 {
 
 fn steer(ctx: &SkReuseportContext) -> Option<()> {
     let workers = configured_workers()?;
-    let listener = listener_of(ctx)?;
     let hash = ctx.hash();
+    let (listener, syn, closing) = match ctx.migrating_sk() {
+        Some(migrating) => {
+            let (listener, closing) = migration_source(ctx, &migrating)?;
+            (listener, false, closing)
+        }
+        None => (listener_of(ctx.sk().sock, false)?, is_syn(ctx), None),
+    };
     let migrating = ctx.migrating_sk().is_some();
-    let syn = !migrating && is_syn(ctx);
+    let counted = migrating || syn;
     // One scan per run, in one place: the verifier walks it once.
-    let remembered = if migrating || syn { None } else { recall(hash) };
+    let remembered = if counted { None } else { recall(hash) };
     let worker = match remembered {
         Some(worker) => worker,
         None => least_loaded(hash, workers)?,
     };
-    let counted = migrating || syn;
     if counted {
         claim(worker);
     }
-    if migrating {
-        release_closing_worker(ctx);
-    } else if syn {
+    if let Some(closing) = closing {
+        add_to_load(closing, Load::CLAIM.wrapping_neg());
+    }
+    if syn {
         remember(hash, worker);
     }
     match SOCKETS.select_reuseport(ctx, socket_index(listener, worker)) {
@@ -130,6 +138,28 @@ fn steer(ctx: &SkReuseportContext) -> Option<()> {
     Some(())
 }
 
+/// For a request migrating off a closing socket: its listener, and the
+/// closing socket's worker if it is one of ours (its count moves). The
+/// closing socket's port is already cleared, so it is found by cookie; a
+/// socket of another listener set (a take-over) by the request's own local
+/// address.
+#[inline(always)]
+fn migration_source(
+    ctx: &SkReuseportContext,
+    migrating: &SockContext,
+) -> Option<(u32, Option<u32>)> {
+    // SAFETY: the helper reads the cookie of the socket the kernel passed
+    // (the closing listener); it accepts any socket pointer.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sk().sock as *mut c_void) };
+    // SAFETY: the value is plain data copied out at once.
+    match unsafe { SOCKET_SLOTS.get(&cookie) }.copied() {
+        Some(slot) => Some((slot.listener, Some(slot.worker))),
+        None => listener_of(migrating.sock, false)
+            .or_else(|| listener_of(migrating.sock, true))
+            .map(|listener| (listener, None)),
+    }
+}
+
 /// The configured worker count, or `None` while userspace has not set one.
 #[inline(always)]
 fn configured_workers() -> Option<u32> {
@@ -137,30 +167,48 @@ fn configured_workers() -> Option<u32> {
     (workers != 0 && workers <= MAX_WORKERS).then_some(workers)
 }
 
-/// The listener whose sockets are bound where the matched socket is.
+/// The listener bound at `sk`'s local address (with `any_address`, at its
+/// port on the wildcard address instead).
 #[inline(always)]
-fn listener_of(ctx: &SkReuseportContext) -> Option<u32> {
-    let sk: *mut bpf_sock = ctx.sk().sock;
-    // SAFETY: the kernel passes the socket the lookup matched, never null
-    // (the verifier types it PTR_TO_SOCKET); these fields are readable, one
-    // load each (the verifier forbids arithmetic on socket pointers).
-    let key = unsafe {
+fn listener_of(sk: *mut bpf_sock, any_address: bool) -> Option<u32> {
+    // SAFETY: the kernel passes non-null sockets (the matched listener is
+    // PTR_TO_SOCKET; a migrating request is null-checked by the caller);
+    // these common fields are readable, one load each (the verifier forbids
+    // arithmetic on socket pointers).
+    let (family, port, ip) = unsafe {
         let family = read_volatile(&(*sk).family);
-        let ip = if family == AF_INET6 {
-            let word = |i: usize| read_volatile(&(*sk).src_ip6[i]);
+        let word = |i: usize| read_volatile(&(*sk).src_ip6[i]);
+        let ip = if any_address {
+            [0; 4]
+        } else if family == AF_INET6 {
             [word(0), word(1), word(2), word(3)]
         } else {
             [read_volatile(&(*sk).src_ip4), 0, 0, 0]
         };
-        ListenAddr {
-            family,
-            port: read_volatile(&(*sk).src_port),
-            ip,
-        }
+        (family, read_volatile(&(*sk).src_port), ip)
     };
-    // SAFETY: the value is a plain u32 copied out at once.
-    let listener = unsafe { LISTENERS.get(&key) }.copied()?;
+    let listener = listener_at(family, port, ip)?;
     (listener < MAX_LISTENERS).then_some(listener)
+}
+
+/// The listener bound at `ip` and `port`. The key is written field by field
+/// with volatile stores where the lookup reads it: the compiler would
+/// otherwise build it with `memset`/`memcpy`, which the verifier cannot
+/// call.
+#[inline(always)]
+fn listener_at(family: u32, port: u32, ip: [u32; 4]) -> Option<u32> {
+    let mut key = MaybeUninit::<ListenAddr>::uninit();
+    let key = key.as_mut_ptr();
+    // SAFETY: every field of the stack value is written once before the
+    // lookup reads it; the found value is a plain u32 copied out at once.
+    unsafe {
+        write_volatile(addr_of_mut!((*key).family), family);
+        write_volatile(addr_of_mut!((*key).port), port);
+        for (i, word) in ip.into_iter().enumerate() {
+            write_volatile(addr_of_mut!((*key).ip[i]), word);
+        }
+        LISTENERS.get(&*key).copied()
+    }
 }
 
 /// Whether the packet is a SYN (not a SYN-ACK, not the final ACK).
@@ -240,19 +288,6 @@ fn add_to_load(worker: u32, delta: u64) {
     if let Some(slot) = LOADS.get_ptr_mut(worker) {
         // SAFETY: as in `claim`.
         unsafe { atomic(addr_of_mut!((*slot).load)) }.fetch_add(delta, Ordering::Relaxed);
-    }
-}
-
-/// A migration moves a request counted against the closing socket's worker:
-/// release that count (the new worker's is taken by `claim`).
-#[inline(always)]
-fn release_closing_worker(ctx: &SkReuseportContext) {
-    // SAFETY: the helper reads the cookie of the socket the kernel passed
-    // (the closing listener); it accepts any socket pointer.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sk().sock as *mut c_void) };
-    // SAFETY: the value is a plain u32 copied out at once.
-    if let Some(&worker) = unsafe { SOCKET_WORKERS.get(&cookie) } {
-        add_to_load(worker, Load::CLAIM.wrapping_neg());
     }
 }
 

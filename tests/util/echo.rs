@@ -42,7 +42,9 @@ pub struct EchoServer {
     pub backend: Backend,
     addrs: Vec<SocketAddr>,
     served: Arc<Mutex<HashMap<SocketAddr, Served>>>,
+    guard: Guard,
     stop: tokio::sync::watch::Sender<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -76,26 +78,25 @@ impl EchoServer {
                 kept = Some(worker);
                 continue;
             }
-            let (record, stopped) = (Arc::clone(&served), stopped.clone());
-            let thread = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&runtime, serve(worker, guard, record, stopped));
-            });
-            threads.push(thread);
+            threads.push(spawn_serving(worker, guard, &served, &stopped));
         }
         let server = Self {
             stats,
             backend,
             addrs,
             served,
+            guard,
             stop,
+            stopped,
             threads,
         };
         (server, kept)
+    }
+
+    /// Starts serving a worker held back by [`EchoServer::start_holding`].
+    pub fn resume(&mut self, worker: Worker) {
+        let thread = spawn_serving(worker, self.guard, &self.served, &self.stopped);
+        self.threads.push(thread);
     }
 
     /// The bound address of listener `index`.
@@ -153,6 +154,24 @@ impl Drop for EchoServer {
             let _ = thread.join();
         }
     }
+}
+
+/// A thread that runs [`serve`] for `worker` on its own runtime.
+fn spawn_serving(
+    worker: Worker,
+    guard: Guard,
+    served: &Arc<Mutex<HashMap<SocketAddr, Served>>>,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let (record, stopped) = (Arc::clone(served), stopped.clone());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&runtime, serve(worker, guard, record, stopped));
+    })
 }
 
 /// Echoes every connection `worker` accepts until `stopped`, then closes the

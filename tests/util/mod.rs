@@ -117,7 +117,9 @@ pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
     counts
 }
 
+pub mod burst;
 pub mod echo;
+pub mod raw;
 
 /// Polls `done` every 2 ms until it holds or [`TIMEOUT`] passes; returns
 /// whether it held.

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use balancer_common::{
-    CONFIG_MAP, LISTENERS_MAP, LOADS_MAP, PENDING_MAP, PROGRAM, SOCKETS_MAP, SOCKET_WORKERS_MAP,
+    CONFIG_MAP, LISTENERS_MAP, LOADS_MAP, PENDING_MAP, PROGRAM, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 use crate::{bpf_linker, workspace};
@@ -36,7 +36,7 @@ const EXPORTS: [&str; 9] = [
     PROGRAM,
     SOCKETS_MAP,
     LISTENERS_MAP,
-    SOCKET_WORKERS_MAP,
+    SOCKET_SLOTS_MAP,
     LOADS_MAP,
     CONFIG_MAP,
     PENDING_MAP,

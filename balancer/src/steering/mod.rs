@@ -33,8 +33,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use balancer_common::{
-    socket_index, Config, ListenAddr, CONFIG_MAP, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS,
-    MAX_WORKERS, PROGRAM, SOCKETS_MAP, SOCKET_WORKERS_MAP,
+    socket_index, Config, ListenAddr, SocketSlot, CONFIG_MAP, LISTENERS_MAP, LOADS_MAP,
+    MAX_LISTENERS, MAX_WORKERS, PROGRAM, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 pub use error::SteeringError;
@@ -69,7 +69,7 @@ pub struct Steering {
     ebpf: Ebpf,
     sockets: ReusePortSockArray<MapData>,
     listeners: HashMap<MapData, ListenAddr, u32>,
-    socket_workers: HashMap<MapData, u64, u32>,
+    socket_slots: HashMap<MapData, u64, SocketSlot>,
     loads: Arc<LoadMap>,
     /// Listeners attached so far: the next one's index.
     attached: u32,
@@ -154,7 +154,7 @@ impl Steering {
         Ok(Self {
             sockets: open_map(&mut ebpf, SOCKETS_MAP, ReusePortSockArray::try_from)?,
             listeners: open_map(&mut ebpf, LISTENERS_MAP, HashMap::try_from)?,
-            socket_workers: open_map(&mut ebpf, SOCKET_WORKERS_MAP, HashMap::try_from)?,
+            socket_slots: open_map(&mut ebpf, SOCKET_SLOTS_MAP, HashMap::try_from)?,
             ebpf,
             loads,
             attached: 0,
@@ -228,9 +228,9 @@ impl Steering {
                     operation: "reading a socket's cookie (SO_COOKIE)",
                     source,
                 })?;
-        self.socket_workers
-            .insert(cookie, worker, 0)
-            .map_err(|source| SteeringError::map(operation(), SOCKET_WORKERS_MAP, source))
+        self.socket_slots
+            .insert(cookie, SocketSlot { listener, worker }, 0)
+            .map_err(|source| SteeringError::map(operation(), SOCKET_SLOTS_MAP, source))
     }
 
     /// The per-worker loads the program steers by.

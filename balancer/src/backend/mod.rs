@@ -63,10 +63,12 @@ pub enum Backend {
     Exact,
     /// One `SO_REUSEPORT` socket per worker with the embedded `steering`
     /// program attached: the kernel steers each new connection to the worker
-    /// with the fewest active connections. Exact for connections that are
-    /// accepted one after another (loads change at accept and close, not at
-    /// SYN); no lock, one short program run per SYN, one atomic add per
-    /// accept and close. Needs root (CAP_BPF, CAP_NET_ADMIN) and Linux 5.14.
+    /// with the fewest connections, active plus in flight, and counts it
+    /// there in flight at once, so bursts split as exactly as connections
+    /// opened one by one. No lock; one short program run per SYN, one atomic
+    /// add per accept and close, and a repair of each worker's counts every
+    /// 100 ms (see the README's "How it steers"). Needs root (CAP_BPF,
+    /// CAP_NET_ADMIN) and Linux 5.14.
     #[doc(alias = "SO_ATTACH_REUSEPORT_EBPF")]
     Ebpf,
 }

@@ -8,9 +8,10 @@
 #![no_std]
 #![deny(missing_docs)]
 
-/// Most workers one steering program serves: the size of the load array and
-/// of each listener's row of the socket array. The program scans at most this
-/// many slots per new connection, so it also bounds the program's cost.
+/// Most worker slots one steering program serves, over every process that
+/// shares it: the size of the load array and of each listener's row of the
+/// socket array. The program scans at most this many slots per new
+/// connection, so it also bounds the program's cost.
 pub const MAX_WORKERS: u32 = 64;
 
 // The program masks connection hashes into range.
@@ -64,14 +65,17 @@ pub const fn socket_index(listener: u32, worker: u32) -> u32 {
     listener * MAX_WORKERS + worker
 }
 
-/// Steering configuration, the single value of [`CONFIG_MAP`].
+/// Steering configuration, the single value of [`CONFIG_MAP`]. Written once
+/// when the program is loaded, then frozen.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Number of workers, `0..=MAX_WORKERS`. Zero (the map's initial state)
-    /// means "not configured": the program leaves the choice to the kernel's
-    /// 4-tuple hash instead of refusing the connection.
-    pub workers: u32,
+    /// Worker slots the program scans, `0..=MAX_WORKERS`: the workers of
+    /// every process sharing the program, free slots carrying the
+    /// [`UNAVAILABLE`] penalty. Zero (the map's initial state) means "not
+    /// configured": the program leaves the choice to the kernel's 4-tuple
+    /// hash instead of refusing the connection.
+    pub slots: u32,
     /// Reserved, zero. Keeps the layout 8 bytes with no implicit padding.
     pub reserved: u32,
 }
@@ -113,12 +117,15 @@ pub struct WorkerSlot {
     /// to it from a closing socket.
     pub selections: u64,
     /// Added to the worker's load when the program compares it:
-    /// [`UNAVAILABLE`] while the worker must not be chosen (it is
-    /// stopping), else zero. An addition rather than a flag keeps the
-    /// program's scan free of branches the verifier would have to walk.
+    /// [`UNAVAILABLE`] while the slot must not be chosen (free, or its
+    /// worker is stopping), else zero. An addition rather than a flag keeps
+    /// the program's scan free of branches the verifier would have to walk.
     pub penalty: u64,
-    /// Reserved, zero. Keeps the size a power of two.
-    pub reserved: u64,
+    /// The process that owns the slot, zero when free: its pid in the low
+    /// 32 bits and the low 32 bits of its start time (clock ticks since
+    /// boot) in the high ones, so that a reused pid is not mistaken for it.
+    /// Claimed and released with compare-and-swap; userspace only.
+    pub owner: u64,
 }
 
 /// The [`WorkerSlot::penalty`] of a worker that must not be chosen: far

@@ -160,10 +160,10 @@ fn migration_source(
     }
 }
 
-/// The configured worker count, or `None` while userspace has not set one.
+/// The worker slots to scan, or `None` while userspace has not set them.
 #[inline(always)]
 fn configured_workers() -> Option<u32> {
-    let workers = CONFIG.get(0)?.workers;
+    let workers = CONFIG.get(0)?.slots;
     (workers != 0 && workers <= MAX_WORKERS).then_some(workers)
 }
 

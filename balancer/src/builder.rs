@@ -125,6 +125,16 @@ impl Builder {
         self
     }
 
+    /// For `Backend::Ebpf`: the worker slots the steering program serves,
+    /// over every listener set that will share it (see
+    /// [`Builder::take_over`]). Default: twice this set's workers (room for
+    /// a successor of the same size), at most 64. Each slot costs the
+    /// program about 3.5 ns per new connection.
+    pub fn ebpf_slots(mut self, slots: usize) -> Self {
+        self.steering.slots = Some(slots);
+        self
+    }
+
     /// For `Backend::Ebpf`: log each steering decision from the kernel at
     /// debug level (see [`SteeringOptions`]).
     pub fn ebpf_debug_log(mut self, on: bool) -> Self {
@@ -135,12 +145,20 @@ impl Builder {
     /// Takes over addresses that a running listener set (this process's or
     /// one being replaced, of the same user) listens on, instead of failing
     /// with [`BindError::AddressInUse`]: the new sockets join the old ones'
-    /// `SO_REUSEPORT` group, so the port never stops accepting. The kernel
-    /// spreads new connections over old and new sockets until the old set
-    /// stops (with `Ebpf`, the newest program steers them to the new set
-    /// only); then stop the old workers with [`Worker::close`]. See the
-    /// README's "Guarantees" for what each backend keeps across the switch.
-    /// Off by default, so that a second server on the same port is an error.
+    /// `SO_REUSEPORT` group, so the port never stops accepting. Then stop the
+    /// old workers with [`Worker::close`]. See the README's "Guarantees" for
+    /// what each backend keeps across the switch. Off by default, so that a
+    /// second server on the same port is an error.
+    ///
+    /// With `Ebpf`, the new set joins the running set's steering program
+    /// rather than loading its own: the old set hands the program and its
+    /// maps over a Unix socket, the new set's workers take free slots in
+    /// them ([`Builder::ebpf_slots`] of the old set), and both sets are
+    /// steered as one, least-loaded over all their workers. Whichever set
+    /// stops first, cleanly or killed, the group keeps the program and the
+    /// survivor is steered exactly as before. With no running program to
+    /// join, the new set loads one. (So several processes can also share
+    /// one program, as prefork servers do.)
     pub fn take_over(mut self, take_over: bool) -> Self {
         self.take_over = take_over;
         self
@@ -219,21 +237,15 @@ impl Builder {
     }
 
     fn bind_with(&self, backend: Backend) -> Result<BalancedListener, BindError> {
-        let mut strategy = backend.strategy(self.steering.clone());
+        let mut steering = self.steering.clone();
+        // Room for a successor of the same size to join (see take_over).
+        steering.slots = steering.slots.or(Some(2 * self.workers));
+        let mut strategy = backend.strategy(steering, self.take_over);
         // sockets[listener][worker]; empty for handoff targets.
         let sockets = (self.listeners.iter())
             .map(|spec| self.bind_listener(&*strategy, spec))
             .collect::<Result<Vec<_>, _>>()?;
-        for (spec, group) in self.listeners.iter().zip(&sockets) {
-            if !group.is_empty() {
-                strategy
-                    .attach(group)
-                    .map_err(|source| BindError::Steering {
-                        addr: spec.addr,
-                        source: Box::new(source),
-                    })?;
-            }
-        }
+        self.attach_all(&mut *strategy, &sockets)?;
         let listeners = (self.listeners.iter().zip(&sockets))
             .map(|(spec, group)| bound_spec(spec, group))
             .collect::<Result<Vec<_>, _>>()?;
@@ -241,7 +253,13 @@ impl Builder {
             .map(|w| Arc::new(WorkerCounters::new(strategy.load_slot(w))))
             .collect();
         let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
-        let stats = Stats::new(counters.clone(), names);
+        let program = strategy
+            .program_view()
+            .map_err(|source| BindError::Steering {
+                addr: self.listeners[0].addr,
+                source: Box::new(source),
+            })?;
+        let stats = Stats::new(counters.clone(), names, program);
         let (live, queues) = LiveWorkers::new(counters);
         let group = Arc::new(Group {
             stats,
@@ -260,6 +278,27 @@ impl Builder {
         })
         .collect();
         Ok(BalancedListener::new(workers, group))
+    }
+
+    /// Attaches what the backend needs to every bound listener, then starts
+    /// it.
+    fn attach_all(
+        &self,
+        strategy: &mut dyn Strategy,
+        sockets: &[Vec<TcpListener>],
+    ) -> Result<(), BindError> {
+        let failed = |addr| {
+            move |source| BindError::Steering {
+                addr,
+                source: Box::new(source),
+            }
+        };
+        for (spec, group) in self.listeners.iter().zip(sockets) {
+            if !group.is_empty() {
+                strategy.attach(group).map_err(failed(spec.addr))?;
+            }
+        }
+        strategy.activate().map_err(failed(self.listeners[0].addr))
     }
 
     /// One listener's sockets, worker `i`'s at index `i`; none for a target.

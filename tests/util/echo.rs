@@ -130,6 +130,15 @@ impl EchoServer {
             .unwrap_or_else(|| panic!("{local} was never accepted"))
     }
 
+    /// Which worker of this server served each client, `None` for clients
+    /// another process served.
+    pub fn served_here(&self, clients: &[TcpStream]) -> Vec<Option<usize>> {
+        let served = self.served.lock().unwrap();
+        (clients.iter())
+            .map(|c| served.get(&c.local_addr().unwrap()).map(|s| s.worker))
+            .collect()
+    }
+
     /// Connections per worker, by who actually served them.
     pub fn split(&self, clients: &[TcpStream], workers: usize) -> Vec<usize> {
         let mut split = vec![0; workers];

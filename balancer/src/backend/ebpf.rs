@@ -37,7 +37,9 @@
 //!   the program was attached, or a count another worker's upkeep took) is
 //!   added back once seen at two upkeeps in a row.
 //! - *drift*: an active count in the map that differs from the worker's own
-//!   count at two upkeeps in a row (something wrote the map) is set back.
+//!   count at two upkeeps in a row (something wrote the map) is set back;
+//!   a penalty or a cleared owner on a running worker's slot is removed at
+//!   once.
 //!
 //! # Worst case
 //! - In-flight reads high by at most the handshakes that failed in the last
@@ -71,7 +73,7 @@ use super::{Backend, Strategy};
 use crate::{
     connection::Incoming,
     socket,
-    steering::{LoadMap, LoadSlot, Steering, SteeringError, SteeringOptions},
+    steering::{LoadMap, LoadSlot, ProgramView, Steering, SteeringError, SteeringOptions},
     sys,
     transfer::{LiveWorkers, Placement},
 };
@@ -84,24 +86,47 @@ pub(crate) const LEAK_WINDOW: Duration = Duration::from_secs(1);
 
 pub(super) struct Ebpf {
     options: SteeringOptions,
-    /// Loaded at the first listener's attach; kept as long as any worker,
-    /// since the program steers by its maps.
+    /// Join the program of a running set on the same addresses (see
+    /// [`Builder::take_over`](crate::Builder::take_over)) before loading one.
+    join: bool,
+    /// Loaded or joined at the first listener's attach; kept as long as any
+    /// worker, since the program steers by its maps.
     steering: Option<Steering>,
     /// Worker `i`'s repair state, touched only by worker `i`.
     repairs: Vec<Mutex<Repair>>,
 }
 
 impl Ebpf {
-    pub(super) fn new(options: SteeringOptions) -> Self {
+    pub(super) fn new(options: SteeringOptions, join: bool) -> Self {
         Self {
             options,
+            join,
             steering: None,
             repairs: Vec::new(),
         }
     }
 
-    fn loads(&self) -> Option<&LoadMap> {
-        self.steering.as_ref().map(|steering| &**steering.loads())
+    /// The program's loads and worker `worker`'s slot in them.
+    fn slot(&self, worker: usize) -> Option<(&LoadMap, usize)> {
+        let steering = self.steering.as_ref()?;
+        Some((&**steering.loads(), steering.slot(worker)))
+    }
+
+    /// The running set's program for the group of `sockets`, or a new one.
+    fn steering_for(&self, sockets: &[TcpListener]) -> Result<Steering, SteeringError> {
+        let workers = sockets.len();
+        if self.join {
+            let addr = sockets[0]
+                .local_addr()
+                .map_err(|source| SteeringError::Socket {
+                    operation: "reading a listener's address",
+                    source,
+                })?;
+            if let Some(joined) = Steering::join(&[addr], workers)? {
+                return Ok(joined);
+            }
+        }
+        Steering::load_with(workers, &self.options)
     }
 }
 
@@ -122,7 +147,7 @@ impl Strategy for Ebpf {
         let steering = match &mut self.steering {
             Some(steering) => steering,
             None => {
-                let steering = Steering::load_with(sockets.len(), &self.options)?;
+                let steering = self.steering_for(sockets)?;
                 self.repairs = sockets.iter().map(|_| Mutex::default()).collect();
                 self.steering.insert(steering)
             }
@@ -130,9 +155,23 @@ impl Strategy for Ebpf {
         steering.attach(sockets)
     }
 
+    fn activate(&mut self) -> Result<(), SteeringError> {
+        match &mut self.steering {
+            Some(steering) => steering.activate(),
+            None => Ok(()),
+        }
+    }
+
+    fn program_view(&self) -> Result<Option<ProgramView>, SteeringError> {
+        self.steering.as_ref().map(Steering::view).transpose()
+    }
+
     fn load_slot(&self, worker: usize) -> Option<LoadSlot> {
         let steering = self.steering.as_ref()?;
-        Some(LoadSlot::new(Arc::clone(steering.loads()), worker))
+        Some(LoadSlot::new(
+            Arc::clone(steering.loads()),
+            steering.slot(worker),
+        ))
     }
 
     fn place(&self, live: &LiveWorkers, me: usize, incoming: Incoming) -> io::Result<Placement> {
@@ -140,8 +179,8 @@ impl Strategy for Ebpf {
     }
 
     fn stopping(&self, worker: usize) {
-        if let Some(loads) = self.loads() {
-            loads.set_available(worker, false);
+        if let Some((loads, slot)) = self.slot(worker) {
+            loads.set_available(slot, false);
         }
     }
 
@@ -150,7 +189,8 @@ impl Strategy for Ebpf {
     }
 
     fn upkeep(&self, worker: usize, active: u64, sockets: &[BorrowedFd<'_>]) {
-        let (Some(loads), Some(repair)) = (self.loads(), self.repairs.get(worker)) else {
+        let (Some((loads, slot)), Some(repair)) = (self.slot(worker), self.repairs.get(worker))
+        else {
             return;
         };
         let queued: io::Result<u64> = (sockets.iter())
@@ -159,7 +199,7 @@ impl Strategy for Ebpf {
         match queued {
             Ok(queued) => {
                 let mut repair = repair.lock().unwrap_or_else(PoisonError::into_inner);
-                repair.run(loads, worker, clamp(queued), clamp(active));
+                repair.run(loads, slot, clamp(queued), clamp(active));
             }
             Err(error) => log::warn!("worker {worker}: reading its accept queues: {error}"),
         }
@@ -184,6 +224,9 @@ impl Repair {
     /// Repairs worker `worker`'s slot in `loads`, given its accept queues
     /// hold `queued` connections and it owns `active` ones.
     pub(crate) fn run(&mut self, loads: &LoadMap, worker: usize, queued: i64, active: i64) {
+        if loads.keep_running(worker) {
+            log::warn!("steering: slot {worker} was written from outside; restored");
+        }
         let deficit = queued - loads.in_flight(worker);
         let uncounted = persistent(self.deficit, deficit).max(0);
         self.deficit = deficit - uncounted;

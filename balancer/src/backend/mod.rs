@@ -36,7 +36,7 @@ use std::{
 
 use crate::{
     connection::Incoming,
-    steering::{LoadSlot, SteeringError, SteeringOptions},
+    steering::{LoadSlot, ProgramView, SteeringError, SteeringOptions},
     transfer::{LiveWorkers, Placement},
 };
 
@@ -91,16 +91,18 @@ impl Backend {
     /// the program's maps, which bounds its cost per connection), 1024 for
     /// the others (a thread each).
     pub fn max_workers(self) -> usize {
-        self.strategy(SteeringOptions::default()).max_workers()
+        self.strategy(SteeringOptions::default(), false)
+            .max_workers()
     }
 
     /// What this backend does; the one place a backend is chosen.
-    pub(crate) fn strategy(self, steering: SteeringOptions) -> Box<dyn Strategy> {
+    /// `take_over`: the set takes over addresses a running set serves.
+    pub(crate) fn strategy(self, steering: SteeringOptions, take_over: bool) -> Box<dyn Strategy> {
         match self {
             Self::Shared => Box::new(shared::Shared),
             Self::ReusePort => Box::new(reuseport::ReusePort),
             Self::Exact => Box::new(exact::Exact),
-            Self::Ebpf => Box::new(ebpf::Ebpf::new(steering)),
+            Self::Ebpf => Box::new(ebpf::Ebpf::new(steering, take_over)),
         }
     }
 }
@@ -123,6 +125,17 @@ pub(crate) trait Strategy: Send + Sync {
     /// once every listener is bound. Baseline: nothing.
     fn attach(&mut self, _sockets: &[TcpListener]) -> Result<(), SteeringError> {
         Ok(())
+    }
+
+    /// Every listener is attached: start steering to these workers.
+    /// Baseline: nothing to start.
+    fn activate(&mut self) -> Result<(), SteeringError> {
+        Ok(())
+    }
+
+    /// The kernel program as a whole, for the stats. Baseline: none.
+    fn program_view(&self) -> Result<Option<ProgramView>, SteeringError> {
+        Ok(None)
     }
 
     /// Worker `worker`'s slot in the kernel's load map, which mirrors its

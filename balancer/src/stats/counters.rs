@@ -84,7 +84,7 @@ impl WorkerCounters {
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             state: WorkerState::from_u8(self.state.load(Ordering::Relaxed)),
             steering: self.kernel.as_ref().map(|slot| {
-                let (loads, worker) = (slot.loads(), slot.worker());
+                let (loads, worker) = (slot.loads(), slot.slot());
                 SteeringSnapshot {
                     active: loads.active(worker),
                     in_flight: loads.in_flight(worker),

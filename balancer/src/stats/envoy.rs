@@ -17,6 +17,17 @@ impl Snapshot {
                 counts(&mut out, &format!("{prefix}.worker_{worker}"), *c);
             }
         }
+        if let Some(p) = &self.program {
+            let values: [(&str, &dyn Display); 6] = [
+                ("program_id", &p.program_id),
+                ("loads_map_id", &p.loads_map_id),
+                ("config_map_id", &p.config_map_id),
+                ("slots", &p.slots),
+                ("slots_here", &p.slots_here),
+                ("slots_elsewhere", &p.slots_elsewhere),
+            ];
+            lines(&mut out, "balancer.steering", &values);
+        }
         for w in &self.workers {
             let prefix = format!("balancer.worker_{}", w.worker);
             let values: [(&str, &dyn Display); 7] = [

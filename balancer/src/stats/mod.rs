@@ -22,6 +22,8 @@ use std::sync::Arc;
 
 pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
 
+use crate::steering::ProgramView;
+
 /// A listener's name (Envoy style, e.g. `127.0.0.1_8080`) and its counters
 /// on each worker.
 #[derive(Debug)]
@@ -42,10 +44,15 @@ pub struct Stats {
 struct StatsInner {
     workers: Vec<Arc<WorkerCounters>>,
     listeners: Vec<ListenerStats>,
+    program: Option<ProgramView>,
 }
 
 impl Stats {
-    pub(crate) fn new(workers: Vec<Arc<WorkerCounters>>, listener_names: Vec<String>) -> Self {
+    pub(crate) fn new(
+        workers: Vec<Arc<WorkerCounters>>,
+        listener_names: Vec<String>,
+        program: Option<ProgramView>,
+    ) -> Self {
         let listeners = listener_names
             .into_iter()
             .map(|name| ListenerStats {
@@ -54,7 +61,11 @@ impl Stats {
             })
             .collect();
         Self {
-            inner: Arc::new(StatsInner { workers, listeners }),
+            inner: Arc::new(StatsInner {
+                workers,
+                listeners,
+                program,
+            }),
         }
     }
 
@@ -83,7 +94,23 @@ impl Stats {
                 workers: l.per_worker.iter().map(|c| c.snapshot()).collect(),
             })
             .collect();
-        Snapshot { workers, listeners }
+        let program = self.inner.program.as_ref().map(|view| {
+            let ([program_id, loads_map_id, config_map_id], [slots, slots_here, slots_elsewhere]) =
+                (view.ids(), view.slots());
+            ProgramSnapshot {
+                program_id,
+                loads_map_id,
+                config_map_id,
+                slots,
+                slots_here,
+                slots_elsewhere,
+            }
+        });
+        Snapshot {
+            workers,
+            listeners,
+            program,
+        }
     }
 }
 
@@ -95,6 +122,28 @@ pub struct Snapshot {
     pub workers: Vec<WorkerSnapshot>,
     /// One entry per listener, in the order they were added to the builder.
     pub listeners: Vec<ListenerSnapshot>,
+    /// With `Ebpf`: the steering program as a whole.
+    pub program: Option<ProgramSnapshot>,
+}
+
+/// The `steering` program of an `Ebpf` listener set, as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProgramSnapshot {
+    /// The program's kernel id (`bpftool prog show id N` gives its run
+    /// count and time with `kernel.bpf_stats_enabled = 1`).
+    pub program_id: u32,
+    /// The load map's kernel id (`bpftool map show id N`).
+    pub loads_map_id: u32,
+    /// The (frozen) config map's kernel id.
+    pub config_map_id: u32,
+    /// Worker slots the program scans.
+    pub slots: usize,
+    /// Slots this process's workers own.
+    pub slots_here: usize,
+    /// Slots the workers of other processes sharing the program own (a
+    /// listener set taking over, or being taken over).
+    pub slots_elsewhere: usize,
 }
 
 impl Snapshot {
@@ -234,7 +283,7 @@ mod tests {
         let workers = (0..2)
             .map(|_| Arc::new(WorkerCounters::new(None)))
             .collect();
-        Stats::new(workers, vec!["127.0.0.1_8080".into()])
+        Stats::new(workers, vec!["127.0.0.1_8080".into()], None)
     }
 
     #[test]

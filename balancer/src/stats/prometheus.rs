@@ -78,6 +78,23 @@ impl Snapshot {
                 let _ = writeln!(out, "{metric}{{worker=\"{}\"}} {}", w.worker, value(w));
             }
         }
+        if let Some(p) = &self.program {
+            let _ = writeln!(out, "# TYPE balancer_steering_info gauge");
+            let _ = writeln!(
+                out,
+                "balancer_steering_info{{program_id=\"{}\",loads_map_id=\"{}\",config_map_id=\"{}\"}} 1",
+                p.program_id, p.loads_map_id, p.config_map_id
+            );
+            let _ = writeln!(out, "# TYPE balancer_steering_slots gauge");
+            let free = p.slots.saturating_sub(p.slots_here + p.slots_elsewhere);
+            for (owner, n) in [
+                ("here", p.slots_here),
+                ("elsewhere", p.slots_elsewhere),
+                ("free", free),
+            ] {
+                let _ = writeln!(out, "balancer_steering_slots{{owner=\"{owner}\"}} {n}");
+            }
+        }
         let steered: Vec<_> = (self.workers.iter())
             .filter_map(|w| Some((w.worker, w.steering?)))
             .collect();

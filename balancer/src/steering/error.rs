@@ -33,12 +33,12 @@ pub enum SteeringError {
         #[source]
         source: io::Error,
     },
-    /// The worker count is outside `1..=MAX_WORKERS`.
-    #[error("eBPF steering supports 1 to {max} workers, not {workers}")]
+    /// The worker count is outside `1..=max`.
+    #[error("eBPF steering supports 1 to {max} workers here, not {workers}")]
     WorkerCount {
         /// The requested worker count.
         workers: usize,
-        /// The most the program's maps hold.
+        /// The slots the program serves (at most 64, the size of its maps).
         max: u32,
     },
     /// `attach` got a different number of sockets than there are workers.
@@ -64,6 +64,33 @@ pub enum SteeringError {
         #[source]
         source: io::Error,
     },
+    /// A running program has fewer free worker slots than this set has
+    /// workers (see [`SteeringOptions::slots`](super::SteeringOptions::slots)
+    /// of the set that loaded it).
+    #[error("the running eBPF steering has {free} free worker slots of {slots}, not {wanted}: give the set that loads it more slots (Builder::ebpf_slots)")]
+    NoFreeSlots {
+        /// Workers that need a slot.
+        wanted: usize,
+        /// Free slots.
+        free: usize,
+        /// All slots.
+        slots: usize,
+    },
+    /// Attaching the program to a socket's group failed.
+    #[error("attaching the program to a listener (SO_ATTACH_REUSEPORT_EBPF) failed")]
+    Attach(#[source] io::Error),
+    /// Freezing a map failed.
+    #[error("freezing map {map} failed")]
+    Freeze {
+        /// The map's name.
+        map: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Handing the program over between processes failed.
+    #[error("joining the running eBPF steering failed")]
+    Handover(#[source] io::Error),
     /// Parsing the embedded object or creating its maps failed.
     #[error("loading the embedded eBPF object failed")]
     Object(#[source] aya::EbpfError),

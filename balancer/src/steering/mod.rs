@@ -4,42 +4,47 @@
 //! [`Steering::load`] loads the program that ships inside this crate (built by
 //! `cargo xtask build-ebpf` from `balancer-ebpf`, so users need neither
 //! nightly nor bpf-linker). Each [`Steering::attach`] adds one listener: its
-//! sockets, worker `i`'s at index `i` of the listener's row of the program's
-//! socket array, and the program attached to their `SO_REUSEPORT` group.
-//! From then on the kernel runs the program for every new connection to any
-//! attached listener and hands it to the socket whose worker has the lowest
-//! load in the [`LoadMap`]: active plus in-flight connections, over every
-//! listener, the chosen worker's in-flight count rising at once.
+//! sockets, worker `i`'s in worker `i`'s slot of the listener's row of the
+//! program's socket array, and the program attached to their `SO_REUSEPORT`
+//! group. From then on the kernel runs the program for every new connection
+//! to any attached listener and hands it to the socket whose worker has the
+//! lowest load in the [`LoadMap`]: active plus in-flight connections, over
+//! every listener, the chosen worker's in-flight count rising at once.
 //!
 //! The load map is a `BPF_F_MMAPABLE` array mapped into this process, so
 //! updating a worker's load is one atomic add on shared memory: no system
 //! call per connection.
+//!
+//! A listener set that takes over a running one joins its program instead
+//! of loading another (see [`Builder::take_over`](crate::Builder::take_over)):
+//! the running set hands the program and maps over a Unix socket, the new
+//! set claims free worker slots in them, and the group keeps one program
+//! whichever set stops first.
 
 mod debug_log;
 mod error;
+mod handover;
 mod loads;
+mod maps;
 mod probe;
 
 use std::{
     io,
     net::SocketAddr,
-    os::fd::{AsFd, BorrowedFd},
+    os::fd::{AsFd, OwnedFd},
     sync::Arc,
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, ReusePortSockArray},
     programs::{ProgramError, SkReuseport},
     Ebpf, EbpfLoader,
 };
-use balancer_common::{
-    socket_index, Config, ListenAddr, SocketSlot, CONFIG_MAP, LISTENERS_MAP, LOADS_MAP,
-    MAX_LISTENERS, MAX_WORKERS, PROGRAM, SOCKETS_MAP, SOCKET_SLOTS_MAP,
-};
+use balancer_common::{MAX_WORKERS, PROGRAM};
 
 pub use error::SteeringError;
 pub use loads::LoadMap;
 pub(crate) use loads::LoadSlot;
+use maps::Maps;
 
 /// The `steering` object built by `cargo xtask build-ebpf`.
 pub(crate) static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/steering.bpf.o");
@@ -49,11 +54,17 @@ pub(crate) static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf
 #[non_exhaustive]
 pub struct SteeringOptions {
     /// Log every steering decision from the kernel at debug level through the
-    /// [`log`] crate (target `balancer_ebpf`). Off by default: when
-    /// off, the verifier removes the logging code from the program, so it
-    /// costs nothing per connection; when on, each decision costs a
-    /// ring-buffer write in the kernel and a thread here forwards the records.
+    /// [`log`] crate (target `balancer_ebpf`). Off by default: when off, the
+    /// verifier removes the logging code from the program, so it costs
+    /// nothing per connection; when on, each decision costs a ring-buffer
+    /// write in the kernel and a thread here forwards the records.
     pub debug_log: bool,
+    /// Worker slots the program serves, over every listener set that will
+    /// share it (a successor taking over, prefork processes): the loading
+    /// set's workers plus room for the others. `None`: the workers of the
+    /// loading set only. At most 64; the program scans every slot per
+    /// connection (about 3.5 ns each).
+    pub slots: Option<usize>,
 }
 
 /// The loaded `steering` program and its maps, for one set of workers and
@@ -66,20 +77,22 @@ pub struct SteeringOptions {
 #[doc(alias = "SO_ATTACH_REUSEPORT_EBPF")]
 #[doc(alias = "sk_reuseport")]
 pub struct Steering {
-    ebpf: Ebpf,
-    sockets: ReusePortSockArray<MapData>,
-    listeners: HashMap<MapData, ListenAddr, u32>,
-    socket_slots: HashMap<MapData, u64, SocketSlot>,
+    maps: Maps,
     loads: Arc<LoadMap>,
-    /// Listeners attached so far: the next one's index.
-    attached: u32,
+    /// Worker `i`'s slot.
+    slots: Vec<usize>,
+    /// The listeners attached here, by address.
+    attached: Vec<SocketAddr>,
+    handover: Option<handover::Server>,
     log: Option<debug_log::LogForwarder>,
+    /// The object this process loaded, if it did (a joiner did not).
+    _ebpf: Option<Ebpf>,
 }
 
 impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steering")
-            .field("workers", &self.loads.workers())
+            .field("slots", &self.slots)
             .field("listeners", &self.attached)
             .field("debug_log", &self.log.is_some())
             .finish_non_exhaustive()
@@ -95,7 +108,8 @@ impl Steering {
         Self::load_with(workers, &SteeringOptions::default())
     }
 
-    /// Loads the embedded program for `workers` workers.
+    /// Loads the embedded program for `workers` workers, in slots
+    /// `0..workers`.
     ///
     /// Needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) and Linux 5.14 or
     /// later (sk_reuseport programs that may migrate requests, and
@@ -103,7 +117,7 @@ impl Steering {
     /// zero.
     ///
     /// # Errors
-    /// [`SteeringError::WorkerCount`] unless `1 <= workers <= 64`;
+    /// [`SteeringError::WorkerCount`] unless `1 <= workers <= slots <= 64`;
     /// [`SteeringError::MissingCapability`] or
     /// [`SteeringError::UnsupportedKernel`] naming what is missing;
     /// [`SteeringError::Program`] with the verifier log if the kernel refuses
@@ -124,13 +138,11 @@ impl Steering {
         workers: usize,
         options: &SteeringOptions,
     ) -> Result<Self, SteeringError> {
-        let count = u32::try_from(workers)
-            .ok()
-            .filter(|n| (1..=MAX_WORKERS).contains(n))
-            .ok_or(SteeringError::WorkerCount {
-                workers,
-                max: MAX_WORKERS,
-            })?;
+        let slots = options.slots.unwrap_or(workers).min(MAX_WORKERS as usize);
+        if workers == 0 || workers > slots {
+            let max = slots as u32;
+            return Err(SteeringError::WorkerCount { workers, max });
+        }
         probe::check_capabilities()?;
         probe::check_kernel()?;
         let level = if options.debug_log {
@@ -146,25 +158,59 @@ impl Steering {
             .debug_log
             .then(|| debug_log::LogForwarder::start(&mut ebpf))
             .transpose()?;
-        program_mut(&mut ebpf)?
-            .load()
-            .map_err(SteeringError::Program)?;
-        write_config(&mut ebpf, count)?;
-        let loads = Arc::new(LoadMap::new(take_map(&mut ebpf, LOADS_MAP)?, workers)?);
-        Ok(Self {
-            sockets: open_map(&mut ebpf, SOCKETS_MAP, ReusePortSockArray::try_from)?,
-            listeners: open_map(&mut ebpf, LISTENERS_MAP, HashMap::try_from)?,
-            socket_slots: open_map(&mut ebpf, SOCKET_SLOTS_MAP, HashMap::try_from)?,
-            ebpf,
-            loads,
-            attached: 0,
-            log,
-        })
+        let program = load_program(&mut ebpf)?;
+        let (maps, loads, config) = Maps::from_ebpf(&mut ebpf, program)?;
+        maps::write_config(config, slots as u32)?;
+        let mut loads = maps::load_map(loads, slots as u32)?;
+        loads.reset();
+        let claimed = loads.claim(workers, true)?;
+        Ok(Self::new(maps, loads, claimed, log, Some(ebpf)))
     }
 
-    /// Adds a listener: puts `sockets[i]` in its row of the program's socket
-    /// array as worker `i`'s, and attaches the program to their
-    /// `SO_REUSEPORT` group.
+    /// Joins the program that steers the group of the first of `addrs` with
+    /// one, handed over by the process running it: claims `workers` free
+    /// slots, unavailable until [`Steering::activate`]. `None` if no group of
+    /// `addrs` has one.
+    ///
+    /// # Errors
+    /// [`SteeringError::Handover`] if the handover fails;
+    /// [`SteeringError::NoFreeSlots`] if the program has fewer free slots.
+    pub(crate) fn join(
+        addrs: &[SocketAddr],
+        workers: usize,
+    ) -> Result<Option<Self>, SteeringError> {
+        probe::check_capabilities()?;
+        let Some(fds) = handover::fetch(addrs)? else {
+            return Ok(None);
+        };
+        let (maps, loads, config) = Maps::from_fds(fds)?;
+        let slots = maps::read_config(config)?;
+        let mut loads = maps::load_map(loads, slots)?;
+        let claimed = loads.claim(workers, false)?;
+        Ok(Some(Self::new(maps, loads, claimed, None, None)))
+    }
+
+    fn new(
+        maps: Maps,
+        loads: LoadMap,
+        slots: Vec<usize>,
+        log: Option<debug_log::LogForwarder>,
+        ebpf: Option<Ebpf>,
+    ) -> Self {
+        Self {
+            maps,
+            loads: Arc::new(loads),
+            slots,
+            attached: Vec::new(),
+            handover: None,
+            log,
+            _ebpf: ebpf,
+        }
+    }
+
+    /// Adds a listener: puts `sockets[i]` in worker `i`'s slot of the
+    /// listener's row of the program's socket array, and attaches the
+    /// program to their `SO_REUSEPORT` group.
     ///
     /// Every socket must be a listening TCP socket with `SO_REUSEPORT` set,
     /// all in the same group (same address and port, same owner), one per
@@ -177,133 +223,108 @@ impl Steering {
     /// [`SteeringError::SocketCount`] if there is not one socket per worker;
     /// [`SteeringError::ListenerCount`] beyond 64 listeners;
     /// [`SteeringError::Map`] if the kernel refuses a socket (not listening,
-    /// or not in a reuseport group); [`SteeringError::Program`] if attaching
+    /// or not in a reuseport group); [`SteeringError::Attach`] if attaching
     /// fails.
     pub fn attach<S: AsFd>(&mut self, sockets: &[S]) -> Result<(), SteeringError> {
-        let workers = self.loads.workers();
-        if sockets.len() != workers {
+        if sockets.len() != self.slots.len() {
             return Err(SteeringError::SocketCount {
-                workers,
+                workers: self.slots.len(),
                 sockets: sockets.len(),
             });
         }
-        let listener = self.attached;
-        if listener >= MAX_LISTENERS {
-            return Err(SteeringError::ListenerCount { max: MAX_LISTENERS });
+        let addr = local_addr(sockets[0].as_fd())?;
+        let row = self.maps.listener_row(addr)?;
+        for (&slot, socket) in self.slots.iter().zip(sockets) {
+            self.maps.insert_socket(row, slot as u32, socket.as_fd())?;
         }
-        for (worker, socket) in (0u32..).zip(sockets) {
-            self.insert_socket(listener, worker, socket.as_fd())?;
-        }
-        let addr = socket2::SockRef::from(&sockets[0].as_fd())
-            .local_addr()
-            .and_then(|addr| (addr.as_socket()).ok_or_else(|| io::Error::other("not an IP socket")))
-            .map_err(|source| SteeringError::Socket {
-                operation: "reading a listener's address",
-                source,
-            })?;
-        self.listeners
-            .insert(listen_addr(addr), listener, 0)
-            .map_err(|source| SteeringError::map("adding the listener", LISTENERS_MAP, source))?;
-        program(&self.ebpf)?
-            .attach(sockets[0].as_fd())
-            .map_err(SteeringError::Program)?;
-        self.attached += 1;
+        crate::sys::socket::attach_reuseport_program(sockets[0].as_fd(), self.maps.program())
+            .map_err(SteeringError::Attach)?;
+        self.attached.push(addr);
         Ok(())
     }
 
-    fn insert_socket(
-        &mut self,
-        listener: u32,
-        worker: u32,
-        socket: BorrowedFd<'_>,
-    ) -> Result<(), SteeringError> {
-        let operation = || format!("inserting worker {worker}'s socket of listener {listener}");
-        self.sockets
-            .set(socket_index(listener, worker), &socket, 0)
-            .map_err(|source| SteeringError::map(operation(), SOCKETS_MAP, source))?;
-        let cookie =
-            socket2::SockRef::from(&socket)
-                .cookie()
-                .map_err(|source| SteeringError::Socket {
-                    operation: "reading a socket's cookie (SO_COOKIE)",
-                    source,
-                })?;
-        self.socket_slots
-            .insert(cookie, SocketSlot { listener, worker }, 0)
-            .map_err(|source| SteeringError::map(operation(), SOCKET_SLOTS_MAP, source))
+    /// Makes this set's workers choosable, and from now on hands the program
+    /// over to successors and frees the slots of processes that exit without
+    /// releasing them.
+    pub(crate) fn activate(&mut self) -> Result<(), SteeringError> {
+        for &slot in &self.slots {
+            self.loads.set_available(slot, true);
+        }
+        let fds = (self.maps.shared().into_iter())
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<io::Result<Vec<OwnedFd>>>()
+            .map_err(SteeringError::Handover)?;
+        let server = handover::Server::start(self.attached.clone(), fds, Arc::clone(&self.loads))?;
+        self.handover = Some(server);
+        Ok(())
     }
 
     /// The per-worker loads the program steers by.
     pub fn loads(&self) -> &Arc<LoadMap> {
         &self.loads
     }
-}
 
-fn program(ebpf: &Ebpf) -> Result<&SkReuseport, SteeringError> {
-    let program = ebpf
-        .program(PROGRAM)
-        .ok_or(SteeringError::Program(ProgramError::UnexpectedProgramType))?;
-    program.try_into().map_err(SteeringError::Program)
-}
+    /// The program as a whole, as the stats report it.
+    pub(crate) fn view(&self) -> Result<ProgramView, SteeringError> {
+        let [program_id, loads_map_id, config_map_id] = self.maps.ids()?;
+        Ok(ProgramView {
+            loads: Arc::clone(&self.loads),
+            program_id,
+            loads_map_id,
+            config_map_id,
+        })
+    }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut SkReuseport, SteeringError> {
-    let program = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(SteeringError::Program(ProgramError::UnexpectedProgramType))?;
-    program.try_into().map_err(SteeringError::Program)
-}
-
-fn write_config(ebpf: &mut Ebpf, workers: u32) -> Result<(), SteeringError> {
-    let map = ebpf
-        .map_mut(CONFIG_MAP)
-        .ok_or_else(|| missing_map(CONFIG_MAP))?;
-    let mut config: Array<&mut MapData, Config> =
-        Array::try_from(map).map_err(|source| SteeringError::map("opening", CONFIG_MAP, source))?;
-    let value = Config {
-        workers,
-        reserved: 0,
-    };
-    config
-        .set(0, value, 0)
-        .map_err(|source| SteeringError::map("writing the worker count", CONFIG_MAP, source))
-}
-
-fn open_map<T>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    open: impl FnOnce(Map) -> Result<T, MapError>,
-) -> Result<T, SteeringError> {
-    open(take_map(ebpf, name)?).map_err(|source| SteeringError::map("opening", name, source))
-}
-
-/// The listener key the program reads off a listening socket bound to
-/// `addr`: family, port in host order, address words in network order.
-fn listen_addr(addr: SocketAddr) -> ListenAddr {
-    let words = |octets: &[u8]| -> [u32; 4] {
-        let mut ip = [0; 4];
-        for (word, chunk) in ip.iter_mut().zip(octets.chunks_exact(4)) {
-            *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-        }
-        ip
-    };
-    let (family, ip) = match addr {
-        SocketAddr::V4(a) => (libc::AF_INET, words(&a.ip().octets())),
-        SocketAddr::V6(a) => (libc::AF_INET6, words(&a.ip().octets())),
-    };
-    ListenAddr {
-        family: family as u32,
-        port: u32::from(addr.port()),
-        ip,
+    /// Worker `worker`'s slot in [`Steering::loads`].
+    ///
+    /// # Panics
+    /// If `worker` is not one of this set's workers.
+    pub fn slot(&self, worker: usize) -> usize {
+        self.slots[worker]
     }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, SteeringError> {
-    ebpf.take_map(name).ok_or_else(|| missing_map(name))
+/// The program as a whole, as the stats report it.
+#[derive(Debug)]
+pub(crate) struct ProgramView {
+    loads: Arc<LoadMap>,
+    program_id: u32,
+    loads_map_id: u32,
+    config_map_id: u32,
 }
 
-fn missing_map(name: &'static str) -> SteeringError {
-    let source = MapError::InvalidName {
-        name: name.to_owned(),
-    };
-    SteeringError::map("finding", name, source)
+impl ProgramView {
+    /// The kernel ids of the program, its load map and its config map.
+    pub(crate) fn ids(&self) -> [u32; 3] {
+        [self.program_id, self.loads_map_id, self.config_map_id]
+    }
+
+    /// All slots, those this process owns, those other processes own.
+    pub(crate) fn slots(&self) -> [usize; 3] {
+        let (here, elsewhere) = self.loads.owners();
+        [self.loads.workers(), here, elsewhere]
+    }
+}
+
+fn load_program(ebpf: &mut Ebpf) -> Result<OwnedFd, SteeringError> {
+    let program: &mut SkReuseport = ebpf
+        .program_mut(PROGRAM)
+        .ok_or(SteeringError::Program(ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(SteeringError::Program)?;
+    program.load().map_err(SteeringError::Program)?;
+    let fd = program.fd().map_err(SteeringError::Program)?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(SteeringError::Attach)
+}
+
+fn local_addr(socket: std::os::fd::BorrowedFd<'_>) -> Result<SocketAddr, SteeringError> {
+    socket2::SockRef::from(&socket)
+        .local_addr()
+        .and_then(|addr| (addr.as_socket()).ok_or_else(|| io::Error::other("not an IP socket")))
+        .map_err(|source| SteeringError::Socket {
+            operation: "reading a listener's address",
+            source,
+        })
 }

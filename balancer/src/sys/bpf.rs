@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 const BPF_MAP_CREATE: libc::c_long = 0;
@@ -87,6 +87,53 @@ pub(crate) fn probe_sk_reuseport_migrate() -> io::Result<()> {
         expected_attach_type: BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
     };
     bpf(BPF_PROG_LOAD, &attr).map(drop)
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_MAP_FREEZE: libc::c_long = 22;
+
+/// The kernel's id of a BPF program or map (what `bpftool prog show` and
+/// `bpftool map show` list): the second field of either's info.
+pub(crate) fn object_id(object: BorrowedFd<'_>) -> io::Result<u32> {
+    #[repr(C)]
+    struct GetInfo {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // `struct bpf_prog_info` and `struct bpf_map_info` both begin with
+    // `__u32 type; __u32 id;`; the kernel fills what `info_len` allows.
+    let mut info = [0u32; 2];
+    let attr = GetInfo {
+        bpf_fd: object.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    let size = std::mem::size_of::<GetInfo>() as libc::c_uint;
+    // SAFETY: `attr` is a readable `repr(C)` prefix of `union bpf_attr` for
+    // BPF_OBJ_GET_INFO_BY_FD, `size` is its size, and `info` is writable for
+    // `info_len` bytes for the duration of the call.
+    super::cvt(unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, size)
+    })?;
+    Ok(info[1])
+}
+
+/// Freezes a map: from now on no system call may write it (the programs
+/// using it still may). Linux 5.2.
+pub(crate) fn freeze_map(map: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct Freeze {
+        map_fd: u32,
+    }
+    let attr = Freeze {
+        map_fd: map.as_raw_fd() as u32,
+    };
+    let size = std::mem::size_of::<Freeze>() as libc::c_uint;
+    // SAFETY: `attr` is a readable `repr(C)` prefix of `union bpf_attr` for
+    // BPF_MAP_FREEZE and `size` is its size.
+    super::cvt(unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_FREEZE, &raw const attr, size) })
+        .map(drop)
 }
 
 /// `bpf(cmd, attr, sizeof attr)`, returning the new object's fd.

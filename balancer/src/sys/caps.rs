@@ -35,3 +35,9 @@ pub(crate) fn effective() -> io::Result<u64> {
     super::cvt(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
     Ok(u64::from(data[0].effective) | (u64::from(data[1].effective) << 32))
 }
+
+/// The calling process's effective user id.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -21,6 +21,22 @@ fn cvt<T: PartialEq + From<i8>>(ret: T) -> io::Result<T> {
     }
 }
 
+/// `setsockopt(fd, level, name, value)` for a plain-old-data value `T`.
+///
+/// # Safety
+/// `T` must be the type the kernel expects for this `level`/`name`.
+unsafe fn setsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    let len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is readable for `len` bytes, its true size.
+    cvt(unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (&raw const value).cast(), len) })
+        .map(drop)
+}
+
 /// `getsockopt(fd, level, name)` for a plain-old-data option value `T`.
 ///
 /// # Safety

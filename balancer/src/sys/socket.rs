@@ -1,12 +1,13 @@
-//! Socket options the standard library and socket2 do not offer.
+//! Socket options and messages the standard library and socket2 do not
+//! offer.
 
 use std::{
-    io,
+    io, mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-use super::{cvt, getsockopt};
+use super::{cvt, getsockopt, setsockopt};
 
 /// `SO_ORIGINAL_DST` (netfilter, `SOL_IP`) and `IP6T_SO_ORIGINAL_DST`
 /// (`SOL_IPV6`) share the option number 80.
@@ -54,4 +55,115 @@ pub(crate) fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
     // rest staying zero), plain integers.
     let info: libc::tcp_info = unsafe { getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)? };
     Ok(info.tcpi_unacked)
+}
+
+/// `SO_ATTACH_REUSEPORT_EBPF`: attaches the sk_reuseport program `program`
+/// to the `SO_REUSEPORT` group of `socket` (replacing the group's program).
+pub(crate) fn attach_reuseport_program(
+    socket: BorrowedFd<'_>,
+    program: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let fd: libc::c_int = program.as_raw_fd();
+    // SAFETY: the option takes a program fd as a c_int.
+    unsafe { setsockopt(socket, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_EBPF, fd) }
+}
+
+/// The user id of the process at the other end of a Unix socket
+/// (`SO_PEERCRED`).
+pub(crate) fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: SO_PEERCRED writes a `struct ucred`, plain integers.
+    let cred: libc::ucred = unsafe { getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED)? };
+    Ok(cred.uid)
+}
+
+/// Sends `bytes` with `fds` attached (`SCM_RIGHTS`) on a connected Unix
+/// socket.
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<libc::c_int> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let payload = mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `control` holds CMSG_SPACE(payload) bytes, so the first header
+    // and its data fit; the data is written as exactly `payload` bytes.
+    unsafe {
+        let header = libc::CMSG_FIRSTHDR(&msg);
+        (*header).cmsg_level = libc::SOL_SOCKET;
+        (*header).cmsg_type = libc::SCM_RIGHTS;
+        (*header).cmsg_len = libc::CMSG_LEN(payload as u32) as usize;
+        std::ptr::copy_nonoverlapping(raw.as_ptr(), libc::CMSG_DATA(header).cast(), raw.len());
+    }
+    // SAFETY: `msg` points at live buffers of the lengths it states.
+    let sent = cvt(unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
+    if sent as usize != bytes.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "short send of fds",
+        ));
+    }
+    Ok(())
+}
+
+/// Receives up to `bytes.len()` bytes and up to `max_fds` fds sent with
+/// [`send_with_fds`]; returns the byte count and the fds (owned, close on
+/// exec).
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let payload = max_fds * mem::size_of::<libc::c_int>();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: `msg` points at live, writable buffers of the lengths it
+    // states.
+    let received =
+        cvt(unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `msg`'s control buffer; the CMSG macros walk
+    // it within `msg_controllen`, and SCM_RIGHTS data is an array of fds the
+    // kernel just installed in this process, owned by nobody else.
+    unsafe {
+        let mut header = libc::CMSG_FIRSTHDR(&msg);
+        while !header.is_null() {
+            if (*header).cmsg_level == libc::SOL_SOCKET && (*header).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(header).cast::<libc::c_int>();
+                let count = ((*header).cmsg_len - libc::CMSG_LEN(0) as usize)
+                    / mem::size_of::<libc::c_int>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            header = libc::CMSG_NXTHDR(&msg, header);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("more fds sent than expected"));
+    }
+    Ok((received as usize, fds))
 }

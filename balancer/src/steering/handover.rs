@@ -1,0 +1,175 @@
+//! Sharing one loaded program between processes: a listener set serves its
+//! program and maps to a successor over a Unix socket (`SCM_RIGHTS`), so the
+//! `SO_REUSEPORT` group keeps one program for its whole life, whichever
+//! process started it and whichever stops first.
+//!
+//! Every process sharing a program runs a [`Server`]: a thread that
+//! answers on an abstract Unix socket named after each listener address
+//! (one process at a time holds a name; the others retry, so the name
+//! outlives any one of them), sends the fds to a peer of the same user (or
+//! root), and every [`RECLAIM_PERIOD`] frees the worker slots of processes
+//! that exited without releasing them (`kill -9`), so the program stops
+//! choosing their workers.
+//!
+//! Who can join: a process of the same user or root, in the same network
+//! namespace; the same processes could join the `SO_REUSEPORT` group itself.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::{
+        fd::{AsFd, OwnedFd},
+        linux::net::SocketAddrExt,
+        unix::net::{self, UnixListener, UnixStream},
+    },
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use super::{loads::LoadMap, maps::SHARED_FDS, SteeringError};
+use crate::sys;
+
+/// What a handover sends before its fds: a version, so a successor built
+/// from another release refuses rather than misreads.
+const GREETING: &[u8] = b"balancer-steering 1";
+/// How often the server retries its names and frees dead processes' slots.
+pub(super) const RECLAIM_PERIOD: Duration = Duration::from_millis(100);
+
+/// The abstract socket name for the program steering `addr`'s group.
+fn name(addr: SocketAddr) -> io::Result<net::SocketAddr> {
+    net::SocketAddr::from_abstract_name(format!("balancer-steering {addr}"))
+}
+
+/// Fetches the program and maps from the process serving the group of the
+/// first of `addrs` that has one; `None` if none does.
+///
+/// # Errors
+/// [`SteeringError::Handover`] if a server answers but the handover fails
+/// (another version, a refused peer, a broken message).
+pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<Vec<OwnedFd>>, SteeringError> {
+    for &addr in addrs {
+        let stream = match UnixStream::connect_addr(&name(addr).map_err(SteeringError::Handover)?) {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(SteeringError::Handover(e)),
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(SteeringError::Handover)?;
+        let mut greeting = [0; GREETING.len()];
+        let (len, fds) = sys::socket::recv_with_fds(stream.as_fd(), &mut greeting, SHARED_FDS)
+            .map_err(SteeringError::Handover)?;
+        if greeting[..len] != *GREETING || fds.len() != SHARED_FDS {
+            return Err(SteeringError::Handover(io::Error::other(format!(
+                "the steering for {addr} answered {:?} with {} fds: another version, or refused",
+                String::from_utf8_lossy(&greeting[..len]),
+                fds.len()
+            ))));
+        }
+        return Ok(Some(fds));
+    }
+    Ok(None)
+}
+
+/// The thread that serves a shared program's fds and frees dead processes'
+/// slots; stopped on drop.
+pub(super) struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts serving `fds` under every name of `addrs`, reclaiming slots of
+    /// `loads`.
+    pub(super) fn start(
+        addrs: Vec<SocketAddr>,
+        fds: Vec<OwnedFd>,
+        loads: Arc<LoadMap>,
+    ) -> Result<Self, SteeringError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("balancer-steering".into())
+            .spawn(move || serve(&addrs, &fds, &loads, &stopping))
+            .map_err(SteeringError::Handover)?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The server loop: every period, bind the names not held yet, answer who
+/// waits, and free dead processes' slots.
+fn serve(addrs: &[SocketAddr], fds: &[OwnedFd], loads: &LoadMap, stop: &AtomicBool) {
+    let mut listeners: Vec<Option<UnixListener>> = addrs.iter().map(|_| None).collect();
+    while !stop.load(Ordering::Relaxed) {
+        for (listener, &addr) in listeners.iter_mut().zip(addrs) {
+            if listener.is_none() {
+                *listener = bind(addr);
+            }
+            if let Some(listener) = listener {
+                answer(listener, fds);
+            }
+        }
+        let freed = loads.reclaim_dead();
+        if freed > 0 {
+            log::warn!("steering: freed {freed} worker slots of a process that exited");
+        }
+        std::thread::sleep(RECLAIM_PERIOD);
+    }
+}
+
+/// Binds `addr`'s name, or `None` while another process holds it.
+fn bind(addr: SocketAddr) -> Option<UnixListener> {
+    let listener = UnixListener::bind_addr(&name(addr).ok()?).ok()?;
+    listener.set_nonblocking(true).ok()?;
+    Some(listener)
+}
+
+/// Sends the fds to every peer waiting on `listener` that may have them.
+fn answer(listener: &UnixListener, fds: &[OwnedFd]) {
+    while let Ok((stream, _)) = listener.accept() {
+        let result = allowed(&stream).and_then(|()| {
+            let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+            sys::socket::send_with_fds(stream.as_fd(), GREETING, &fds)
+        });
+        if let Err(error) = result {
+            log::warn!("steering: refused a handover: {error}");
+        }
+    }
+}
+
+/// Only a process of the same user, or root, may have the fds.
+fn allowed(stream: &UnixStream) -> io::Result<()> {
+    let peer = sys::socket::peer_uid(stream.as_fd())?;
+    let me = sys::caps::euid();
+    if peer == me || peer == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("peer uid {peer} is neither {me} nor root"),
+        ))
+    }
+}

@@ -322,6 +322,20 @@ fn ipv6_listeners_serve_on_every_backend() {
             4,
             "{backend}"
         );
+        // Envoy's `name: value` lines: the name holds no `:`.
+        let text = server.stats.snapshot().to_envoy_text();
+        let port = server.addr(0).port();
+        assert!(
+            text.contains(&format!("listener.[__1]_{port}.downstream_cx_active: 4\n")),
+            "{text}"
+        );
+        for line in text.lines() {
+            let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
+            assert!(
+                !name.contains(':') && value.parse::<i64>().is_ok(),
+                "{line:?}"
+            );
+        }
     }
 }
 

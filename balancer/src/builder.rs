@@ -370,17 +370,27 @@ fn check_address(spec: &ListenerSpec) -> Result<(), BindError> {
     Err(BindError::InvalidAddress { addr, reason })
 }
 
-/// Envoy's listener stat name: `127.0.0.1_8080`, `[::1]_8080`.
+/// Envoy's listener stat name: `127.0.0.1_8080`, `[__1]_8080` (Envoy
+/// replaces the `:` of an IPv6 address, which would break `name: value`
+/// parsing of its stats text).
 fn listener_name(addr: SocketAddr) -> String {
     match addr {
         SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("[{}]_{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]_{}", a.ip().to_string().replace(':', "_"), a.port()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_names_are_envoys_and_hold_no_colon() {
+        let name = |s: &str| listener_name(s.parse().unwrap());
+        assert_eq!(name("127.0.0.1:8080"), "127.0.0.1_8080");
+        assert_eq!(name("[::1]:8080"), "[__1]_8080");
+        assert_eq!(name("[2001:db8::7]:443"), "[2001_db8__7]_443");
+    }
 
     #[test]
     fn the_default_worker_count_never_exceeds_the_backend_limit() {

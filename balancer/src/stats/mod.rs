@@ -256,7 +256,7 @@ pub struct CountSnapshot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ListenerSnapshot {
-    /// Envoy-style name: `127.0.0.1_8080`, `[::1]_8080`, or the name given
+    /// Envoy-style name: `127.0.0.1_8080`, `[__1]_8080`, or the name given
     /// to an unbound (handoff target) listener.
     pub name: String,
     /// Counts per worker, in worker order.

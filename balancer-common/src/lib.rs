@@ -40,8 +40,19 @@ pub const SOCKET_SLOTS_MAP: &str = "SOCKET_SLOTS";
 /// without a system call per connection.
 pub const LOADS_MAP: &str = "LOADS";
 
-/// Name of the one-entry array holding the [`Config`].
-pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the program's read-only global holding the worker slots it scans
+/// (a `u32`, `0..=MAX_WORKERS`): the workers of every process sharing the
+/// program, free slots carrying the [`UNAVAILABLE`] penalty. Zero (unset)
+/// means "not configured": the program leaves the choice to the kernel's
+/// 4-tuple hash instead of refusing the connection. Set when the program is
+/// loaded; the verifier then knows it, and walks only that many steps of
+/// the scan.
+pub const SLOTS_GLOBAL: &str = "SLOTS";
+
+/// Name of the map holding the program's read-only globals ([`SLOTS_GLOBAL`]
+/// and the log level). Frozen once the program is loaded: no process can
+/// change them.
+pub const RODATA_MAP: &str = ".rodata";
 
 /// Name of the array that remembers, per connection hash, which worker the
 /// program chose for a SYN ([`Pending`]), so that the second run on a SYN
@@ -63,21 +74,6 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// [`SOCKETS_MAP`].
 pub const fn socket_index(listener: u32, worker: u32) -> u32 {
     listener * MAX_WORKERS + worker
-}
-
-/// Steering configuration, the single value of [`CONFIG_MAP`]. Written once
-/// when the program is loaded, then frozen.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Config {
-    /// Worker slots the program scans, `0..=MAX_WORKERS`: the workers of
-    /// every process sharing the program, free slots carrying the
-    /// [`UNAVAILABLE`] penalty. Zero (the map's initial state) means "not
-    /// configured": the program leaves the choice to the kernel's 4-tuple
-    /// hash instead of refusing the connection.
-    pub slots: u32,
-    /// Reserved, zero. Keeps the layout 8 bytes with no implicit padding.
-    pub reserved: u32,
 }
 
 /// A listening socket's bound address as the program reads it from the
@@ -199,11 +195,6 @@ impl Pending {
         }
     }
 }
-
-// SAFETY: `Config` is `repr(C)`, `Copy`, made only of `u32`s with no padding,
-// so every bit pattern is a valid value.
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for Config {}
 
 // SAFETY: `ListenAddr` is `repr(C)`, `Copy`, made only of `u32`s with no
 // padding, so every bit pattern is a valid value.

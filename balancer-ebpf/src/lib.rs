@@ -11,7 +11,8 @@
 //! 1. finds the listener (the row of `SOCKETS`) by the bound address of the
 //!    socket the lookup matched (`LISTENERS`);
 //! 2. picks the available worker with the lowest `active + in_flight` in
-//!    `LOADS`, scanning from the connection's 4-tuple hash so that equal
+//!    `LOADS` (`SLOTS` slots, a constant set at load), scanning from the
+//!    connection's 4-tuple hash so that equal
 //!    loads spread instead of always landing on index 0;
 //! 3. on a SYN, adds one to that worker's in-flight count before the next
 //!    SYN is steered, so a burst of SYNs never sees stale loads, and
@@ -49,11 +50,12 @@ use aya_ebpf::{
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, ReusePortSockArray},
     programs::{SkReuseportContext, SockContext},
+    Global,
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    socket_index, Config, ListenAddr, Load, Pending, SocketSlot, WorkerSlot, BPF_F_MMAPABLE,
-    MAX_LISTENERS, MAX_WORKERS, PENDING_SLOTS, UNAVAILABLE,
+    socket_index, ListenAddr, Load, Pending, SocketSlot, WorkerSlot, BPF_F_MMAPABLE, MAX_LISTENERS,
+    MAX_WORKERS, PENDING_SLOTS, UNAVAILABLE,
 };
 
 /// Listener `l`'s socket of worker `w` at `socket_index(l, w)`.
@@ -76,9 +78,9 @@ static SOCKET_SLOTS: HashMap<u64, SocketSlot> =
 #[map]
 static LOADS: Array<WorkerSlot> = Array::with_max_entries(MAX_WORKERS, BPF_F_MMAPABLE);
 
-/// The steering configuration, one entry.
-#[map]
-static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// The worker slots to scan, set by the loader (`SLOTS_GLOBAL`).
+#[unsafe(no_mangle)]
+static SLOTS: Global<u32> = Global::new(0);
 
 /// The worker each recent SYN was counted against, by 4-tuple hash.
 #[map]
@@ -163,7 +165,7 @@ fn migration_source(
 /// The worker slots to scan, or `None` while userspace has not set them.
 #[inline(always)]
 fn configured_workers() -> Option<u32> {
-    let workers = CONFIG.get(0)?.slots;
+    let workers = SLOTS.load();
     (workers != 0 && workers <= MAX_WORKERS).then_some(workers)
 }
 

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use balancer_common::{
-    CONFIG_MAP, LISTENERS_MAP, LOADS_MAP, PENDING_MAP, PROGRAM, SOCKETS_MAP, SOCKET_SLOTS_MAP,
+    LISTENERS_MAP, LOADS_MAP, PENDING_MAP, PROGRAM, SLOTS_GLOBAL, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 use crate::{bpf_linker, workspace};
@@ -38,7 +38,7 @@ const EXPORTS: [&str; 9] = [
     LISTENERS_MAP,
     SOCKET_SLOTS_MAP,
     LOADS_MAP,
-    CONFIG_MAP,
+    SLOTS_GLOBAL,
     PENDING_MAP,
     "AYA_LOGS",
     "AYA_LOG_LEVEL",

@@ -79,15 +79,6 @@ pub enum SteeringError {
     /// Attaching the program to a socket's group failed.
     #[error("attaching the program to a listener (SO_ATTACH_REUSEPORT_EBPF) failed")]
     Attach(#[source] io::Error),
-    /// Freezing a map failed.
-    #[error("freezing map {map} failed")]
-    Freeze {
-        /// The map's name.
-        map: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
     /// Handing the program over between processes failed.
     #[error("joining the running eBPF steering failed")]
     Handover(#[source] io::Error),

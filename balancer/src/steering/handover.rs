@@ -34,8 +34,9 @@ use super::{loads::LoadMap, maps::SHARED_FDS, SteeringError};
 use crate::sys;
 
 /// What a handover sends before its fds: a version, so a successor built
-/// from another release refuses rather than misreads.
-const GREETING: &[u8] = b"balancer-steering 1";
+/// from another release refuses rather than misreads, then `slots=N`, the
+/// worker slots the program scans.
+const GREETING: &str = "balancer-steering 1 slots=";
 /// How often the server retries its names and frees dead processes' slots.
 pub(super) const RECLAIM_PERIOD: Duration = Duration::from_millis(100);
 
@@ -45,12 +46,13 @@ fn name(addr: SocketAddr) -> io::Result<net::SocketAddr> {
 }
 
 /// Fetches the program and maps from the process serving the group of the
-/// first of `addrs` that has one; `None` if none does.
+/// first of `addrs` that has one, with the slots the program scans; `None`
+/// if none does.
 ///
 /// # Errors
 /// [`SteeringError::Handover`] if a server answers but the handover fails
 /// (another version, a refused peer, a broken message).
-pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<Vec<OwnedFd>>, SteeringError> {
+pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, Vec<OwnedFd>)>, SteeringError> {
     for &addr in addrs {
         let stream = match UnixStream::connect_addr(&name(addr).map_err(SteeringError::Handover)?) {
             Ok(stream) => stream,
@@ -67,17 +69,18 @@ pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<Vec<OwnedFd>>, Steeri
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(SteeringError::Handover)?;
-        let mut greeting = [0; GREETING.len()];
+        let mut greeting = [0; 64];
         let (len, fds) = sys::socket::recv_with_fds(stream.as_fd(), &mut greeting, SHARED_FDS)
             .map_err(SteeringError::Handover)?;
-        if greeting[..len] != *GREETING || fds.len() != SHARED_FDS {
-            return Err(SteeringError::Handover(io::Error::other(format!(
-                "the steering for {addr} answered {:?} with {} fds: another version, or refused",
-                String::from_utf8_lossy(&greeting[..len]),
+        let text = String::from_utf8_lossy(&greeting[..len]);
+        let slots = text.strip_prefix(GREETING).and_then(|n| n.parse().ok());
+        return match slots {
+            Some(slots) if fds.len() == SHARED_FDS => Ok(Some((slots, fds))),
+            _ => Err(SteeringError::Handover(io::Error::other(format!(
+                "the steering for {addr} answered {text:?} with {} fds: another version, or refused",
                 fds.len()
-            ))));
-        }
-        return Ok(Some(fds));
+            )))),
+        };
     }
     Ok(None)
 }
@@ -91,7 +94,7 @@ pub(super) struct Server {
 
 impl Server {
     /// Starts serving `fds` under every name of `addrs`, reclaiming slots of
-    /// `loads`.
+    /// `loads` (whose slot count the greeting states).
     pub(super) fn start(
         addrs: Vec<SocketAddr>,
         fds: Vec<OwnedFd>,
@@ -122,6 +125,7 @@ impl Drop for Server {
 /// The server loop: every period, bind the names not held yet, answer who
 /// waits, and free dead processes' slots.
 fn serve(addrs: &[SocketAddr], fds: &[OwnedFd], loads: &LoadMap, stop: &AtomicBool) {
+    let greeting = format!("{GREETING}{}", loads.workers());
     let mut listeners: Vec<Option<UnixListener>> = addrs.iter().map(|_| None).collect();
     while !stop.load(Ordering::Relaxed) {
         for (listener, &addr) in listeners.iter_mut().zip(addrs) {
@@ -129,7 +133,7 @@ fn serve(addrs: &[SocketAddr], fds: &[OwnedFd], loads: &LoadMap, stop: &AtomicBo
                 *listener = bind(addr);
             }
             if let Some(listener) = listener {
-                answer(listener, fds);
+                answer(listener, greeting.as_bytes(), fds);
             }
         }
         let freed = loads.reclaim_dead();
@@ -147,12 +151,13 @@ fn bind(addr: SocketAddr) -> Option<UnixListener> {
     Some(listener)
 }
 
-/// Sends the fds to every peer waiting on `listener` that may have them.
-fn answer(listener: &UnixListener, fds: &[OwnedFd]) {
+/// Sends the greeting and fds to every peer waiting on `listener` that may
+/// have them.
+fn answer(listener: &UnixListener, greeting: &[u8], fds: &[OwnedFd]) {
     while let Ok((stream, _)) = listener.accept() {
         let result = allowed(&stream).and_then(|()| {
             let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            sys::socket::send_with_fds(stream.as_fd(), GREETING, &fds)
+            sys::socket::send_with_fds(stream.as_fd(), greeting, &fds)
         });
         if let Err(error) = result {
             log::warn!("steering: refused a handover: {error}");

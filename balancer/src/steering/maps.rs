@@ -8,12 +8,12 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, ReusePortSockArray},
+    maps::{HashMap, Map, MapData, MapError, ReusePortSockArray},
     Ebpf,
 };
 use balancer_common::{
-    socket_index, Config, ListenAddr, SocketSlot, CONFIG_MAP, LISTENERS_MAP, LOADS_MAP,
-    MAX_LISTENERS, PENDING_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
+    socket_index, ListenAddr, SocketSlot, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS, PENDING_MAP,
+    RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 use super::{loads::LoadMap, SteeringError};
@@ -25,7 +25,7 @@ const SHARED_MAPS: [&str; 6] = [
     LISTENERS_MAP,
     SOCKET_SLOTS_MAP,
     LOADS_MAP,
-    CONFIG_MAP,
+    RODATA_MAP,
     PENDING_MAP,
 ];
 
@@ -47,7 +47,7 @@ impl Maps {
     pub(super) fn from_ebpf(
         ebpf: &mut Ebpf,
         program: OwnedFd,
-    ) -> Result<(Self, MapData, MapData), SteeringError> {
+    ) -> Result<(Self, MapData), SteeringError> {
         let data = SHARED_MAPS
             .iter()
             .map(|&name| map_data(ebpf.take_map(name), name))
@@ -56,9 +56,7 @@ impl Maps {
     }
 
     /// Opens handed-over fds: the program, then [`SHARED_MAPS`].
-    pub(super) fn from_fds(
-        mut fds: Vec<OwnedFd>,
-    ) -> Result<(Self, MapData, MapData), SteeringError> {
+    pub(super) fn from_fds(mut fds: Vec<OwnedFd>) -> Result<(Self, MapData), SteeringError> {
         if fds.len() != SHARED_FDS {
             return Err(SteeringError::Handover(io::Error::other(format!(
                 "expected {SHARED_FDS} fds, got {}",
@@ -76,16 +74,13 @@ impl Maps {
     }
 
     /// `data` in [`SHARED_MAPS`] order. Returns the maps, then the load
-    /// and config maps' data.
-    fn open(
-        program: OwnedFd,
-        data: Vec<MapData>,
-    ) -> Result<(Self, MapData, MapData), SteeringError> {
+    /// map's data.
+    fn open(program: OwnedFd, data: Vec<MapData>) -> Result<(Self, MapData), SteeringError> {
         let mut shared = vec![program];
         for map in &data {
             shared.push(dup(map.fd().as_fd())?);
         }
-        let [sockets, listeners, socket_slots, loads, config, _pending] =
+        let [sockets, listeners, socket_slots, loads, _rodata, _pending] =
             <[MapData; 6]>::try_from(data).map_err(|_| unreachable_count())?;
         let maps = Self {
             sockets: typed(sockets, SOCKETS_MAP, |m| {
@@ -99,7 +94,7 @@ impl Maps {
             })?,
             shared,
         };
-        Ok((maps, loads, config))
+        Ok((maps, loads))
     }
 
     /// The program's fd.
@@ -117,7 +112,8 @@ impl Maps {
                 }
             })
         };
-        // The program, then SHARED_MAPS: LOADS is 4th, CONFIG 5th.
+        // The program, then SHARED_MAPS: LOADS is 4th, the read-only
+        // globals 5th.
         Ok([id(0)?, id(4)?, id(5)?])
     }
 
@@ -170,31 +166,6 @@ impl Maps {
             .insert(cookie, value, 0)
             .map_err(|source| SteeringError::map(operation(), SOCKET_SLOTS_MAP, source))
     }
-}
-
-/// Writes the configuration (`slots` slots to scan) and freezes the map:
-/// no process can change it afterwards.
-pub(super) fn write_config(config: MapData, slots: u32) -> Result<(), SteeringError> {
-    let fd = dup(config.fd().as_fd())?;
-    let mut map: Array<MapData, Config> =
-        typed(config, CONFIG_MAP, |m| Array::try_from(Map::Array(m)))?;
-    let value = Config { slots, reserved: 0 };
-    map.set(0, value, 0)
-        .map_err(|source| SteeringError::map("writing the slot count", CONFIG_MAP, source))?;
-    sys::bpf::freeze_map(fd.as_fd()).map_err(|source| SteeringError::Freeze {
-        map: CONFIG_MAP,
-        source,
-    })
-}
-
-/// The slot count a running program scans.
-pub(super) fn read_config(config: MapData) -> Result<u32, SteeringError> {
-    let map: Array<MapData, Config> =
-        typed(config, CONFIG_MAP, |m| Array::try_from(Map::Array(m)))?;
-    let value = map
-        .get(&0, 0)
-        .map_err(|source| SteeringError::map("reading the slot count", CONFIG_MAP, source))?;
-    Ok(value.slots)
 }
 
 /// The load map over `loads`, scanning `slots` slots.

@@ -39,7 +39,7 @@ use aya::{
     programs::{ProgramError, SkReuseport},
     Ebpf, EbpfLoader,
 };
-use balancer_common::{MAX_WORKERS, PROGRAM};
+use balancer_common::{MAX_WORKERS, PROGRAM, SLOTS_GLOBAL};
 
 pub use error::SteeringError;
 pub use loads::LoadMap;
@@ -150,8 +150,12 @@ impl Steering {
         } else {
             0
         };
+        // No kernel BTF: the program uses no CO-RE relocation, and reading
+        // it would cost most of the start-up.
         let mut ebpf = EbpfLoader::new()
+            .btf(None)
             .override_global("AYA_LOG_LEVEL", &level, true)
+            .override_global(SLOTS_GLOBAL, &(slots as u32), true)
             .load(object)
             .map_err(SteeringError::Object)?;
         let log = options
@@ -159,8 +163,7 @@ impl Steering {
             .then(|| debug_log::LogForwarder::start(&mut ebpf))
             .transpose()?;
         let program = load_program(&mut ebpf)?;
-        let (maps, loads, config) = Maps::from_ebpf(&mut ebpf, program)?;
-        maps::write_config(config, slots as u32)?;
+        let (maps, loads) = Maps::from_ebpf(&mut ebpf, program)?;
         let mut loads = maps::load_map(loads, slots as u32)?;
         loads.reset();
         let claimed = loads.claim(workers, true)?;
@@ -180,11 +183,10 @@ impl Steering {
         workers: usize,
     ) -> Result<Option<Self>, SteeringError> {
         probe::check_capabilities()?;
-        let Some(fds) = handover::fetch(addrs)? else {
+        let Some((slots, fds)) = handover::fetch(addrs)? else {
             return Ok(None);
         };
-        let (maps, loads, config) = Maps::from_fds(fds)?;
-        let slots = maps::read_config(config)?;
+        let (maps, loads) = Maps::from_fds(fds)?;
         let mut loads = maps::load_map(loads, slots)?;
         let claimed = loads.claim(workers, false)?;
         Ok(Some(Self::new(maps, loads, claimed, None, None)))

@@ -90,7 +90,6 @@ pub(crate) fn probe_sk_reuseport_migrate() -> io::Result<()> {
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_MAP_FREEZE: libc::c_long = 22;
 
 /// The kernel's id of a BPF program or map (what `bpftool prog show` and
 /// `bpftool map show` list): the second field of either's info.
@@ -117,23 +116,6 @@ pub(crate) fn object_id(object: BorrowedFd<'_>) -> io::Result<u32> {
         libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, size)
     })?;
     Ok(info[1])
-}
-
-/// Freezes a map: from now on no system call may write it (the programs
-/// using it still may). Linux 5.2.
-pub(crate) fn freeze_map(map: BorrowedFd<'_>) -> io::Result<()> {
-    #[repr(C)]
-    struct Freeze {
-        map_fd: u32,
-    }
-    let attr = Freeze {
-        map_fd: map.as_raw_fd() as u32,
-    };
-    let size = std::mem::size_of::<Freeze>() as libc::c_uint;
-    // SAFETY: `attr` is a readable `repr(C)` prefix of `union bpf_attr` for
-    // BPF_MAP_FREEZE and `size` is its size.
-    super::cvt(unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_FREEZE, &raw const attr, size) })
-        .map(drop)
 }
 
 /// `bpf(cmd, attr, sizeof attr)`, returning the new object's fd.

@@ -144,7 +144,7 @@ fn a_rejected_program_returns_the_verifier_log() {
         .verifier_log()
         .unwrap_or_else(|| panic!("no verifier log in {error:?}"));
     println!("{error}: {}", log.lines().last().unwrap_or_default());
-    assert!(matches!(error, SteeringError::Program(_)), "{error:?}");
+    assert!(matches!(error, SteeringError::Verifier { .. }), "{error:?}");
     assert!(log.contains("R9 !read_ok"), "verifier log: {log}");
     assert!(
         !error.is_unavailable(),

@@ -195,8 +195,10 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
         })
         .unwrap();
     // Connect until worker 0 has died (bounded); keep the healthy ones open.
+    // With `Shared`, wake-ups may favour worker 1 for many connections in a
+    // row on a loaded machine, hence the generous bound.
     let mut clients = Vec::new();
-    for _ in 0..60 {
+    for _ in 0..1000 {
         if threads[0].is_finished() {
             break;
         }

@@ -10,8 +10,6 @@ use std::{
     thread::JoinHandle,
 };
 
-use aya::Ebpf;
-
 use super::SteeringError;
 use crate::sys;
 
@@ -25,8 +23,9 @@ pub(super) struct LogForwarder {
 }
 
 impl LogForwarder {
-    pub(super) fn start(ebpf: &mut Ebpf) -> Result<Self, SteeringError> {
-        let mut logger = aya_log::EbpfLogger::init(ebpf).map_err(|err| {
+    /// Forwards the records of the program with kernel id `program`.
+    pub(super) fn start(program: u32) -> Result<Self, SteeringError> {
+        let mut logger = aya_log::EbpfLogger::init_from_id(program).map_err(|err| {
             SteeringError::Logger(io::Error::other(format!("opening AYA_LOGS: {err}")))
         })?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -2,7 +2,7 @@
 
 use std::io;
 
-use aya::{maps::MapError, programs::ProgramError};
+use aya::maps::MapError;
 
 /// Why eBPF steering could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +85,36 @@ pub enum SteeringError {
     /// Parsing the embedded object or creating its maps failed.
     #[error("loading the embedded eBPF object failed")]
     Object(#[source] aya::EbpfError),
-    /// The kernel refused the program; the source carries the verifier log.
+    /// The object has no `steering` program.
+    #[error("the eBPF object has no steering program")]
+    NoProgram,
+    /// The kernel refused the program (`log` is the verifier's reasoning).
     #[error("the kernel rejected the sk_reuseport program")]
-    Program(#[source] ProgramError),
+    Verifier {
+        /// The `bpf` system call's error.
+        #[source]
+        source: io::Error,
+        /// The verifier's log.
+        log: String,
+    },
+    /// Creating one of the object's maps failed.
+    #[error("creating map {map} failed")]
+    CreateMap {
+        /// The map's name.
+        map: String,
+        /// Why (boxed: it is large).
+        #[source]
+        source: Box<MapError>,
+    },
+    /// Writing or freezing a data section's map failed.
+    #[error("initializing map {map} failed")]
+    Data {
+        /// The map's name.
+        map: String,
+        /// The `bpf` system call's error.
+        #[source]
+        source: io::Error,
+    },
     /// An operation on one of the program's maps failed.
     #[error("{operation} on map {map} failed")]
     Map {
@@ -119,11 +146,9 @@ impl SteeringError {
     }
 
     /// The verifier's log when the kernel refused the program.
-    pub fn verifier_log(&self) -> Option<String> {
+    pub fn verifier_log(&self) -> Option<&str> {
         match self {
-            Self::Program(ProgramError::LoadError { verifier_log, .. }) => {
-                Some(verifier_log.to_string())
-            }
+            Self::Verifier { log, .. } => Some(log),
             _ => None,
         }
     }

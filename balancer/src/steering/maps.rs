@@ -7,16 +7,13 @@ use std::{
     os::fd::{AsFd, BorrowedFd, OwnedFd},
 };
 
-use aya::{
-    maps::{HashMap, Map, MapData, MapError, ReusePortSockArray},
-    Ebpf,
-};
+use aya::maps::{HashMap, Map, MapData, MapError, ReusePortSockArray};
 use balancer_common::{
     socket_index, ListenAddr, SocketSlot, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS, PENDING_MAP,
     RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
-use super::{loads::LoadMap, SteeringError};
+use super::{loader::Loaded, loads::LoadMap, SteeringError};
 use crate::sys;
 
 /// The maps handed over, in order, after the program's fd.
@@ -42,15 +39,20 @@ pub(super) struct Maps {
 }
 
 impl Maps {
-    /// Opens the maps of the object this process loaded; `program` is the
-    /// loaded program's fd. Returns them and the load map's data.
-    pub(super) fn from_ebpf(
-        ebpf: &mut Ebpf,
-        program: OwnedFd,
-    ) -> Result<(Self, MapData), SteeringError> {
+    /// Opens the maps of the object this process loaded. Returns them and
+    /// the load map's data.
+    pub(super) fn from_loaded(loaded: Loaded) -> Result<(Self, MapData), SteeringError> {
+        let Loaded { program, mut maps } = loaded;
         let data = SHARED_MAPS
             .iter()
-            .map(|&name| map_data(ebpf.take_map(name), name))
+            .map(|&name| {
+                maps.remove(name).ok_or_else(|| {
+                    let source = MapError::InvalidName {
+                        name: name.to_owned(),
+                    };
+                    SteeringError::map("finding", name, source)
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Self::open(program, data)
     }
@@ -191,24 +193,6 @@ pub(super) fn listen_addr(addr: SocketAddr) -> ListenAddr {
         family: family as u32,
         port: u32::from(addr.port()),
         ip,
-    }
-}
-
-fn map_data(map: Option<Map>, name: &'static str) -> Result<MapData, SteeringError> {
-    match map {
-        Some(Map::Array(data) | Map::HashMap(data) | Map::ReusePortSockArray(data)) => Ok(data),
-        Some(_) => Err(SteeringError::map(
-            "opening",
-            name,
-            MapError::InvalidMapType { map_type: 0 },
-        )),
-        None => Err(SteeringError::map(
-            "finding",
-            name,
-            MapError::InvalidName {
-                name: name.to_owned(),
-            },
-        )),
     }
 }
 

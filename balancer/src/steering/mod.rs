@@ -24,6 +24,7 @@
 mod debug_log;
 mod error;
 mod handover;
+mod loader;
 mod loads;
 mod maps;
 mod probe;
@@ -35,10 +36,6 @@ use std::{
     sync::Arc,
 };
 
-use aya::{
-    programs::{ProgramError, SkReuseport},
-    Ebpf, EbpfLoader,
-};
 use balancer_common::{MAX_WORKERS, PROGRAM, SLOTS_GLOBAL};
 
 pub use error::SteeringError;
@@ -85,8 +82,6 @@ pub struct Steering {
     attached: Vec<SocketAddr>,
     handover: Option<handover::Server>,
     log: Option<debug_log::LogForwarder>,
-    /// The object this process loaded, if it did (a joiner did not).
-    _ebpf: Option<Ebpf>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -120,7 +115,7 @@ impl Steering {
     /// [`SteeringError::WorkerCount`] unless `1 <= workers <= slots <= 64`;
     /// [`SteeringError::MissingCapability`] or
     /// [`SteeringError::UnsupportedKernel`] naming what is missing;
-    /// [`SteeringError::Program`] with the verifier log if the kernel refuses
+    /// [`SteeringError::Verifier`] with the verifier log if the kernel refuses
     /// the program.
     ///
     /// # Example
@@ -145,29 +140,27 @@ impl Steering {
         }
         probe::check_capabilities()?;
         probe::check_kernel()?;
-        let level = if options.debug_log {
+        let level: u8 = if options.debug_log {
             debug_log::LEVEL_DEBUG
         } else {
             0
         };
-        // No kernel BTF: the program uses no CO-RE relocation, and reading
-        // it would cost most of the start-up.
-        let mut ebpf = EbpfLoader::new()
-            .btf(None)
-            .override_global("AYA_LOG_LEVEL", &level, true)
-            .override_global(SLOTS_GLOBAL, &(slots as u32), true)
-            .load(object)
-            .map_err(SteeringError::Object)?;
-        let log = options
-            .debug_log
-            .then(|| debug_log::LogForwarder::start(&mut ebpf))
-            .transpose()?;
-        let program = load_program(&mut ebpf)?;
-        let (maps, loads) = Maps::from_ebpf(&mut ebpf, program)?;
+        let slots_global = (slots as u32).to_ne_bytes();
+        let globals = [
+            ("AYA_LOG_LEVEL", std::slice::from_ref(&level)),
+            (SLOTS_GLOBAL, &slots_global[..]),
+        ];
+        let loaded = loader::load(object, PROGRAM, &globals)?;
+        let (maps, loads) = Maps::from_loaded(loaded)?;
+        let log = if options.debug_log {
+            Some(debug_log::LogForwarder::start(maps.ids()?[0])?)
+        } else {
+            None
+        };
         let mut loads = maps::load_map(loads, slots as u32)?;
         loads.reset();
         let claimed = loads.claim(workers, true)?;
-        Ok(Self::new(maps, loads, claimed, log, Some(ebpf)))
+        Ok(Self::new(maps, loads, claimed, log))
     }
 
     /// Joins the program that steers the group of the first of `addrs` with
@@ -189,7 +182,7 @@ impl Steering {
         let (maps, loads) = Maps::from_fds(fds)?;
         let mut loads = maps::load_map(loads, slots)?;
         let claimed = loads.claim(workers, false)?;
-        Ok(Some(Self::new(maps, loads, claimed, None, None)))
+        Ok(Some(Self::new(maps, loads, claimed, None)))
     }
 
     fn new(
@@ -197,7 +190,6 @@ impl Steering {
         loads: LoadMap,
         slots: Vec<usize>,
         log: Option<debug_log::LogForwarder>,
-        ebpf: Option<Ebpf>,
     ) -> Self {
         Self {
             maps,
@@ -206,7 +198,6 @@ impl Steering {
             attached: Vec::new(),
             handover: None,
             log,
-            _ebpf: ebpf,
         }
     }
 
@@ -306,19 +297,6 @@ impl ProgramView {
         let (here, elsewhere) = self.loads.owners();
         [self.loads.workers(), here, elsewhere]
     }
-}
-
-fn load_program(ebpf: &mut Ebpf) -> Result<OwnedFd, SteeringError> {
-    let program: &mut SkReuseport = ebpf
-        .program_mut(PROGRAM)
-        .ok_or(SteeringError::Program(ProgramError::UnexpectedProgramType))?
-        .try_into()
-        .map_err(SteeringError::Program)?;
-    program.load().map_err(SteeringError::Program)?;
-    let fd = program.fd().map_err(SteeringError::Program)?;
-    fd.as_fd()
-        .try_clone_to_owned()
-        .map_err(SteeringError::Attach)
 }
 
 fn local_addr(socket: std::os::fd::BorrowedFd<'_>) -> Result<SocketAddr, SteeringError> {

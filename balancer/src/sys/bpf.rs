@@ -108,14 +108,108 @@ pub(crate) fn object_id(object: BorrowedFd<'_>) -> io::Result<u32> {
         info_len: std::mem::size_of_val(&info) as u32,
         info: info.as_mut_ptr() as u64,
     };
-    let size = std::mem::size_of::<GetInfo>() as libc::c_uint;
-    // SAFETY: `attr` is a readable `repr(C)` prefix of `union bpf_attr` for
-    // BPF_OBJ_GET_INFO_BY_FD, `size` is its size, and `info` is writable for
-    // `info_len` bytes for the duration of the call.
-    super::cvt(unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, size)
-    })?;
+    // `info` is writable for `info_len` bytes for the duration of the call.
+    call(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
     Ok(info[1])
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_FREEZE: libc::c_long = 22;
+/// The verifier's log level when a load failed: its reasoning, not stats.
+const LOG_LEVEL_VERBOSE: u32 = 1;
+/// The most verifier log a failed load returns.
+const LOG_MAX: usize = 1 << 24;
+
+/// Writes `value` at key 0 of an array map (a data section's one entry).
+pub(crate) fn write_first_entry(map: BorrowedFd<'_>, value: &[u8]) -> io::Result<()> {
+    #[repr(C)]
+    struct Update {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let key = 0u32;
+    let attr = Update {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: &raw const key as u64,
+        value: value.as_ptr() as u64,
+        flags: 0,
+    };
+    call(BPF_MAP_UPDATE_ELEM, &attr)
+}
+
+/// Freezes a map: from now on no system call may write it (the programs
+/// using it still may). Linux 5.2.
+pub(crate) fn freeze_map(map: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct Freeze {
+        map_fd: u32,
+    }
+    let attr = Freeze {
+        map_fd: map.as_raw_fd() as u32,
+    };
+    call(BPF_MAP_FREEZE, &attr)
+}
+
+/// An sk_reuseport program to load: its instructions (8 bytes each), its
+/// license and its name.
+pub(crate) struct ReuseportProgram<'a> {
+    pub(crate) instructions: &'a [u64],
+    pub(crate) license: &'a std::ffi::CStr,
+    pub(crate) name: &'a str,
+}
+
+/// Loads an `sk_reuseport/migrate` program. On failure, loads it again with
+/// the verifier's log on, and returns the error with the log.
+pub(crate) fn load_reuseport_program(
+    program: &ReuseportProgram<'_>,
+) -> Result<OwnedFd, (io::Error, String)> {
+    let first = load_with_log(program, &mut []);
+    let Err(error) = first else {
+        return first.map_err(|e| (e, String::new()));
+    };
+    let mut log = vec![0u8; LOG_MAX];
+    match load_with_log(program, &mut log) {
+        Ok(fd) => Ok(fd),
+        Err(_) => {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            Err((error, String::from_utf8_lossy(&log[..end]).into_owned()))
+        }
+    }
+}
+
+fn load_with_log(program: &ReuseportProgram<'_>, log: &mut [u8]) -> io::Result<OwnedFd> {
+    let mut name = [0u8; 16];
+    let len = program.name.len().min(15);
+    name[..len].copy_from_slice(&program.name.as_bytes()[..len]);
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_SK_REUSEPORT,
+        insn_cnt: program.instructions.len() as u32,
+        insns: program.instructions.as_ptr() as u64,
+        license: program.license.as_ptr() as u64,
+        log_level: if log.is_empty() { 0 } else { LOG_LEVEL_VERBOSE },
+        log_size: log.len() as u32,
+        // No buffer at all without a log: the kernel refuses one of size 0.
+        log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: name,
+        prog_ifindex: 0,
+        expected_attach_type: BPF_SK_REUSEPORT_SELECT_OR_MIGRATE,
+    };
+    bpf(BPF_PROG_LOAD, &attr)
+}
+
+/// `bpf(cmd, attr, sizeof attr)` for a command that returns no fd.
+fn call<A>(cmd: libc::c_long, attr: &A) -> io::Result<()> {
+    let size = std::mem::size_of::<A>() as libc::c_uint;
+    // SAFETY: `attr` is a readable `repr(C)` prefix of `union bpf_attr` for
+    // `cmd`, `size` is its size, and every pointer inside it outlives the
+    // call.
+    super::cvt(unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const A, size) }).map(drop)
 }
 
 /// `bpf(cmd, attr, sizeof attr)`, returning the new object's fd.

@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use balancer::{stats::Snapshot, Backend, Builder};
 use rstest_reuse::{self, apply};
 use util::{
-    burst::{connect_all, echo_all, report},
+    burst::{burst_in_background, echoed_burst, report},
     echo::{spread, EchoServer, Guard},
     every_backend,
 };
@@ -19,8 +19,7 @@ use util::{
 /// Bursts `n` connections at listener 0 of `server`, checks every echo and
 /// returns the split by who served.
 fn burst(server: &EchoServer, n: usize, workers: usize) -> (Vec<TcpStream>, Vec<usize>) {
-    let mut clients = connect_all(server.addr(0), n);
-    echo_all(&mut clients);
+    let clients = echoed_burst(server.addr(0), n);
     let split = server.split(&clients, workers);
     (clients, split)
 }
@@ -113,13 +112,8 @@ fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
         .unwrap();
     let server = EchoServer::start(listener, Guard::Keep);
     let (a, b) = (server.addr(0), server.addr(1));
-    let other = std::thread::spawn(move || {
-        let mut clients = connect_all(b, n);
-        echo_all(&mut clients);
-        clients
-    });
-    let mut clients = connect_all(a, n);
-    echo_all(&mut clients);
+    let other = burst_in_background(b, n);
+    let mut clients = echoed_burst(a, n);
     clients.extend(other.join().unwrap());
     let active = server.stats.snapshot().active_per_worker();
     println!("{backend}: two bursts of {n} at once, combined {active:?}");
@@ -143,11 +137,7 @@ fn a_stalled_worker_receives_at_most_its_share(backend: Backend) {
     let (mut server, stalled) =
         EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);
     let addr = server.addr(0);
-    let clients = std::thread::spawn(move || {
-        let mut clients = connect_all(addr, n);
-        echo_all(&mut clients);
-        clients
-    });
+    let clients = burst_in_background(addr, n);
     std::thread::sleep(std::time::Duration::from_secs(1));
     server.resume(stalled);
     let clients = clients.join().unwrap();
@@ -173,11 +163,7 @@ fn a_worker_closed_during_a_burst_loses_no_connection(backend: Backend) {
     if !util::privileged("closing a worker in a network namespace") {
         return;
     }
-    balancer_testkit::in_new_netns(move || {
-        let migrate = if backend == Backend::Ebpf { "0" } else { "1" };
-        std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", migrate).unwrap();
-        close_during_burst(backend);
-    });
+    util::in_netns_migrating(backend, move || close_during_burst(backend));
 }
 
 fn close_during_burst(backend: Backend) {
@@ -185,11 +171,7 @@ fn close_during_burst(backend: Backend) {
     let (server, closing) =
         EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);
     let addr = server.addr(0);
-    let clients = std::thread::spawn(move || {
-        let mut clients = connect_all(addr, n);
-        echo_all(&mut clients);
-        clients
-    });
+    let clients = burst_in_background(addr, n);
     let served = |s: &Snapshot| s.workers.iter().map(|w| w.downstream_cx_total).sum::<u64>();
     server.wait_for(|s| served(s) >= n as u64 / 2);
     let left = closing.close();

@@ -76,10 +76,7 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
     if !util::privileged("restart in a network namespace") {
         return;
     }
-    balancer_testkit::in_new_netns(move || {
-        let migrate = if backend == Backend::Ebpf { "0" } else { "1" };
-        std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", migrate).unwrap();
-
+    util::in_netns_migrating(backend, move || {
         let old = EchoServer::start(
             bind(backend, "127.0.0.1:0".parse().unwrap(), false),
             Guard::Keep,

@@ -16,7 +16,7 @@ use std::{
 
 use balancer::{stats::Snapshot, Backend, Builder};
 use util::{
-    burst::{connect_all, echo_all},
+    burst::echoed_burst,
     echo::{spread, EchoServer, Guard},
 };
 
@@ -87,8 +87,7 @@ fn start_successor(addr: SocketAddr) -> (Child, String) {
 /// Bursts a round of connections; returns them and the split over this
 /// process's workers (connections the successor served are not in it).
 fn round(server: &EchoServer) -> (Vec<TcpStream>, Vec<usize>) {
-    let mut clients = connect_all(server.addr(0), CONNECTIONS);
-    echo_all(&mut clients);
+    let clients = echoed_burst(server.addr(0), CONNECTIONS);
     let served = server.served_here(&clients);
     let mut split = vec![0; WORKERS];
     for worker in served.into_iter().flatten() {

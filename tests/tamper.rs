@@ -7,7 +7,7 @@ mod util;
 
 use balancer::{stats::Snapshot, Backend};
 use util::{
-    burst::{connect_all, echo_all},
+    burst::echoed_burst,
     echo::{spread, EchoServer, Guard},
 };
 
@@ -100,8 +100,7 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
     println!("writing the config map: {}", out.trim());
     assert!(!ok, "the config map takes a write: {out}");
 
-    let mut open = connect_all(server.addr(0), 10);
-    echo_all(&mut open);
+    let open = echoed_burst(server.addr(0), 10);
     // Worker 0's load word to zero under 5 open connections (they will
     // wrap it below zero when they close), worker 1 made unavailable.
     write_slot(program.loads_map_id, 0, 0, &["00"; 8]);
@@ -125,8 +124,7 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
 
     let healed = server.wait_for(|s| consistent(s) && s.active_per_worker() == [0, 0]);
     assert!(consistent(&healed), "not healed: {healed:?}");
-    let mut clients = connect_all(server.addr(0), 40);
-    echo_all(&mut clients);
+    let clients = echoed_burst(server.addr(0), 40);
     let split: Vec<u64> = server
         .split(&clients, WORKERS)
         .iter()

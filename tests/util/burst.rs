@@ -51,6 +51,18 @@ pub fn echo_all(clients: &mut [TcpStream]) {
     }
 }
 
+/// A burst of `n` connections to `addr`, every echo checked.
+pub fn echoed_burst(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut clients = connect_all(addr, n);
+    echo_all(&mut clients);
+    clients
+}
+
+/// [`echoed_burst`] on a thread of its own.
+pub fn burst_in_background(addr: SocketAddr, n: usize) -> std::thread::JoinHandle<Vec<TcpStream>> {
+    std::thread::spawn(move || echoed_burst(addr, n))
+}
+
 /// Prints the split in the one line format the kernel-matrix report reads.
 pub fn report(backend: balancer::Backend, n: usize, syncookies: bool, split: &[usize]) {
     println!(

@@ -121,6 +121,21 @@ pub mod burst;
 pub mod echo;
 pub mod raw;
 
+/// Runs `body` in a new network namespace where sockets closing lose no
+/// handshake on `backend`: `net.ipv4.tcp_migrate_req` on for the backends
+/// that need it, off for `Ebpf`, whose migrate program needs no sysctl (the
+/// tests prove it with the sysctl off). Needs root.
+pub fn in_netns_migrating<T: Send + 'static>(
+    backend: Backend,
+    body: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    balancer_testkit::in_new_netns(move || {
+        let migrate = if backend == Backend::Ebpf { "0" } else { "1" };
+        std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", migrate).unwrap();
+        body()
+    })
+}
+
 /// Polls `done` every 2 ms until it holds or [`TIMEOUT`] passes; returns
 /// whether it held.
 pub fn eventually(done: impl FnMut() -> bool) -> bool {

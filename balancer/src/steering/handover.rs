@@ -3,7 +3,7 @@
 //! `SO_REUSEPORT` group keeps one program for its whole life, whichever
 //! process started it and whichever stops first.
 //!
-//! Every process sharing a program runs a [`Server`]: a thread that
+//! Every process sharing a program runs a server ([`serve`]): a thread that
 //! answers on an abstract Unix socket named after each listener address
 //! (one process at a time holds a name; the others retry, so the name
 //! outlives any one of them), sends the fds to a peer of the same user (or
@@ -22,15 +22,11 @@ use std::{
         linux::net::SocketAddrExt,
         unix::net::{self, UnixListener, UnixStream},
     },
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    thread::JoinHandle,
+    sync::Arc,
     time::Duration,
 };
 
-use super::{loads::LoadMap, maps::SHARED_FDS, SteeringError};
+use super::{background::Background, loads::LoadMap, maps::SHARED_FDS, SteeringError};
 use crate::sys;
 
 /// What a handover sends before its fds: a version, so a successor built
@@ -85,55 +81,23 @@ pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, Vec<OwnedFd>)>,
     Ok(None)
 }
 
-/// The thread that serves a shared program's fds and frees dead processes'
-/// slots; stopped on drop.
-pub(super) struct Server {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    /// Starts serving `fds` under every name of `addrs`, reclaiming slots of
-    /// `loads` (whose slot count the greeting states).
-    pub(super) fn start(
-        addrs: Vec<SocketAddr>,
-        fds: Vec<OwnedFd>,
-        loads: Arc<LoadMap>,
-    ) -> Result<Self, SteeringError> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("balancer-steering".into())
-            .spawn(move || serve(&addrs, &fds, &loads, &stopping))
-            .map_err(SteeringError::Handover)?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The server loop: every period, bind the names not held yet, answer who
-/// waits, and free dead processes' slots.
-fn serve(addrs: &[SocketAddr], fds: &[OwnedFd], loads: &LoadMap, stop: &AtomicBool) {
+/// Starts serving `fds` under every name of `addrs` and freeing the slots
+/// of `loads` that dead processes hold, on a background thread, until the
+/// returned handle drops.
+pub(super) fn serve(
+    addrs: Vec<SocketAddr>,
+    fds: Vec<OwnedFd>,
+    loads: Arc<LoadMap>,
+) -> Result<Background, SteeringError> {
     let greeting = format!("{GREETING}{}", loads.workers());
     let mut listeners: Vec<Option<UnixListener>> = addrs.iter().map(|_| None).collect();
-    while !stop.load(Ordering::Relaxed) {
-        for (listener, &addr) in listeners.iter_mut().zip(addrs) {
+    Background::spawn("balancer-steering", move || {
+        for (listener, &addr) in listeners.iter_mut().zip(&addrs) {
             if listener.is_none() {
                 *listener = bind(addr);
             }
             if let Some(listener) = listener {
-                answer(listener, greeting.as_bytes(), fds);
+                answer(listener, greeting.as_bytes(), &fds);
             }
         }
         let freed = loads.reclaim_dead();
@@ -141,7 +105,8 @@ fn serve(addrs: &[SocketAddr], fds: &[OwnedFd], loads: &LoadMap, stop: &AtomicBo
             log::warn!("steering: freed {freed} worker slots of a process that exited");
         }
         std::thread::sleep(RECLAIM_PERIOD);
-    }
+    })
+    .map_err(SteeringError::Handover)
 }
 
 /// Binds `addr`'s name, or `None` while another process holds it.

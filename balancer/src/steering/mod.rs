@@ -21,6 +21,7 @@
 //! set claims free worker slots in them, and the group keeps one program
 //! whichever set stops first.
 
+mod background;
 mod debug_log;
 mod error;
 mod handover;
@@ -80,8 +81,8 @@ pub struct Steering {
     slots: Vec<usize>,
     /// The listeners attached here, by address.
     attached: Vec<SocketAddr>,
-    handover: Option<handover::Server>,
-    log: Option<debug_log::LogForwarder>,
+    handover: Option<background::Background>,
+    log: Option<background::Background>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -153,7 +154,7 @@ impl Steering {
         let loaded = loader::load(object, PROGRAM, &globals)?;
         let (maps, loads) = Maps::from_loaded(loaded)?;
         let log = if options.debug_log {
-            Some(debug_log::LogForwarder::start(maps.ids()?[0])?)
+            Some(debug_log::forward(maps.ids()?[0])?)
         } else {
             None
         };
@@ -189,7 +190,7 @@ impl Steering {
         maps: Maps,
         loads: LoadMap,
         slots: Vec<usize>,
-        log: Option<debug_log::LogForwarder>,
+        log: Option<background::Background>,
     ) -> Self {
         Self {
             maps,
@@ -247,7 +248,7 @@ impl Steering {
             .map(|fd| fd.try_clone_to_owned())
             .collect::<io::Result<Vec<OwnedFd>>>()
             .map_err(SteeringError::Handover)?;
-        let server = handover::Server::start(self.attached.clone(), fds, Arc::clone(&self.loads))?;
+        let server = handover::serve(self.attached.clone(), fds, Arc::clone(&self.loads))?;
         self.handover = Some(server);
         Ok(())
     }

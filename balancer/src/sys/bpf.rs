@@ -193,7 +193,11 @@ fn load_with_log(program: &ReuseportProgram<'_>, log: &mut [u8]) -> io::Result<O
         log_level: if log.is_empty() { 0 } else { LOG_LEVEL_VERBOSE },
         log_size: log.len() as u32,
         // No buffer at all without a log: the kernel refuses one of size 0.
-        log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
         kern_version: 0,
         prog_flags: 0,
         prog_name: name,

@@ -85,19 +85,12 @@ pub(crate) fn send_with_fds(
 ) -> io::Result<()> {
     let raw: Vec<libc::c_int> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let payload = mem::size_of_val(raw.as_slice());
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = control_buffer(payload);
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
         iov_len: bytes.len(),
     };
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let msg = message(&mut iov, &mut control);
     // SAFETY: `control` holds CMSG_SPACE(payload) bytes, so the first header
     // and its data fit; the data is written as exactly `payload` bytes.
     unsafe {
@@ -127,19 +120,12 @@ pub(crate) fn recv_with_fds(
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let payload = max_fds * mem::size_of::<libc::c_int>();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
-    let mut control = vec![0u8; space];
+    let mut control = control_buffer(payload);
     let mut iov = libc::iovec {
         iov_base: bytes.as_mut_ptr().cast(),
         iov_len: bytes.len(),
     };
-    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    let mut msg = message(&mut iov, &mut control);
     // SAFETY: `msg` points at live, writable buffers of the lengths it
     // states.
     let received =
@@ -166,4 +152,23 @@ pub(crate) fn recv_with_fds(
         return Err(io::Error::other("more fds sent than expected"));
     }
     Ok((received as usize, fds))
+}
+
+/// A zeroed control buffer with room for `payload` bytes of one message.
+fn control_buffer(payload: usize) -> Vec<u8> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(payload as u32) } as usize;
+    vec![0u8; space]
+}
+
+/// A message header over one buffer and a control buffer; valid while both
+/// live.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len();
+    msg
 }

@@ -5,6 +5,9 @@
 //!
 //! - **Bind**: one socket per worker, as `ReusePort`; one [`Steering`] for
 //!   all listeners, so a worker's load is its total over every listener.
+//!   With [`Builder::take_over`](crate::Builder::take_over), the running
+//!   set's program is joined (handed over a Unix socket) instead of a new one
+//!   loaded, so the group keeps one program whichever set stops first.
 //! - **Load**: a worker's slot holds its *active* connections (mirrored from
 //!   its counters) and its *in-flight* ones: the program adds one when it
 //!   chooses the worker for a SYN, so a burst of SYNs sees every earlier

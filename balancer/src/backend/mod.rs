@@ -13,7 +13,7 @@
 //! | `shared.rs` | nothing but how it binds: one socket, every worker accepts |
 //! | `reuseport.rs` | a stopping worker drains its own accept queue |
 //! | `exact.rs` | every accepted connection is placed by the exact balancer |
-//! | `ebpf.rs` | attaches the `steering` program, mirrors loads into it, 64 workers at most |
+//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots, 64 workers at most |
 //!
 //! One `match`, in [`Backend::strategy`], chooses the implementation; worker
 //! code only calls the trait. A trait object rather than an enum with a

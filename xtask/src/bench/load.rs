@@ -29,25 +29,46 @@ pub struct KeepAlive {
     pub stats: Option<String>,
 }
 
-/// `connections` keep-alive connections, each sending `path_of(i)` requests
-/// back to back for `duration`. Connections are opened one after another
-/// (each after the previous one's first response), as a client pool warms up.
-/// Latency is recorded for connections where `heavy(i)` is false. With
-/// `admin`, the server's `/stats` is read after the run, before the
-/// connections close.
+/// How a load generator opens its keep-alive connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Open {
+    /// Every `connect()` before any response is read, as Fortio and wrk
+    /// open theirs: the balancer places a burst of SYNs at once.
+    Burst,
+    /// Each after the previous one's first response, as a client pool warms
+    /// up: the balancer sees every earlier connection accepted.
+    OneByOne,
+}
+
+impl Open {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Burst => "burst",
+            Self::OneByOne => "one-by-one",
+        }
+    }
+}
+
+/// `connections` keep-alive connections opened as `open` says, each sending
+/// `path_of(i)` requests back to back for `duration`. Latency is recorded for
+/// connections where `heavy(i)` is false. With `admin`, the server's `/stats`
+/// is read after the run, before the connections close.
 pub fn keep_alive(
     addr: SocketAddr,
     connections: usize,
+    open: Open,
     duration: Duration,
     path_of: impl Fn(usize) -> String,
     heavy: impl Fn(usize) -> bool,
     admin: Option<SocketAddr>,
 ) -> anyhow::Result<KeepAlive> {
     runtime()?.block_on(async {
+        let paths = (0..connections).map(&path_of).collect();
+        let connected = connect_all(addr, paths, open).await?;
         let mut clients = Vec::with_capacity(connections);
         let mut split = BTreeMap::new();
-        for i in 0..connections {
-            let mut client = Client::connect(addr, path_of(i)).await?;
+        for (i, mut client) in connected.into_iter().enumerate() {
             let (worker, _) = client.request().await?;
             *split.entry(worker).or_insert(0) += 1;
             clients.push((client, heavy(i)));
@@ -96,6 +117,35 @@ pub fn keep_alive(
     })
 }
 
+/// Connects a client per path. `Open::Burst` issues every `connect()` before
+/// awaiting any; `Open::OneByOne` makes each connection's first request
+/// before opening the next.
+async fn connect_all(
+    addr: SocketAddr,
+    paths: Vec<String>,
+    open: Open,
+) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(paths.len());
+    match open {
+        Open::Burst => {
+            let pending: Vec<_> = (paths.into_iter())
+                .map(|path| tokio::task::spawn_local(Client::connect(addr, path)))
+                .collect();
+            for connecting in pending {
+                clients.push(connecting.await??);
+            }
+        }
+        Open::OneByOne => {
+            for path in paths {
+                let mut client = Client::connect(addr, path).await?;
+                client.request().await?;
+                clients.push(client);
+            }
+        }
+    }
+    Ok(clients)
+}
+
 /// `concurrency` loops each opening a connection, making one request and
 /// closing it, for `duration`. Returns connections completed per second.
 pub fn churn(addr: SocketAddr, concurrency: usize, duration: Duration) -> anyhow::Result<f64> {
@@ -121,6 +171,11 @@ pub fn churn(addr: SocketAddr, concurrency: usize, duration: Duration) -> anyhow
         }
         Ok(done as f64 / start.elapsed().as_secs_f64())
     })
+}
+
+/// [`get_async`] on a runtime of its own.
+pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    runtime()?.block_on(get_async(addr, path))
 }
 
 /// A plain GET over HTTP/1.1 with `Connection: close`, returning the body

@@ -3,8 +3,11 @@
 //! For each backend and worker count it starts the HTTP example and drives
 //! it with a load generator that reads each connection's worker from the
 //! `X-Worker` header:
-//! - keep-alive: 40 connections (the seeds' set-up) for a fixed time;
+//! - keep-alive: 40 connections (the seeds' set-up) for a fixed time, opened
+//!   in one burst as Fortio and wrk open them, and again one by one;
 //! - churn: a new connection per request;
+//! - program cost: the steering program's nanoseconds per run over a churn,
+//!   from the kernel's `bpf_stats_enabled` accounting, at 2, 8 and 64 workers;
 //! - skew: a few connections far heavier than the rest;
 //! - handoff: iptables REDIRECT through a virtual listener in a network
 //!   namespace, handoff-safe counters next to Envoy's old released counter;
@@ -16,6 +19,7 @@
 
 mod load;
 mod netns;
+mod program_cost;
 mod report;
 mod server;
 mod wrk;
@@ -28,6 +32,8 @@ use std::{
 };
 
 use anyhow::Context;
+use load::Open;
+use program_cost::ProgramCostRow;
 use report::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow};
 use serde::Serialize;
 use server::Ours;
@@ -103,6 +109,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let mut report = Report::new(options.quick);
     report.keep_alive = bench.keep_alive(&plan)?;
     report.churn = bench.churn(&plan)?;
+    report.program_cost = bench.program_cost(&plan)?;
     report.skew = bench.skew(&plan)?;
     report.handoff = bench.handoff(&plan)?;
     report.anchors = bench.anchors(&plan)?;
@@ -159,19 +166,22 @@ impl Bench {
 
     fn keep_alive(&mut self, plan: &Plan) -> anyhow::Result<Vec<KeepAliveRow>> {
         let mut rows = Vec::new();
-        for &workers in &plan.workers {
-            for backend in BACKENDS {
-                self.progress(&format!("keep-alive {backend} x{workers}"));
-                let server = self.ours(backend, workers).start()?;
-                let run = load::keep_alive(
-                    server.addr,
-                    CONNECTIONS,
-                    plan.keep_alive,
-                    |_| "/".into(),
-                    |_| false,
-                    None,
-                )?;
-                rows.push(KeepAliveRow::new(backend, workers, &run));
+        for open in [Open::Burst, Open::OneByOne] {
+            for &workers in &plan.workers {
+                for backend in BACKENDS {
+                    self.progress(&format!("keep-alive {backend} x{workers}, {}", open.name()));
+                    let server = self.ours(backend, workers).start()?;
+                    let run = load::keep_alive(
+                        server.addr,
+                        CONNECTIONS,
+                        open,
+                        plan.keep_alive,
+                        |_| "/".into(),
+                        |_| false,
+                        None,
+                    )?;
+                    rows.push(KeepAliveRow::new(backend, workers, open, &run));
+                }
             }
         }
         Ok(rows)
@@ -191,6 +201,22 @@ impl Bench {
         Ok(rows)
     }
 
+    /// The steering program's time per run over a churn, at 2 and 8 workers
+    /// (as in the table) and at 64, the most the maps hold.
+    fn program_cost(&mut self, plan: &Plan) -> anyhow::Result<Vec<ProgramCostRow>> {
+        let _stats = program_cost::StatsEnabled::new()?;
+        let mut rows = Vec::new();
+        for workers in [2, 8, 64] {
+            self.progress(&format!("steering program cost x{workers}"));
+            let ours = self.ours("ebpf", workers);
+            let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
+            let server = ours.start()?;
+            let churn = || load::churn(server.addr, 8, plan.churn);
+            rows.push(program_cost::measure(workers, admin, churn)?);
+        }
+        Ok(rows)
+    }
+
     fn skew(&mut self, plan: &Plan) -> anyhow::Result<Vec<SkewRow>> {
         let mut rows = Vec::new();
         for &workers in plan.workers.iter().filter(|&&w| w <= 4) {
@@ -205,7 +231,15 @@ impl Bench {
                         "/".into()
                     }
                 };
-                let run = load::keep_alive(server.addr, CONNECTIONS, plan.skew, path, heavy, None)?;
+                let run = load::keep_alive(
+                    server.addr,
+                    CONNECTIONS,
+                    Open::Burst,
+                    plan.skew,
+                    path,
+                    heavy,
+                    None,
+                )?;
                 rows.push(SkewRow::new(backend, workers, &run));
             }
         }
@@ -248,6 +282,7 @@ impl Bench {
                     load::keep_alive(
                         dst,
                         CONNECTIONS,
+                        Open::Burst,
                         duration,
                         |_| "/".into(),
                         |_| false,

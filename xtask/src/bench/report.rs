@@ -7,7 +7,13 @@ use anyhow::Context;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use super::{load::KeepAlive, split_by_index, wrk::WrkResult, Spread};
+use super::{
+    load::{KeepAlive, Open},
+    program_cost::ProgramCostRow,
+    split_by_index,
+    wrk::WrkResult,
+    Spread,
+};
 
 #[derive(Serialize)]
 pub struct Report {
@@ -16,6 +22,7 @@ pub struct Report {
     pub kernel: String,
     pub keep_alive: Vec<KeepAliveRow>,
     pub churn: Vec<ChurnRow>,
+    pub program_cost: Vec<ProgramCostRow>,
     pub skew: Vec<SkewRow>,
     pub handoff: Vec<HandoffRow>,
     pub anchors: Vec<AnchorRow>,
@@ -25,6 +32,8 @@ pub struct Report {
 pub struct KeepAliveRow {
     pub backend: String,
     pub workers: usize,
+    /// How the client opened its connections.
+    pub open: Open,
     /// Connections per worker, by the `X-Worker` header.
     pub split: Vec<u64>,
     pub spread: Spread,
@@ -35,11 +44,12 @@ pub struct KeepAliveRow {
 }
 
 impl KeepAliveRow {
-    pub fn new(backend: &str, workers: usize, run: &KeepAlive) -> Self {
+    pub fn new(backend: &str, workers: usize, open: Open, run: &KeepAlive) -> Self {
         let split = split_by_index(&run.split, workers);
         Self {
             backend: backend.into(),
             workers,
+            open,
             spread: Spread::of(&split),
             split,
             requests_per_sec: run.requests as f64 / run.elapsed.as_secs_f64(),
@@ -195,6 +205,7 @@ impl Report {
             kernel: kernel.trim().to_owned(),
             keep_alive: Vec::new(),
             churn: Vec::new(),
+            program_cost: Vec::new(),
             skew: Vec::new(),
             handoff: Vec::new(),
             anchors: Vec::new(),
@@ -228,15 +239,26 @@ impl Report {
         );
         let _ = writeln!(
             t,
-            "{:<10} {:>2}  {:<28} {:>4} {:>4} {:>5}  {:>9} {:>7} {:>7} {:>8}",
-            "backend", "w", "split", "max", "min", "cv", "req/s", "p50us", "p99us", "p99.9us"
+            "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5}  {:>9} {:>7} {:>7} {:>8}",
+            "backend",
+            "w",
+            "opened",
+            "split",
+            "max",
+            "min",
+            "cv",
+            "req/s",
+            "p50us",
+            "p99us",
+            "p99.9us"
         );
         for r in &self.keep_alive {
             let _ = writeln!(
                 t,
-                "{:<10} {:>2}  {:<28} {:>4} {:>4} {:>5.2}  {:>9.0} {:>7} {:>7} {:>8}",
+                "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5.2}  {:>9.0} {:>7} {:>7} {:>8}",
                 r.backend,
                 r.workers,
+                r.open.name(),
                 format!("{:?}", r.split),
                 r.spread.max,
                 r.spread.min,
@@ -259,6 +281,14 @@ impl Report {
                 "{:<10} {:>2}  {:>10.0} {:>17.2}x",
                 r.backend, r.workers, r.connections_per_sec, r.cost_vs_reuseport
             );
+        }
+        let _ = writeln!(
+            t,
+            "\nsteering program (ebpf): kernel-measured time per run over the churn"
+        );
+        let _ = writeln!(t, "{:>2}  {:>8} {:>10}", "w", "runs", "ns/run");
+        for r in &self.program_cost {
+            let _ = writeln!(t, "{:>2}  {:>8} {:>10.0}", r.workers, r.runs, r.ns_per_run);
         }
         let _ = writeln!(
             t,
@@ -335,7 +365,8 @@ impl Report {
             .filter(|&w| w <= 4)
             .max()
             .unwrap_or(2);
-        let split: Vec<(String, Vec<f64>)> = (self.keep_alive.iter())
+        let burst = || self.keep_alive.iter().filter(|r| r.open == Open::Burst);
+        let split: Vec<(String, Vec<f64>)> = burst()
             .filter(|r| r.workers == workers)
             .map(|r| {
                 (
@@ -347,7 +378,9 @@ impl Report {
         let series: Vec<String> = (0..workers).map(|w| format!("worker {w}")).collect();
         grouped_bars(
             &out.join("split.svg"),
-            &format!("keep-alive: connections per worker ({workers} workers, 40 connections)"),
+            &format!(
+                "keep-alive: connections per worker ({workers} workers, 40 opened in a burst)"
+            ),
             &split,
             &series,
         )?;
@@ -357,7 +390,7 @@ impl Report {
             .map(|backend| {
                 let values = (sizes.iter())
                     .map(|&w| {
-                        (self.keep_alive.iter())
+                        burst()
                             .find(|r| r.backend == backend && r.workers == w)
                             .map_or(0.0, |r| r.requests_per_sec)
                     })

@@ -259,7 +259,8 @@ impl Builder {
                 addr: self.listeners[0].addr,
                 source: Box::new(source),
             })?;
-        let stats = Stats::new(counters.clone(), names, program);
+        let backends = (self.backend, strategy.backend());
+        let stats = Stats::new(counters.clone(), names, program, backends);
         let (live, queues) = LiveWorkers::new(counters);
         let group = Arc::new(Group {
             stats,

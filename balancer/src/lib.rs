@@ -45,7 +45,7 @@
 //!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
 //! - [`stats`] holds the counters and their renderings; [`steering`] the
 //!   eBPF program's loader and maps; `sys/` every system call.
-#![deny(missing_docs)]
+#![deny(missing_docs, missing_debug_implementations)]
 
 mod backend;
 mod backoff;

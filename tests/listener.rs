@@ -312,7 +312,7 @@ fn ipv6_listeners_serve_on_every_backend() {
         }
         let listener = Builder::new(backend)
             .workers(2)
-            .listen("[::1]:0".parse().unwrap())
+            .listen("[::1]:0")
             .bind()
             .unwrap_or_else(|e| panic!("bind [::1] on {backend}: {e:?}"));
         let server = EchoServer::start(listener, Guard::Keep);

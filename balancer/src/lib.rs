@@ -19,7 +19,7 @@
 //!
 //! let listener = Builder::new(Backend::Ebpf)
 //!     .workers(2)
-//!     .listen("127.0.0.1:8080".parse()?)
+//!     .listen("127.0.0.1:8080")
 //!     .bind()?;
 //! let stats = listener.stats();
 //! let threads = listener.spawn(|mut worker| async move {
@@ -47,6 +47,7 @@
 //!   eBPF program's loader and maps; `sys/` every system call.
 #![deny(missing_docs, missing_debug_implementations)]
 
+pub mod activation;
 mod backend;
 mod backoff;
 mod builder;
@@ -72,4 +73,7 @@ pub use builder::Builder;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};
 pub use error::BindError;
 pub use listener::BalancedListener;
+/// The socket2 version whose types [`Builder::socket_options`] and
+/// [`Builder::tcp_keepalive`] take.
+pub use socket2;
 pub use worker::Worker;

@@ -63,7 +63,6 @@
 use std::{
     collections::VecDeque,
     io,
-    net::SocketAddr,
     net::TcpListener,
     os::fd::BorrowedFd,
     sync::{Arc, Mutex, PoisonError},
@@ -75,7 +74,7 @@ use balancer_common::{Load, MAX_WORKERS};
 use super::{Backend, Strategy};
 use crate::{
     connection::Incoming,
-    socket,
+    socket::Layout,
     steering::{LoadMap, LoadSlot, ProgramView, Steering, SteeringError, SteeringOptions},
     sys,
     transfer::{LiveWorkers, Placement},
@@ -142,8 +141,8 @@ impl Strategy for Ebpf {
         MAX_WORKERS as usize
     }
 
-    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-        socket::per_worker(addr, workers, backlog)
+    fn layout(&self) -> Layout {
+        Layout::PerWorker
     }
 
     fn attach(&mut self, sockets: &[TcpListener]) -> Result<(), SteeringError> {

@@ -52,6 +52,7 @@ pub struct Builder {
     workers: usize,
     listeners: Vec<Requested>,
     socket: SocketConfig,
+    max_connections: Option<usize>,
     pin_to_cores: bool,
     fallback_to_reuseport: bool,
     steering: SteeringOptions,
@@ -70,6 +71,7 @@ impl Builder {
             workers: default_workers(backend, cpus),
             listeners: Vec::new(),
             socket: SocketConfig::default(),
+            max_connections: None,
             pin_to_cores: false,
             fallback_to_reuseport: false,
             steering: SteeringOptions::default(),
@@ -81,6 +83,31 @@ impl Builder {
     /// [`Backend::max_workers`].
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
+        self
+    }
+
+    /// The most connections each worker serves at once (its active count,
+    /// over every listener), as actix-server's `max_concurrent_connections`.
+    /// A worker that holds `limit` stops accepting until one of its
+    /// connections closes (its guard drops). No limit by default.
+    ///
+    /// Where new connections go meanwhile:
+    /// - `Shared`, `Exact`: the other workers accept them; `Exact` places
+    ///   each on the least-loaded worker below its limit.
+    /// - `Ebpf`: the full worker's slot reads unavailable, so the program
+    ///   steers them to the others; connections it chose for the worker
+    ///   before it filled up (a burst) wait in its queue until it is below.
+    /// - `ReusePort`: the kernel's hash still sends the full worker its
+    ///   share, which waits in its queue.
+    ///
+    /// With every worker full, new connections wait in the kernel's accept
+    /// queues (up to the [`Builder::backlog`]), which is the back-pressure
+    /// the limit exists for. Connections moved from a stopping worker go to
+    /// the least-loaded live worker even past its limit: nothing queued is
+    /// dropped. A limit of 0 fails `bind` with
+    /// [`BindError::ZeroMaxConnections`].
+    pub fn max_connections(mut self, limit: usize) -> Self {
+        self.max_connections = Some(limit);
         self
     }
 
@@ -375,6 +402,9 @@ impl Builder {
         if self.listeners.iter().all(|l| l.role == Role::Target) {
             return Err(BindError::NoListeners);
         }
+        if self.max_connections == Some(0) {
+            return Err(BindError::ZeroMaxConnections);
+        }
         for (i, (requested, candidates)) in self.listeners.iter().zip(addrs).enumerate() {
             for &addr in candidates {
                 check_address(addr, requested.role)?;
@@ -431,7 +461,8 @@ impl Builder {
             .collect::<Result<Vec<_>, _>>()?;
         self.attach_all(&mut *strategy, &listeners, &sockets)?;
         let counters: Vec<_> = (0..self.workers)
-            .map(|w| Arc::new(WorkerCounters::new(strategy.load_slot(w))))
+            .map(|w| WorkerCounters::new(strategy.load_slot(w)).with_limit(self.max_connections))
+            .map(Arc::new)
             .collect();
         let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
         let program = strategy

@@ -22,6 +22,9 @@ pub enum BindError {
         /// Its limit, [`Backend::max_workers`].
         max: usize,
     },
+    /// `max_connections(0)`: no worker could accept anything.
+    #[error("max_connections must be at least 1")]
+    ZeroMaxConnections,
     /// No `listen` or `listen_virtual` call.
     #[error("no listener to bind: call Builder::listen with an address")]
     NoListeners,

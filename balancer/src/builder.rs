@@ -2,7 +2,7 @@
 
 use std::{
     fmt, io,
-    net::{Ipv4Addr, SocketAddr, TcpListener, ToSocketAddrs},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs},
     num::NonZeroUsize,
     os::fd::AsRawFd,
     sync::Arc,
@@ -419,8 +419,9 @@ impl Builder {
             if virtuals.is_empty() {
                 return Err(BindError::TargetWithoutVirtual { target });
             }
-            let other_family = virtuals.iter().find(|v| v.is_ipv4() != target.is_ipv4());
-            if let Some(&virtual_listener) = other_family {
+            let only_v6 = self.socket.only_v6;
+            let unreachable = virtuals.iter().find(|v| !can_receive(**v, target, only_v6));
+            if let Some(&virtual_listener) = unreachable {
                 return Err(BindError::FamilyMismatch {
                     target,
                     virtual_listener,
@@ -633,6 +634,14 @@ fn check_address(addr: SocketAddr, role: Role) -> Result<(), BindError> {
     Err(BindError::InvalidAddress { addr, reason })
 }
 
+/// Whether a virtual listener at `virtual_listener` can accept connections
+/// whose original destination `target` matches: of the same family, or IPv4
+/// ones on a dual-stack `[::]` (unless `only_v6`).
+fn can_receive(virtual_listener: SocketAddr, target: SocketAddr, only_v6: bool) -> bool {
+    let dual_stack = !only_v6 && virtual_listener.ip() == Ipv6Addr::UNSPECIFIED;
+    virtual_listener.is_ipv4() == target.is_ipv4() || (dual_stack && target.is_ipv4())
+}
+
 /// Envoy's listener stat name: `127.0.0.1_8080`, `[__1]_8080` (Envoy
 /// replaces the `:` of an IPv6 address, which would break `name: value`
 /// parsing of its stats text).
@@ -653,6 +662,18 @@ mod tests {
         assert_eq!(name("127.0.0.1:8080"), "127.0.0.1_8080");
         assert_eq!(name("[::1]:8080"), "[__1]_8080");
         assert_eq!(name("[2001:db8::7]:443"), "[2001_db8__7]_443");
+    }
+
+    #[test]
+    fn a_dual_stack_virtual_listener_can_hand_to_ipv4_targets() {
+        let can = |v: &str, t: &str, only_v6| {
+            can_receive(v.parse().unwrap(), t.parse().unwrap(), only_v6)
+        };
+        assert!(can("[::]:15001", "0.0.0.0:8080", false));
+        assert!(!can("[::]:15001", "0.0.0.0:8080", true));
+        assert!(!can("[::1]:15001", "0.0.0.0:8080", false));
+        assert!(!can("127.0.0.1:15001", "[::]:8080", false));
+        assert!(can("[::1]:15001", "[::]:8080", true));
     }
 
     #[test]

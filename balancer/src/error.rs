@@ -36,7 +36,8 @@ pub enum BindError {
     },
     /// A handoff target of one address family on a virtual listener of the
     /// other: original destinations never cross families, so it could never
-    /// receive a connection.
+    /// receive a connection. (A dual-stack virtual listener on `[::]`
+    /// receives IPv4 connections too, so IPv4 targets are fine there.)
     #[error(
         "handoff target {target} is {} but virtual listener {virtual_listener} is {}: \
          its connections' original destinations can never match",

@@ -4,7 +4,6 @@ use std::{
     fmt, io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs},
     num::NonZeroUsize,
-    os::fd::AsRawFd,
     sync::Arc,
     time::Instant,
 };
@@ -17,6 +16,7 @@ use crate::{
     error::BindError,
     group::{Group, ListenerSpec, Role},
     listener::BalancedListener,
+    requested::{Requested, Source},
     socket::{self, Layout, SocketConfig, SocketError},
     sockets::Sockets,
     stats::{Stats, WorkerCounters},
@@ -128,18 +128,7 @@ impl Builder {
     /// A resolution failure is reported by [`Builder::bind`] as
     /// [`BindError::Resolve`].
     pub fn listen<A: ToSocketAddrs + fmt::Debug>(mut self, addr: A) -> Self {
-        let source = match addr.to_socket_addrs() {
-            Ok(addrs) => Source::Addresses(addrs.collect()),
-            Err(error) => Source::Unresolved {
-                address: format!("{addr:?}"),
-                kind: error.kind(),
-                message: error.to_string(),
-            },
-        };
-        self.listeners.push(Requested {
-            source,
-            role: Role::Plain,
-        });
+        self.listeners.push(Requested::resolving(addr, Role::Plain));
         self
     }
 
@@ -167,10 +156,7 @@ impl Builder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn listen_std(mut self, listener: TcpListener) -> Self {
-        self.listeners.push(Requested {
-            source: Source::Adopted(Arc::new(listener)),
-            role: Role::Plain,
-        });
+        self.listeners.push(Requested::adopting(listener));
         self
     }
 
@@ -327,10 +313,7 @@ impl Builder {
     }
 
     fn add(mut self, addr: SocketAddr, role: Role) -> Self {
-        self.listeners.push(Requested {
-            source: Source::Addresses(vec![addr]),
-            role,
-        });
+        self.listeners.push(Requested::at(addr, role));
         self
     }
 
@@ -358,32 +341,9 @@ impl Builder {
         }
     }
 
-    /// Each listener's candidate addresses, in order (an adopted socket's
-    /// own address).
+    /// Each listener's candidate addresses, in order.
     fn resolve(&self) -> Result<Vec<Vec<SocketAddr>>, BindError> {
-        (self.listeners.iter())
-            .map(|requested| match &requested.source {
-                Source::Addresses(addrs) if addrs.is_empty() => Err(BindError::Resolve {
-                    address: "an empty address list".to_owned(),
-                    source: io::Error::new(io::ErrorKind::InvalidInput, "no address given"),
-                }),
-                Source::Addresses(addrs) => Ok(addrs.clone()),
-                Source::Unresolved {
-                    address,
-                    kind,
-                    message,
-                } => Err(BindError::Resolve {
-                    address: address.clone(),
-                    source: io::Error::new(*kind, message.clone()),
-                }),
-                Source::Adopted(socket) => socket::check_listener(socket)
-                    .map(|addr| vec![addr])
-                    .map_err(|reason| BindError::NotAListener {
-                        fd: socket.as_raw_fd(),
-                        reason,
-                    }),
-            })
-            .collect()
+        self.listeners.iter().map(Requested::candidates).collect()
     }
 
     fn validate(&self, addrs: &[Vec<SocketAddr>]) -> Result<(), BindError> {
@@ -559,28 +519,6 @@ impl Builder {
         }
         socket::bind(layout, addr, self.workers, &self.socket)
     }
-}
-
-/// A listener as asked for: where its socket comes from, and its role.
-#[derive(Clone, Debug)]
-struct Requested {
-    source: Source,
-    role: Role,
-}
-
-/// Where a listener's socket comes from.
-#[derive(Clone, Debug)]
-enum Source {
-    /// Addresses to try in turn: the first that binds is used.
-    Addresses(Vec<SocketAddr>),
-    /// The address did not resolve: what was asked, and why.
-    Unresolved {
-        address: String,
-        kind: io::ErrorKind,
-        message: String,
-    },
-    /// A listening socket bound elsewhere ([`Builder::listen_std`]).
-    Adopted(Arc<TcpListener>),
 }
 
 /// One worker per CPU, at most what the backend supports.

@@ -56,6 +56,7 @@ mod error;
 mod group;
 mod listener;
 pub mod original_dst;
+mod requested;
 mod socket;
 mod sockets;
 pub mod stats;

@@ -58,6 +58,21 @@ fn an_ipv6_wildcard_listener_accepts_ipv4_by_default(backend: Backend) {
 }
 
 #[test]
+fn a_dual_stack_listener_holds_the_ipv4_port_too() {
+    let listener = bind(
+        Builder::new(Backend::Shared).listen("[::]:0"),
+        Backend::Shared,
+    );
+    let port = listener.listeners().next().unwrap().1.port();
+    let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+    let err = Builder::new(Backend::Shared).listen(v4).bind().unwrap_err();
+    assert!(
+        matches!(err, BindError::AddressInUse { addr, .. } if addr == v4),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn only_v6_refuses_ipv4() {
     let builder = Builder::new(Backend::Shared)
         .workers(1)
@@ -69,14 +84,10 @@ fn only_v6_refuses_ipv4() {
     let err = TcpStream::connect_timeout(&v4, util::TIMEOUT).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     // An IPv4 listener can have the same port then.
-    drop(listener);
-    let both = Builder::new(Backend::Shared)
-        .workers(1)
-        .only_v6(true)
-        .listen(("::", port))
-        .listen(v4);
-    let server = EchoServer::start(bind(both, Backend::Shared), Guard::Keep);
+    let v4_too = Builder::new(Backend::Shared).workers(1).listen(v4);
+    let server = EchoServer::start(bind(v4_too, Backend::Shared), Guard::Keep);
     drop(server.open(v4));
+    drop(listener);
 }
 
 /// The options set on the accepted stream of a 1-worker `backend` built by

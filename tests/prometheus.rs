@@ -20,9 +20,16 @@ use rstest_reuse::{self, apply};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
-/// A snapshot of `backend` with 2 workers serving 4 connections.
+/// A snapshot of `backend` with 2 workers (at most 100 connections each)
+/// serving 4 connections.
 fn serving_snapshot(backend: Backend) -> Snapshot {
-    let server = EchoServer::start(util::bind_loopback(backend, 2), Guard::Keep);
+    let listener = balancer::Builder::new(backend)
+        .workers(2)
+        .max_connections(100)
+        .listen("127.0.0.1:0")
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+    let server = EchoServer::start(listener, Guard::Keep);
     let _clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
     let snap = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == 4);
     assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 4, "{snap:?}");
@@ -61,6 +68,10 @@ fn promtool_accepts_the_rendering(backend: Backend) {
     let info =
         format!("balancer_backend_info{{requested=\"{backend}\",effective=\"{backend}\"}} 1\n");
     assert!(text.contains(&info), "{text}");
+    assert!(
+        text.contains("balancer_worker_max_connections{worker=\"1\"} 100\n"),
+        "{text}"
+    );
     promtool_check(&text, &format!("{backend}"));
 
     let options = (PrometheusOptions::new().prefix("edge").unwrap())

@@ -126,6 +126,7 @@ impl WorkerCounters {
             transfers_in: self.transfers_in.load(Ordering::Relaxed),
             transfers_out: self.transfers_out.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            max_connections: (self.limit != 0).then_some(self.limit),
             state: WorkerState::from_u8(self.state.load(Ordering::Relaxed)),
             steering: self.kernel.as_ref().map(|slot| {
                 let (loads, worker) = (slot.loads(), slot.slot());

@@ -194,6 +194,9 @@ pub struct WorkerSnapshot {
     pub transfers_out: u64,
     /// `accept` calls that failed (e.g. EMFILE).
     pub accept_errors: u64,
+    /// Its limit of active connections, past which it stops accepting
+    /// ([`Builder::max_connections`](crate::Builder::max_connections)).
+    pub max_connections: Option<u64>,
     /// Whether the worker still takes connections.
     pub state: WorkerState,
     /// With `Ebpf`: what the steering program sees of this worker.

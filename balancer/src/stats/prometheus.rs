@@ -252,6 +252,19 @@ impl Snapshot {
                 out.sample(&[("worker", &w.worker)], (family.value)(w));
             }
         }
+        let limited: Vec<_> = (self.workers.iter())
+            .filter_map(|w| Some((w.worker, w.max_connections?)))
+            .collect();
+        if !limited.is_empty() {
+            out.family(
+                "worker_max_connections",
+                "gauge",
+                "The most connections the worker serves at once; it stops accepting there.",
+            );
+            for (worker, limit) in &limited {
+                out.sample(&[("worker", worker)], *limit);
+            }
+        }
         if let Some(p) = &self.program {
             out.family(
                 "steering_info",

@@ -86,7 +86,7 @@ fn accept_path(c: &mut Criterion) {
         }
         let listener = Builder::new(backend)
             .workers(1)
-            .listen("127.0.0.1:0".parse().unwrap())
+            .listen("127.0.0.1:0")
             .bind()
             .expect("bind");
         let addr: SocketAddr = listener.listeners().next().unwrap().1;

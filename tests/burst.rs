@@ -106,8 +106,8 @@ fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
     let (workers, n) = (4, 40);
     let listener = Builder::new(backend)
         .workers(workers)
-        .listen("127.0.0.1:0".parse().unwrap())
-        .listen("127.0.0.1:0".parse().unwrap())
+        .listen("127.0.0.1:0")
+        .listen("127.0.0.1:0")
         .bind()
         .unwrap();
     let server = EchoServer::start(listener, Guard::Keep);

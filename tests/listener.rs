@@ -312,7 +312,7 @@ fn ipv6_listeners_serve_on_every_backend() {
         }
         let listener = Builder::new(backend)
             .workers(2)
-            .listen("[::1]:0".parse().unwrap())
+            .listen("[::1]:0")
             .bind()
             .unwrap_or_else(|e| panic!("bind [::1] on {backend}: {e:?}"));
         let server = EchoServer::start(listener, Guard::Keep);
@@ -369,6 +369,17 @@ fn ebpf_fallback_is_explicit_and_reported() {
         .fallback_to_reuseport(true);
     let listener = bind_without_capabilities(builder).expect("opted-in fallback binds");
     assert_eq!(listener.backend(), Backend::ReusePort);
+    let snap = listener.stats().snapshot();
+    assert_eq!(
+        (snap.requested_backend, snap.backend),
+        (Backend::Ebpf, Backend::ReusePort)
+    );
+    let info = "balancer_backend_info{requested=\"ebpf\",effective=\"reuseport\"} 1\n";
+    assert!(
+        snap.to_prometheus().contains(info),
+        "{}",
+        snap.to_prometheus()
+    );
 }
 
 /// Binds on a thread whose effective capabilities are cleared (capabilities

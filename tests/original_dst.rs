@@ -98,3 +98,29 @@ fn a_counter_released_at_handoff_piles_connections_on_one_worker() {
         );
     });
 }
+
+/// A virtual listener on `[::]` is dual stack by default: redirected IPv4
+/// connections arrive on it and are handed to an IPv4 target.
+#[test]
+fn a_dual_stack_virtual_listener_hands_ipv4_connections_to_an_ipv4_target() {
+    if !privileged("the original-destination test (netns, iptables)") {
+        return;
+    }
+    in_new_netns(move || {
+        balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
+        let listener = Builder::new(Backend::Exact)
+            .workers(WORKERS)
+            .listen_virtual("[::]:15001".parse().unwrap())
+            .handoff_target("0.0.0.0:8080".parse().unwrap())
+            .bind()
+            .unwrap_or_else(|e| panic!("bind: {e:?}"));
+        let server = EchoServer::start(listener, Guard::Keep);
+        let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let clients: Vec<_> = (0..4).map(|_| server.open(dst)).collect();
+        for client in &clients {
+            let served = server.served(client);
+            assert_eq!(served.original_dst, Some(dst));
+            assert_eq!(served.listener.index(), 1, "handed to 0.0.0.0_8080");
+        }
+    });
+}

@@ -24,6 +24,7 @@ pub fn load_steering_object(object: &[u8], workers: usize) -> Result<Steering, S
 }
 
 /// One worker's counters, as a connection's guard updates them.
+#[derive(Debug)]
 pub struct Counters(Arc<WorkerCounters>);
 
 impl Counters {
@@ -64,7 +65,14 @@ pub struct ExactPick {
 }
 
 /// A connection counted by [`ExactPick::pick`]; released on drop.
+#[derive(Debug)]
 pub struct Picked(#[allow(dead_code, reason = "held for its Drop")] WorkerLoad);
+
+impl std::fmt::Debug for ExactPick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExactPick").finish_non_exhaustive()
+    }
+}
 
 impl ExactPick {
     /// A balancer over `workers` fresh workers.

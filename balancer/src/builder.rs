@@ -1,11 +1,14 @@
 //! Configures and binds a [`BalancedListener`].
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    fmt, io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs},
     num::NonZeroUsize,
     sync::Arc,
     time::Instant,
 };
+
+use socket2::{Socket, TcpKeepalive};
 
 use crate::{
     backend::{Backend, Strategy},
@@ -13,7 +16,8 @@ use crate::{
     error::BindError,
     group::{Group, ListenerSpec, Role},
     listener::BalancedListener,
-    socket,
+    requested::{Requested, Source},
+    socket::{self, Layout, SocketConfig, SocketError},
     sockets::Sockets,
     stats::{Stats, WorkerCounters},
     steering::SteeringOptions,
@@ -28,7 +32,7 @@ use crate::{
 ///
 /// let listener = Builder::new(Backend::Exact)
 ///     .workers(4)
-///     .listen("127.0.0.1:8080".parse()?)
+///     .listen("127.0.0.1:8080")
 ///     .bind()?;
 /// let threads = listener.spawn(|mut worker| async move {
 ///     while let Ok(conn) = worker.accept().await {
@@ -46,8 +50,9 @@ use crate::{
 pub struct Builder {
     backend: Backend,
     workers: usize,
-    backlog: u32,
-    listeners: Vec<ListenerSpec>,
+    listeners: Vec<Requested>,
+    socket: SocketConfig,
+    max_connections: Option<usize>,
     pin_to_cores: bool,
     fallback_to_reuseport: bool,
     steering: SteeringOptions,
@@ -56,15 +61,17 @@ pub struct Builder {
 
 impl Builder {
     /// A builder for `backend` with one worker per CPU (at most
-    /// [`Backend::max_workers`]), a backlog of 1024, no listeners and no CPU
-    /// pinning.
+    /// [`Backend::max_workers`]), no listeners, no CPU pinning, and sockets
+    /// as [`Builder::backlog`], [`Builder::only_v6`], [`Builder::tcp_nodelay`]
+    /// and [`Builder::tcp_keepalive`] say by default.
     pub fn new(backend: Backend) -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
         Self {
             backend,
             workers: default_workers(backend, cpus),
-            backlog: 1024,
             listeners: Vec::new(),
+            socket: SocketConfig::default(),
+            max_connections: None,
             pin_to_cores: false,
             fallback_to_reuseport: false,
             steering: SteeringOptions::default(),
@@ -79,16 +86,157 @@ impl Builder {
         self
     }
 
-    /// The listen backlog of each socket.
-    pub fn backlog(mut self, backlog: u32) -> Self {
-        self.backlog = backlog;
+    /// The most connections each worker serves at once (its active count,
+    /// over every listener), as actix-server's `max_concurrent_connections`.
+    /// A worker that holds `limit` stops accepting until one of its
+    /// connections closes (its guard drops). No limit by default.
+    ///
+    /// Where new connections go meanwhile:
+    /// - `Shared`, `Exact`: the other workers accept them; `Exact` places
+    ///   each on the least-loaded worker below its limit.
+    /// - `Ebpf`: the full worker's slot reads unavailable, so the program
+    ///   steers them to the others; connections it chose for the worker
+    ///   before it filled up (a burst) wait in its queue until it is below.
+    /// - `ReusePort`: the kernel's hash still sends the full worker its
+    ///   share, which waits in its queue.
+    ///
+    /// With every worker full, new connections wait in the kernel's accept
+    /// queues (up to the [`Builder::backlog`]), which is the back-pressure
+    /// the limit exists for. Connections moved from a stopping worker go to
+    /// the least-loaded live worker even past its limit: nothing queued is
+    /// dropped. A limit of 0 fails `bind` with
+    /// [`BindError::ZeroMaxConnections`].
+    pub fn max_connections(mut self, limit: usize) -> Self {
+        self.max_connections = Some(limit);
         self
     }
 
-    /// Adds a listener on `addr` (IPv4 or IPv6; port 0 picks a free port).
-    /// Its [`ListenerId`] is its position among all listeners added.
-    pub fn listen(self, addr: SocketAddr) -> Self {
-        self.add(addr, Role::Plain)
+    /// The listen backlog of each socket the builder creates (default
+    /// 1024; the kernel caps it at `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.socket.backlog = backlog;
+        self
+    }
+
+    /// Adds a listener on `addr`: a [`SocketAddr`] or anything
+    /// [`std::net::TcpListener::bind`] takes, such as `"localhost:8080"`,
+    /// `"[::]:8080"` or `("0.0.0.0", 8080)` (port 0 picks a free port). A
+    /// name is resolved here; if it resolves to several addresses, the first
+    /// one that binds is used, as with std. Its [`ListenerId`] is its
+    /// position among all listeners added.
+    ///
+    /// A resolution failure is reported by [`Builder::bind`] as
+    /// [`BindError::Resolve`].
+    pub fn listen<A: ToSocketAddrs + fmt::Debug>(mut self, addr: A) -> Self {
+        self.listeners.push(Requested::resolving(addr, Role::Plain));
+        self
+    }
+
+    /// Adds a listener on a socket that is already bound and listening: one
+    /// from [`std::net::TcpListener::bind`], a parent process, or systemd
+    /// socket activation (see [`activation::listen_fds`](crate::activation::listen_fds)).
+    /// The builder takes it over: it is made non-blocking, gets the
+    /// [`Builder::tcp_nodelay`], [`Builder::tcp_keepalive`] and
+    /// [`Builder::socket_options`] settings (its backlog and `IPV6_V6ONLY`
+    /// stay as they are), and is closed when the listener set is, or when
+    /// `bind` fails.
+    ///
+    /// With `Shared` and `Exact` every worker accepts from this socket.
+    /// `ReusePort` and `Ebpf` need a socket per worker: the builder binds
+    /// the others to the socket's address with `SO_REUSEPORT`, joining its
+    /// group, so the socket must have `SO_REUSEPORT` set (systemd:
+    /// `ReusePort=yes`) and belong to this user; otherwise `bind` fails with
+    /// [`BindError::AdoptedWithoutReusePort`].
+    ///
+    /// ```no_run
+    /// use balancer::{Backend, Builder};
+    ///
+    /// let socket = std::net::TcpListener::bind("127.0.0.1:8080")?;
+    /// let listener = Builder::new(Backend::Exact).listen_std(socket).bind()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn listen_std(mut self, listener: TcpListener) -> Self {
+        self.listeners.push(Requested::adopting(listener));
+        self
+    }
+
+    /// Calls `configure` on every listening socket the builder creates,
+    /// after its own options (`SO_REUSEADDR`, `SO_REUSEPORT`,
+    /// `IPV6_V6ONLY`, non-blocking, [`Builder::tcp_nodelay`],
+    /// [`Builder::tcp_keepalive`]) and before `bind` and `listen`: e.g.
+    /// `TCP_DEFER_ACCEPT`, `TCP_FASTOPEN`, buffer sizes, `IP_FREEBIND`.
+    /// Called once per socket: once per listener with `Shared` and `Exact`,
+    /// once per listener and worker with `ReusePort` and `Ebpf`; also on
+    /// sockets given to [`Builder::listen_std`], which are already
+    /// listening. Turning `SO_REUSEPORT` off breaks `ReusePort`, `Ebpf` and
+    /// [`Builder::take_over`].
+    ///
+    /// ```no_run
+    /// use balancer::{Backend, Builder};
+    ///
+    /// let listener = Builder::new(Backend::Ebpf)
+    ///     .listen("[::]:8080")
+    ///     .socket_options(|socket| socket.set_recv_buffer_size(1 << 20))
+    ///     .bind()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// An error it returns fails `bind` with [`BindError::SocketOptions`]
+    /// naming the address.
+    pub fn socket_options<F>(mut self, configure: F) -> Self
+    where
+        F: Fn(&Socket) -> io::Result<()> + Send + Sync + 'static,
+    {
+        self.socket.configure = Some(Arc::new(configure));
+        self
+    }
+
+    /// Whether IPv6 listeners accept IPv6 only (`IPV6_V6ONLY`). Off by
+    /// default, as with std and tokio: a listener on `[::]` also accepts
+    /// IPv4 connections, whose peers read as IPv4-mapped addresses
+    /// (`::ffff:192.0.2.1`), and then an IPv4 listener on the same port
+    /// fails with [`BindError::AddressInUse`]. Turn it on to listen on
+    /// `0.0.0.0` and `[::]` separately.
+    #[doc(alias = "IPV6_V6ONLY")]
+    pub fn only_v6(mut self, only_v6: bool) -> Self {
+        self.socket.only_v6 = only_v6;
+        self
+    }
+
+    /// Whether accepted connections send small writes at once
+    /// (`TCP_NODELAY`, Nagle's algorithm off). On by default, as most
+    /// proxies (pingora, Envoy) set it. Set on the listening sockets, from
+    /// which Linux copies it to each accepted connection: no system call
+    /// per connection.
+    #[doc(alias = "TCP_NODELAY")]
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.socket.nodelay = nodelay;
+        self
+    }
+
+    /// TCP keep-alive for accepted connections (`SO_KEEPALIVE` with the
+    /// idle time, interval and probe count `keepalive` gives), so dead peers
+    /// are found and their connections stop counting as load. Off by
+    /// default (`None`; the kernel's default, no probes). Set on the
+    /// listening sockets, from which Linux copies it to each accepted
+    /// connection: no system call per connection.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use balancer::{socket2::TcpKeepalive, Backend, Builder};
+    ///
+    /// let keepalive = TcpKeepalive::new()
+    ///     .with_time(Duration::from_secs(60))
+    ///     .with_interval(Duration::from_secs(5))
+    ///     .with_retries(3);
+    /// let builder = Builder::new(Backend::Exact)
+    ///     .listen("0.0.0.0:8080")
+    ///     .tcp_keepalive(Some(keepalive));
+    /// ```
+    #[doc(alias = "SO_KEEPALIVE")]
+    pub fn tcp_keepalive(mut self, keepalive: Option<TcpKeepalive>) -> Self {
+        self.socket.keepalive = keepalive;
+        self
     }
 
     /// Adds a *virtual* listener on `addr` (Envoy's `use_original_dst`): each
@@ -165,32 +313,40 @@ impl Builder {
     }
 
     fn add(mut self, addr: SocketAddr, role: Role) -> Self {
-        self.listeners.push(ListenerSpec { addr, role });
+        self.listeners.push(Requested::at(addr, role));
         self
     }
 
     /// Binds every listener and returns the workers' handles.
     ///
     /// # Errors
-    /// [`BindError`] for a bad worker count, a missing listener, a handoff
-    /// target that can never match, an address in use, or (for `Ebpf`) a
-    /// steering failure naming the missing capability or kernel feature.
+    /// [`BindError`] for a bad worker count, a missing listener, an address
+    /// that does not resolve, a handoff target that can never match, an
+    /// address in use, a socket option that cannot be set, an adopted
+    /// socket that cannot serve the backend, or (for `Ebpf`) a steering
+    /// failure naming the missing capability or kernel feature.
     pub fn bind(self) -> Result<BalancedListener, BindError> {
-        self.validate()?;
-        match self.bind_with(self.backend) {
+        let addrs = self.resolve()?;
+        self.validate(&addrs)?;
+        match self.bind_with(self.backend, &addrs) {
             Err(BindError::Steering { addr, source })
                 if self.fallback_to_reuseport && source.is_unavailable() =>
             {
                 log::warn!(
                     "eBPF steering unavailable on {addr} ({source}); falling back to reuseport"
                 );
-                self.bind_with(Backend::ReusePort)
+                self.bind_with(Backend::ReusePort, &addrs)
             }
             result => result,
         }
     }
 
-    fn validate(&self) -> Result<(), BindError> {
+    /// Each listener's candidate addresses, in order.
+    fn resolve(&self) -> Result<Vec<Vec<SocketAddr>>, BindError> {
+        self.listeners.iter().map(Requested::candidates).collect()
+    }
+
+    fn validate(&self, addrs: &[Vec<SocketAddr>]) -> Result<(), BindError> {
         let max = self.backend.max_workers();
         if self.workers == 0 {
             return Err(BindError::NoWorkers);
@@ -206,20 +362,26 @@ impl Builder {
         if self.listeners.iter().all(|l| l.role == Role::Target) {
             return Err(BindError::NoListeners);
         }
-        for (i, spec) in self.listeners.iter().enumerate() {
-            check_address(spec)?;
-            let earlier = &self.listeners[..i];
-            if spec.addr.port() != 0 && earlier.iter().any(|l| l.addr == spec.addr) {
-                return Err(BindError::DuplicateListener { addr: spec.addr });
+        if self.max_connections == Some(0) {
+            return Err(BindError::ZeroMaxConnections);
+        }
+        for (i, (requested, candidates)) in self.listeners.iter().zip(addrs).enumerate() {
+            for &addr in candidates {
+                check_address(addr, requested.role)?;
+                let earlier = addrs[..i].iter().flatten();
+                if addr.port() != 0 && earlier.clone().any(|&a| a == addr) {
+                    return Err(BindError::DuplicateListener { addr });
+                }
             }
         }
-        let virtuals: Vec<_> = self.with_role(Role::Virtual).collect();
-        for target in self.with_role(Role::Target) {
+        let virtuals: Vec<_> = self.with_role(Role::Virtual, addrs).collect();
+        for target in self.with_role(Role::Target, addrs) {
             if virtuals.is_empty() {
                 return Err(BindError::TargetWithoutVirtual { target });
             }
-            let other_family = virtuals.iter().find(|v| v.is_ipv4() != target.is_ipv4());
-            if let Some(&virtual_listener) = other_family {
+            let only_v6 = self.socket.only_v6;
+            let unreachable = virtuals.iter().find(|v| !can_receive(**v, target, only_v6));
+            if let Some(&virtual_listener) = unreachable {
                 return Err(BindError::FamilyMismatch {
                     target,
                     virtual_listener,
@@ -229,37 +391,49 @@ impl Builder {
         Ok(())
     }
 
-    fn with_role(&self, role: Role) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.listeners
-            .iter()
-            .filter(move |l| l.role == role)
-            .map(|l| l.addr)
+    /// The first address of each listener with `role`.
+    fn with_role<'a>(
+        &'a self,
+        role: Role,
+        addrs: &'a [Vec<SocketAddr>],
+    ) -> impl Iterator<Item = SocketAddr> + 'a {
+        (self.listeners.iter().zip(addrs))
+            .filter(move |(l, _)| l.role == role)
+            .map(|(_, candidates)| candidates[0])
     }
 
-    fn bind_with(&self, backend: Backend) -> Result<BalancedListener, BindError> {
+    fn bind_with(
+        &self,
+        backend: Backend,
+        addrs: &[Vec<SocketAddr>],
+    ) -> Result<BalancedListener, BindError> {
         let mut steering = self.steering.clone();
         // Room for a successor of the same size to join (see take_over).
         steering.slots = steering.slots.or(Some(2 * self.workers));
         let mut strategy = backend.strategy(steering, self.take_over);
         // sockets[listener][worker]; empty for handoff targets.
-        let sockets = (self.listeners.iter())
-            .map(|spec| self.bind_listener(&*strategy, spec))
+        let sockets = (self.listeners.iter().zip(addrs))
+            .map(|(requested, candidates)| self.bind_listener(&*strategy, requested, candidates))
             .collect::<Result<Vec<_>, _>>()?;
-        self.attach_all(&mut *strategy, &sockets)?;
-        let listeners = (self.listeners.iter().zip(&sockets))
-            .map(|(spec, group)| bound_spec(spec, group))
+        let listeners = (self.listeners.iter().zip(addrs).zip(&sockets))
+            .map(|((requested, candidates), group)| {
+                bound_spec(requested.role, candidates[0], group)
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        self.attach_all(&mut *strategy, &listeners, &sockets)?;
         let counters: Vec<_> = (0..self.workers)
-            .map(|w| Arc::new(WorkerCounters::new(strategy.load_slot(w))))
+            .map(|w| WorkerCounters::new(strategy.load_slot(w)).with_limit(self.max_connections))
+            .map(Arc::new)
             .collect();
         let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
         let program = strategy
             .program_view()
             .map_err(|source| BindError::Steering {
-                addr: self.listeners[0].addr,
+                addr: listeners[0].addr,
                 source: Box::new(source),
             })?;
-        let stats = Stats::new(counters.clone(), names, program);
+        let backends = (self.backend, strategy.backend());
+        let stats = Stats::new(counters.clone(), names, program, backends);
         let (live, queues) = LiveWorkers::new(counters);
         let group = Arc::new(Group {
             stats,
@@ -285,6 +459,7 @@ impl Builder {
     fn attach_all(
         &self,
         strategy: &mut dyn Strategy,
+        listeners: &[ListenerSpec],
         sockets: &[Vec<TcpListener>],
     ) -> Result<(), BindError> {
         let failed = |addr| {
@@ -293,29 +468,56 @@ impl Builder {
                 source: Box::new(source),
             }
         };
-        for (spec, group) in self.listeners.iter().zip(sockets) {
+        for (spec, group) in listeners.iter().zip(sockets) {
             if !group.is_empty() {
                 strategy.attach(group).map_err(failed(spec.addr))?;
             }
         }
-        strategy.activate().map_err(failed(self.listeners[0].addr))
+        strategy.activate().map_err(failed(listeners[0].addr))
     }
 
-    /// One listener's sockets, worker `i`'s at index `i`; none for a target.
+    /// One listener's sockets, worker `i`'s at index `i`; none for a
+    /// target. Tries the candidate addresses in turn; fails with the last
+    /// one's error.
     fn bind_listener(
         &self,
         strategy: &dyn Strategy,
-        spec: &ListenerSpec,
+        requested: &Requested,
+        candidates: &[SocketAddr],
     ) -> Result<Vec<TcpListener>, BindError> {
-        if spec.role == Role::Target {
-            return Ok(Vec::new());
+        let (layout, backend) = (strategy.layout(), strategy.backend());
+        let failed = |addr| move |error| BindError::from_socket(addr, backend, error);
+        match (&requested.source, requested.role) {
+            (_, Role::Target) => Ok(Vec::new()),
+            (Source::Adopted(socket), _) => {
+                let addr = candidates[0];
+                let socket = socket
+                    .try_clone()
+                    .map_err(|e| BindError::from_bind(addr, e))?;
+                socket::adopt(layout, socket, self.workers, &self.socket).map_err(failed(addr))
+            }
+            _ => {
+                // `resolve` gives every listener at least one address.
+                let first = candidates[0];
+                let mut result = self.bind_at(layout, first).map_err(failed(first));
+                for &addr in &candidates[1..] {
+                    if result.is_ok() {
+                        break;
+                    }
+                    result = self.bind_at(layout, addr).map_err(failed(addr));
+                }
+                result
+            }
         }
+    }
+
+    /// A listener's sockets at `addr`, after checking that no other socket
+    /// listens there (unless taking over).
+    fn bind_at(&self, layout: Layout, addr: SocketAddr) -> Result<Vec<TcpListener>, SocketError> {
         if !self.take_over {
-            socket::ensure_unused(spec.addr).map_err(|e| BindError::from_bind(spec.addr, e))?;
+            socket::ensure_unused(addr, self.socket.only_v6)?;
         }
-        strategy
-            .bind(spec.addr, self.workers, self.backlog)
-            .map_err(|e| BindError::from_bind(spec.addr, e))
+        socket::bind(layout, addr, self.workers, &self.socket)
     }
 }
 
@@ -325,17 +527,18 @@ fn default_workers(backend: Backend, cpus: usize) -> usize {
 }
 
 /// The listener as bound: with the real port when 0 was asked for.
-fn bound_spec(spec: &ListenerSpec, sockets: &[TcpListener]) -> Result<ListenerSpec, BindError> {
+fn bound_spec(
+    role: Role,
+    asked: SocketAddr,
+    sockets: &[TcpListener],
+) -> Result<ListenerSpec, BindError> {
     let addr = match sockets.first() {
         Some(socket) => socket
             .local_addr()
-            .map_err(|e| BindError::from_bind(spec.addr, e))?,
-        None => spec.addr,
+            .map_err(|e| BindError::from_bind(asked, e))?,
+        None => asked,
     };
-    Ok(ListenerSpec {
-        addr,
-        role: spec.role,
-    })
+    Ok(ListenerSpec { addr, role })
 }
 
 /// Regroups `sockets[listener][worker]` by worker: each worker's socket of
@@ -356,18 +559,25 @@ fn per_worker(
 /// Rejects addresses no TCP listener can accept on: multicast and broadcast
 /// addresses, and a handoff target on port 0 (no original destination has
 /// port 0).
-fn check_address(spec: &ListenerSpec) -> Result<(), BindError> {
-    let addr = spec.addr;
+fn check_address(addr: SocketAddr, role: Role) -> Result<(), BindError> {
     let reason = if addr.ip().is_multicast() {
         "a multicast address cannot accept TCP connections"
     } else if addr.ip() == Ipv4Addr::BROADCAST {
         "the broadcast address cannot accept TCP connections"
-    } else if spec.role == Role::Target && addr.port() == 0 {
+    } else if role == Role::Target && addr.port() == 0 {
         "a handoff target needs a port: it matches original destinations"
     } else {
         return Ok(());
     };
     Err(BindError::InvalidAddress { addr, reason })
+}
+
+/// Whether a virtual listener at `virtual_listener` can accept connections
+/// whose original destination `target` matches: of the same family, or IPv4
+/// ones on a dual-stack `[::]` (unless `only_v6`).
+fn can_receive(virtual_listener: SocketAddr, target: SocketAddr, only_v6: bool) -> bool {
+    let dual_stack = !only_v6 && virtual_listener.ip() == Ipv6Addr::UNSPECIFIED;
+    virtual_listener.is_ipv4() == target.is_ipv4() || (dual_stack && target.is_ipv4())
 }
 
 /// Envoy's listener stat name: `127.0.0.1_8080`, `[__1]_8080` (Envoy
@@ -390,6 +600,18 @@ mod tests {
         assert_eq!(name("127.0.0.1:8080"), "127.0.0.1_8080");
         assert_eq!(name("[::1]:8080"), "[__1]_8080");
         assert_eq!(name("[2001:db8::7]:443"), "[2001_db8__7]_443");
+    }
+
+    #[test]
+    fn a_dual_stack_virtual_listener_can_hand_to_ipv4_targets() {
+        let can = |v: &str, t: &str, only_v6| {
+            can_receive(v.parse().unwrap(), t.parse().unwrap(), only_v6)
+        };
+        assert!(can("[::]:15001", "0.0.0.0:8080", false));
+        assert!(!can("[::]:15001", "0.0.0.0:8080", true));
+        assert!(!can("[::1]:15001", "0.0.0.0:8080", false));
+        assert!(!can("127.0.0.1:15001", "[::]:8080", false));
+        assert!(can("[::1]:15001", "[::]:8080", true));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Why [`Builder::bind`](crate::Builder::bind) failed.
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, os::fd::RawFd};
 
-use crate::{backend::Backend, steering::SteeringError};
+use crate::{backend::Backend, socket::SocketError, steering::SteeringError};
 
 /// Why [`Builder::bind`](crate::Builder::bind) failed. Nothing is left bound
 /// when it does.
@@ -22,6 +22,9 @@ pub enum BindError {
         /// Its limit, [`Backend::max_workers`].
         max: usize,
     },
+    /// `max_connections(0)`: no worker could accept anything.
+    #[error("max_connections must be at least 1")]
+    ZeroMaxConnections,
     /// No `listen` or `listen_virtual` call.
     #[error("no listener to bind: call Builder::listen with an address")]
     NoListeners,
@@ -33,7 +36,8 @@ pub enum BindError {
     },
     /// A handoff target of one address family on a virtual listener of the
     /// other: original destinations never cross families, so it could never
-    /// receive a connection.
+    /// receive a connection. (A dual-stack virtual listener on `[::]`
+    /// receives IPv4 connections too, so IPv4 targets are fine there.)
     #[error(
         "handoff target {target} is {} but virtual listener {virtual_listener} is {}: \
          its connections' original destinations can never match",
@@ -53,6 +57,49 @@ pub enum BindError {
         addr: SocketAddr,
         /// Why not.
         reason: &'static str,
+    },
+    /// An address given to [`Builder::listen`](crate::Builder::listen) did
+    /// not resolve.
+    #[error("resolving {address} failed")]
+    Resolve {
+        /// The address as given.
+        address: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A socket given to [`Builder::listen_std`](crate::Builder::listen_std)
+    /// is not a listening TCP socket.
+    #[error("the socket given to listen_std (fd {fd}) cannot be adopted: {reason}")]
+    NotAListener {
+        /// The socket's fd.
+        fd: RawFd,
+        /// What it is not.
+        reason: &'static str,
+    },
+    /// A backend with a socket per worker (`ReusePort`, `Ebpf`) was given a
+    /// socket without `SO_REUSEPORT`, which the other workers' sockets
+    /// cannot join.
+    #[error(
+        "{backend} needs a socket per worker, but the socket adopted for {addr} has no \
+         SO_REUSEPORT for them to join: set it before bind (systemd: ReusePort=yes), \
+         or use the shared or exact backend"
+    )]
+    AdoptedWithoutReusePort {
+        /// The socket's address.
+        addr: SocketAddr,
+        /// The backend.
+        backend: Backend,
+    },
+    /// The function given to
+    /// [`Builder::socket_options`](crate::Builder::socket_options) failed.
+    #[error("the socket_options function failed on a socket for {addr}")]
+    SocketOptions {
+        /// The address the socket was for.
+        addr: SocketAddr,
+        /// Its error.
+        #[source]
+        source: io::Error,
     },
     /// The same address was added twice.
     #[error("{addr} is added twice: each address can have one listener")]
@@ -92,6 +139,15 @@ pub enum BindError {
 }
 
 impl BindError {
+    /// The error for making or adopting `backend`'s sockets for `addr`.
+    pub(crate) fn from_socket(addr: SocketAddr, backend: Backend, error: SocketError) -> Self {
+        match error {
+            SocketError::Os(source) => Self::from_bind(addr, source),
+            SocketError::Configure(source) => Self::SocketOptions { addr, source },
+            SocketError::NoReusePort => Self::AdoptedWithoutReusePort { addr, backend },
+        }
+    }
+
     /// `AddressInUse` for `EADDRINUSE`, else `Bind`.
     pub(crate) fn from_bind(addr: SocketAddr, source: io::Error) -> Self {
         if source.kind() == io::ErrorKind::AddrInUse {

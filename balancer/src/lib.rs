@@ -19,7 +19,7 @@
 //!
 //! let listener = Builder::new(Backend::Ebpf)
 //!     .workers(2)
-//!     .listen("127.0.0.1:8080".parse()?)
+//!     .listen("127.0.0.1:8080")
 //!     .bind()?;
 //! let stats = listener.stats();
 //! let threads = listener.spawn(|mut worker| async move {
@@ -45,8 +45,9 @@
 //!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
 //! - [`stats`] holds the counters and their renderings; [`steering`] the
 //!   eBPF program's loader and maps; `sys/` every system call.
-#![deny(missing_docs)]
+#![deny(missing_docs, missing_debug_implementations)]
 
+pub mod activation;
 mod backend;
 mod backoff;
 mod builder;
@@ -55,6 +56,7 @@ mod error;
 mod group;
 mod listener;
 pub mod original_dst;
+mod requested;
 mod socket;
 mod sockets;
 pub mod stats;
@@ -72,4 +74,7 @@ pub use builder::Builder;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};
 pub use error::BindError;
 pub use listener::BalancedListener;
+/// The socket2 version whose types [`Builder::socket_options`] and
+/// [`Builder::tcp_keepalive`] take.
+pub use socket2;
 pub use worker::Worker;

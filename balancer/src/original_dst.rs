@@ -39,8 +39,9 @@ pub enum OriginalDstError {
 
 /// Reads the destination a connection had before netfilter NAT rewrote it.
 ///
-/// Uses `SO_ORIGINAL_DST` for IPv4 sockets and `IP6T_SO_ORIGINAL_DST` for
-/// IPv6 ones (chosen by the socket's own address). Costs one or two
+/// Uses `SO_ORIGINAL_DST` for IPv4 connections (also IPv4 ones on a
+/// dual-stack IPv6 socket) and `IP6T_SO_ORIGINAL_DST` for IPv6 ones (chosen
+/// by the socket's own address). Costs one or two
 /// `getsockopt` calls.
 ///
 /// # Errors
@@ -62,7 +63,10 @@ pub fn original_destination(socket: &impl AsFd) -> Result<SocketAddr, OriginalDs
         .local_addr()
         .map_err(OriginalDstError::LocalAddr)?;
     let (option, result) = match local.as_socket() {
-        Some(SocketAddr::V6(_)) => ("IP6T_SO_ORIGINAL_DST", sys::socket::original_dst_v6(fd)),
+        Some(SocketAddr::V6(local)) if local.ip().to_ipv4_mapped().is_none() => {
+            ("IP6T_SO_ORIGINAL_DST", sys::socket::original_dst_v6(fd))
+        }
+        // IPv4, also on a dual-stack IPv6 socket (an IPv4-mapped address).
         _ => ("SO_ORIGINAL_DST", sys::socket::original_dst_v4(fd)),
     };
     result.map_err(|source| match source.raw_os_error() {

@@ -164,12 +164,13 @@ impl LiveWorkers {
 }
 
 impl Locked<'_> {
-    /// The live worker with the fewest active connections; ties go to the
-    /// lowest index (as Envoy's exact balancer).
+    /// The live worker with the fewest active connections, preferring those
+    /// below their connection limit; ties go to the lowest index (as
+    /// Envoy's exact balancer).
     fn least_loaded(&self) -> Option<usize> {
         (self.counters.iter().zip(self.queues.iter()).enumerate())
             .filter(|(_, (_, queue))| queue.is_some())
-            .min_by_key(|(index, (counters, _))| (counters.active(), *index))
+            .min_by_key(|(index, (c, _))| (c.is_full(), c.active(), *index))
             .map(|(index, _)| index)
     }
 

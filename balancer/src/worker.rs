@@ -34,6 +34,8 @@ pub struct Worker {
     blocking: Option<tokio::runtime::Runtime>,
     /// Retired from the live workers (by `close` or drop).
     stopped: bool,
+    /// At its connection limit when last polled: not accepting.
+    full: bool,
     backoff: Backoff,
 }
 
@@ -67,6 +69,7 @@ impl Worker {
             upkeep: None,
             blocking: None,
             stopped: false,
+            full: false,
             backoff: Backoff::default(),
         }
     }
@@ -268,12 +271,27 @@ impl Worker {
         if let Poll::Ready(Some(transfer)) = self.transfers.poll_recv(cx) {
             return Poll::Ready(Event::TransferredIn(transfer));
         }
+        if self.at_limit(cx) {
+            return Poll::Pending;
+        }
         self.sockets.poll_accept(cx).map(|accepted| match accepted {
             Ok((stream, peer, listener)) => {
                 Event::Accepted(self.group.incoming(stream, peer, listener))
             }
             Err(error) => Event::Failed(error),
         })
+    }
+
+    /// Whether the worker holds [`Builder::max_connections`](crate::Builder::max_connections)
+    /// connections: then it leaves its sockets alone until one closes (which
+    /// wakes `cx`), and the backend is told when that changes.
+    fn at_limit(&mut self, cx: &mut Context<'_>) -> bool {
+        let full = self.group.counters(self.index).park_if_full(cx);
+        if full != self.full {
+            self.full = full;
+            self.group.strategy.set_full(self.index, full);
+        }
+        full
     }
 
     /// Counts a connection this worker accepted, or transfers it to another

@@ -225,7 +225,10 @@ fn echo(
         listener: conn.guard.listener(),
         original_dst: conn.original_dst,
     };
-    record.lock().unwrap().insert(conn.peer, served);
+    // Keyed as the client sees its own address: an IPv4 client of a
+    // dual-stack socket is an IPv4-mapped peer here.
+    let peer = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port());
+    record.lock().unwrap().insert(peer, served);
     let conn_guard = match guard {
         Guard::Keep => Some(conn.guard),
         Guard::DropAtHandoff => None,

@@ -63,7 +63,7 @@ pub fn runnable(backend: balancer::Backend) -> bool {
 pub fn bind_loopback(backend: balancer::Backend, workers: usize) -> balancer::BalancedListener {
     let listener = balancer::Builder::new(backend)
         .workers(workers)
-        .listen("127.0.0.1:0".parse().unwrap())
+        .listen("127.0.0.1:0")
         .bind()
         .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
     assert_eq!(listener.backend(), backend, "no silent fallback");

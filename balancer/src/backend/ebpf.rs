@@ -23,6 +23,13 @@
 //!   (see below).
 //! - **Limit**: 64 workers, the size of the program's maps, which bounds the
 //!   program's scan per connection.
+//! - **Full**: a worker at its
+//!   [`max_connections`](crate::Builder::max_connections) stops accepting
+//!   and its slot reads unavailable, so new connections go to the others;
+//!   it is available again when it falls below. Connections the program
+//!   chose for it before (a burst) wait in its queue until then. With every
+//!   worker full the program selects nothing and the kernel's hash queues
+//!   the connection.
 //!
 //! # How in-flight counts stay right
 //! Only connections that reach `accept` should stay counted. The program
@@ -63,7 +70,6 @@
 use std::{
     collections::VecDeque,
     io,
-    net::SocketAddr,
     net::TcpListener,
     os::fd::BorrowedFd,
     sync::{Arc, Mutex, PoisonError},
@@ -75,7 +81,7 @@ use balancer_common::{Load, MAX_WORKERS};
 use super::{Backend, Strategy};
 use crate::{
     connection::Incoming,
-    socket,
+    socket::Layout,
     steering::{LoadMap, LoadSlot, ProgramView, Steering, SteeringError, SteeringOptions},
     sys,
     transfer::{LiveWorkers, Placement},
@@ -142,8 +148,8 @@ impl Strategy for Ebpf {
         MAX_WORKERS as usize
     }
 
-    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-        socket::per_worker(addr, workers, backlog)
+    fn layout(&self) -> Layout {
+        Layout::PerWorker
     }
 
     fn attach(&mut self, sockets: &[TcpListener]) -> Result<(), SteeringError> {
@@ -179,6 +185,15 @@ impl Strategy for Ebpf {
 
     fn place(&self, live: &LiveWorkers, me: usize, incoming: Incoming) -> io::Result<Placement> {
         Ok(Placement::Keep(incoming, live.count_claimed(me)))
+    }
+
+    fn set_full(&self, worker: usize, full: bool) {
+        let (Some((loads, slot)), Some(repair)) = (self.slot(worker), self.repairs.get(worker))
+        else {
+            return;
+        };
+        repair.lock().unwrap_or_else(PoisonError::into_inner).full = full;
+        loads.set_available(slot, !full);
     }
 
     fn stopping(&self, worker: usize) {
@@ -218,6 +233,8 @@ pub(crate) struct Repair {
     deficit: i64,
     /// The map's active count minus the worker's own at the last upkeep.
     drift: i64,
+    /// The worker is at its connection limit: its slot stays unavailable.
+    full: bool,
 }
 
 impl Repair {
@@ -227,7 +244,7 @@ impl Repair {
     /// Repairs worker `worker`'s slot in `loads`, given its accept queues
     /// hold `queued` connections and it owns `active` ones.
     pub(crate) fn run(&mut self, loads: &LoadMap, worker: usize, queued: i64, active: i64) {
-        if loads.keep_running(worker) {
+        if loads.keep_running(worker, !self.full) {
             log::warn!("steering: slot {worker} was written from outside; restored");
         }
         let deficit = queued - loads.in_flight(worker);

@@ -9,12 +9,12 @@
 //! the socket stays open in the others and the transfers queued for it move
 //! on (see [`LiveWorkers::retire`]).
 
-use std::{io, net::SocketAddr, net::TcpListener};
+use std::io;
 
 use super::{Backend, Strategy};
 use crate::{
     connection::Incoming,
-    socket,
+    socket::Layout,
     transfer::{LiveWorkers, Placement},
 };
 
@@ -25,8 +25,8 @@ impl Strategy for Exact {
         Backend::Exact
     }
 
-    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-        socket::shared(addr, workers, backlog)
+    fn layout(&self) -> Layout {
+        Layout::Shared
     }
 
     fn place(&self, live: &LiveWorkers, me: usize, incoming: Incoming) -> io::Result<Placement> {

@@ -10,10 +10,10 @@
 //!
 //! | file | overrides |
 //! | --- | --- |
-//! | `shared.rs` | nothing but how it binds: one socket, every worker accepts |
+//! | `shared.rs` | nothing but its socket layout: one socket, every worker accepts |
 //! | `reuseport.rs` | a stopping worker drains its own accept queue |
 //! | `exact.rs` | every accepted connection is placed by the exact balancer |
-//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots, 64 workers at most |
+//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots, makes a full worker's slot unavailable, 64 workers at most |
 //!
 //! One `match`, in [`Backend::strategy`], chooses the implementation; worker
 //! code only calls the trait. A trait object rather than an enum with a
@@ -26,16 +26,11 @@ mod exact;
 mod reuseport;
 mod shared;
 
-use std::{
-    fmt, io,
-    net::{SocketAddr, TcpListener},
-    os::fd::BorrowedFd,
-    str::FromStr,
-    time::Duration,
-};
+use std::{fmt, io, net::TcpListener, os::fd::BorrowedFd, str::FromStr, time::Duration};
 
 use crate::{
     connection::Incoming,
+    socket::Layout,
     steering::{LoadSlot, ProgramView, SteeringError, SteeringOptions},
     transfer::{LiveWorkers, Placement},
 };
@@ -117,9 +112,8 @@ pub(crate) trait Strategy: Send + Sync {
         1024
     }
 
-    /// The sockets the workers accept from for one listener at `addr`,
-    /// worker `i`'s at index `i`: non-blocking and listening.
-    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>>;
+    /// How the workers share a listener's sockets.
+    fn layout(&self) -> Layout;
 
     /// Sets up what the backend needs in the kernel for one bound listener,
     /// once every listener is bound. Baseline: nothing.
@@ -160,6 +154,12 @@ pub(crate) trait Strategy: Send + Sync {
     /// owns `active` connections and listens on `sockets`. Baseline:
     /// nothing to repair.
     fn upkeep(&self, _worker: usize, _active: u64, _sockets: &[BorrowedFd<'_>]) {}
+
+    /// Worker `worker` reached its connection limit (`full`) and stopped
+    /// accepting, or fell below it and accepts again. Called on the
+    /// worker's thread. Baseline: nothing to do (a worker that does not
+    /// accept leaves its connections to the others, or in its queue).
+    fn set_full(&self, _worker: usize, _full: bool) {}
 
     /// Worker `worker` is stopping and its sockets are about to close.
     /// Baseline: nothing to do.

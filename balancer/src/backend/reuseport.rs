@@ -6,10 +6,8 @@
 //! least-loaded live worker; a handshake that completes between that drain
 //! and the close is reset unless `net.ipv4.tcp_migrate_req = 1`.
 
-use std::{io, net::SocketAddr, net::TcpListener};
-
 use super::{Backend, Strategy};
-use crate::socket;
+use crate::socket::Layout;
 
 pub(super) struct ReusePort;
 
@@ -18,8 +16,8 @@ impl Strategy for ReusePort {
         Backend::ReusePort
     }
 
-    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-        socket::per_worker(addr, workers, backlog)
+    fn layout(&self) -> Layout {
+        Layout::PerWorker
     }
 
     fn drains_on_stop(&self, _last: bool) -> bool {

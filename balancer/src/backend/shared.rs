@@ -4,10 +4,8 @@
 //! stopping worker leaves the queue to the others, in whose hands the socket
 //! stays open (only the last one drains it).
 
-use std::{io, net::SocketAddr, net::TcpListener};
-
 use super::{Backend, Strategy};
-use crate::socket;
+use crate::socket::Layout;
 
 pub(super) struct Shared;
 
@@ -16,7 +14,7 @@ impl Strategy for Shared {
         Backend::Shared
     }
 
-    fn bind(&self, addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<TcpListener>> {
-        socket::shared(addr, workers, backlog)
+    fn layout(&self) -> Layout {
+        Layout::Shared
     }
 }

@@ -1,9 +1,12 @@
 //! The live counters: one set per worker, one per listener and worker, and
 //! the tokens that hold a connection's counts until it ends.
 
-use std::sync::{
-    atomic::{AtomicU64, AtomicU8, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    task::{Context, Waker},
 };
 
 use super::{CountSnapshot, SteeringSnapshot, WorkerSnapshot, WorkerState};
@@ -22,6 +25,12 @@ pub(crate) struct WorkerCounters {
     /// With `Ebpf`: the worker's slot in the program's load map, which
     /// mirrors `active` and holds the in-flight count.
     kernel: Option<LoadSlot>,
+    /// The most active connections the worker accepts more at (`0`: no
+    /// limit).
+    limit: u64,
+    /// The worker's accept task while it waits below its limit: woken when
+    /// a connection closes and `active` falls below `limit`.
+    parked: Mutex<Option<Waker>>,
 }
 
 impl WorkerCounters {
@@ -30,6 +39,31 @@ impl WorkerCounters {
             kernel,
             ..Self::default()
         }
+    }
+
+    /// The same counters with a limit of `limit` active connections, past
+    /// which the worker stops accepting (see [`WorkerCounters::park_if_full`]).
+    pub(crate) fn with_limit(self, limit: Option<usize>) -> Self {
+        let limit = limit.map_or(0, |limit| u64::try_from(limit).unwrap_or(u64::MAX));
+        Self { limit, ..self }
+    }
+
+    /// Whether the worker is at its connection limit. If so, `cx` is woken
+    /// when a connection closes and it falls below the limit again.
+    pub(crate) fn park_if_full(&self, cx: &mut Context<'_>) -> bool {
+        if !self.is_full() {
+            return false;
+        }
+        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+        *parked = Some(cx.waker().clone());
+        drop(parked);
+        // A connection that closed before the waker was stored woke nothing.
+        self.is_full()
+    }
+
+    /// Whether the worker holds its limit of active connections.
+    pub(crate) fn is_full(&self) -> bool {
+        self.limit != 0 && self.active() >= self.limit
     }
 
     /// Active connections: the load this worker presents to the balancer.
@@ -71,7 +105,17 @@ impl WorkerCounters {
         if let Some(slot) = &self.kernel {
             slot.sub_active();
         }
-        self.active.fetch_sub(1, Ordering::Relaxed);
+        let before = self.active.fetch_sub(1, Ordering::Relaxed);
+        if self.limit != 0 && before == self.limit {
+            let parked = self
+                .parked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(waker) = parked {
+                waker.wake();
+            }
+        }
     }
 
     pub(super) fn snapshot(&self, index: usize) -> WorkerSnapshot {
@@ -82,6 +126,7 @@ impl WorkerCounters {
             transfers_in: self.transfers_in.load(Ordering::Relaxed),
             transfers_out: self.transfers_out.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            max_connections: (self.limit != 0).then_some(self.limit),
             state: WorkerState::from_u8(self.state.load(Ordering::Relaxed)),
             steering: self.kernel.as_ref().map(|slot| {
                 let (loads, worker) = (slot.loads(), slot.slot());

@@ -21,8 +21,9 @@ mod prometheus;
 use std::sync::Arc;
 
 pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
+pub use prometheus::{PrometheusOptions, PrometheusOptionsError};
 
-use crate::steering::ProgramView;
+use crate::{backend::Backend, steering::ProgramView};
 
 /// A listener's name (Envoy style, e.g. `127.0.0.1_8080`) and its counters
 /// on each worker.
@@ -45,13 +46,18 @@ struct StatsInner {
     workers: Vec<Arc<WorkerCounters>>,
     listeners: Vec<ListenerStats>,
     program: Option<ProgramView>,
+    /// The backend asked for and the one in effect.
+    backends: (Backend, Backend),
 }
 
 impl Stats {
+    /// `backends`: the backend asked for and the one in effect (they differ
+    /// after an opted-in eBPF fallback).
     pub(crate) fn new(
         workers: Vec<Arc<WorkerCounters>>,
         listener_names: Vec<String>,
         program: Option<ProgramView>,
+        backends: (Backend, Backend),
     ) -> Self {
         let listeners = listener_names
             .into_iter()
@@ -65,6 +71,7 @@ impl Stats {
                 workers,
                 listeners,
                 program,
+                backends,
             }),
         }
     }
@@ -106,7 +113,10 @@ impl Stats {
                 slots_elsewhere,
             }
         });
+        let (requested_backend, backend) = self.inner.backends;
         Snapshot {
+            requested_backend,
+            backend,
             workers,
             listeners,
             program,
@@ -118,6 +128,13 @@ impl Stats {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Snapshot {
+    /// The backend asked for ([`Builder::new`](crate::Builder::new)).
+    pub requested_backend: Backend,
+    /// The backend in effect: `ReusePort` instead of `Ebpf` after an
+    /// opted-in fallback
+    /// ([`Builder::fallback_to_reuseport`](crate::Builder::fallback_to_reuseport)),
+    /// else the one asked for.
+    pub backend: Backend,
     /// One entry per worker, in worker order.
     pub workers: Vec<WorkerSnapshot>,
     /// One entry per listener, in the order they were added to the builder.
@@ -177,6 +194,9 @@ pub struct WorkerSnapshot {
     pub transfers_out: u64,
     /// `accept` calls that failed (e.g. EMFILE).
     pub accept_errors: u64,
+    /// Its limit of active connections, past which it stops accepting
+    /// ([`Builder::max_connections`](crate::Builder::max_connections)).
+    pub max_connections: Option<u64>,
     /// Whether the worker still takes connections.
     pub state: WorkerState,
     /// With `Ebpf`: what the steering program sees of this worker.
@@ -283,7 +303,8 @@ mod tests {
         let workers = (0..2)
             .map(|_| Arc::new(WorkerCounters::new(None)))
             .collect();
-        Stats::new(workers, vec!["127.0.0.1_8080".into()], None)
+        let backends = (Backend::Shared, Backend::Shared);
+        Stats::new(workers, vec!["127.0.0.1_8080".into()], None, backends)
     }
 
     #[test]

@@ -145,17 +145,18 @@ impl LoadMap {
 
     /// Puts back what a running worker's slot must hold if something else
     /// wrote it: this process as its owner (if it reads free) and no
-    /// penalty. Returns whether anything was wrong.
-    pub(crate) fn keep_running(&self, slot: usize) -> bool {
+    /// penalty, or, for a worker at its connection limit (`available`
+    /// false), unavailable. Returns whether anything was wrong.
+    pub(crate) fn keep_running(&self, slot: usize, available: bool) -> bool {
         let owner = self.field(slot, Field::Owner);
         let stolen = owner
             .compare_exchange(0, process_tag(), Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
-        let penalized = !self.is_available(slot);
-        if penalized {
-            self.set_available(slot, true);
+        let wrong = self.is_available(slot) != available;
+        if wrong {
+            self.set_available(slot, available);
         }
-        stolen || penalized
+        stolen || wrong
     }
 
     /// How many slots this process owns, and how many other processes own.

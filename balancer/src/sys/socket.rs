@@ -4,7 +4,8 @@
 use std::{
     io, mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
-    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use super::{cvt, getsockopt, setsockopt};
@@ -171,4 +172,38 @@ fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = control.len();
     msg
+}
+
+/// The first fd a service manager passes (systemd's `SD_LISTEN_FDS_START`).
+pub(crate) const PASSED_FDS_START: RawFd = 3;
+
+/// Takes ownership of the `count` fds a service manager passed this process
+/// from fd 3 on (systemd's `LISTEN_FDS`), marking them close-on-exec. Only
+/// the first call in a process takes them; later calls return `None`.
+/// `count` must be below `i32::MAX - 3`.
+///
+/// # Errors
+/// The first fd that is not open, and why (nothing is taken then).
+pub(crate) fn take_passed_fds(count: usize) -> Option<Result<Vec<OwnedFd>, (RawFd, io::Error)>> {
+    static TAKEN: AtomicBool = AtomicBool::new(false);
+    if TAKEN.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let fds: Vec<RawFd> = (PASSED_FDS_START..).take(count).collect();
+    for &fd in &fds {
+        // SAFETY: F_GETFD only reads the fd's flags; a closed fd fails with
+        // EBADF. Setting FD_CLOEXEC changes only that flag.
+        let open = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })
+            .and_then(|_| cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }));
+        if let Err(error) = open {
+            return Some(Err((fd, error)));
+        }
+    }
+    // SAFETY: the fds are open (checked above) and were passed to this
+    // process by its service manager for it to own; the once-only flag above
+    // makes this the only place in the process that takes them.
+    Some(Ok(fds
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect()))
 }

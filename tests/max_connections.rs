@@ -1,0 +1,140 @@
+//! `Builder::max_connections` on real loopback sockets: a worker at its
+//! limit stops accepting until one of its connections closes, and a burst
+//! larger than one worker's limit fills each worker to the limit and no
+//! further, the rest waiting in the kernel until there is room.
+
+mod util;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use balancer::{stats::Snapshot, Backend, Builder};
+use rstest_reuse::{self, apply};
+use util::{
+    burst,
+    echo::{EchoServer, Guard},
+    every_backend,
+};
+
+/// How long a connection that must not be accepted is watched.
+const NOT_ACCEPTED_FOR: Duration = Duration::from_millis(300);
+
+fn server(backend: Backend, workers: usize, limit: usize) -> EchoServer {
+    let listener = Builder::new(backend)
+        .workers(workers)
+        .max_connections(limit)
+        .listen("127.0.0.1:0")
+        .bind()
+        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+    EchoServer::start(listener, Guard::Keep)
+}
+
+fn taken(snap: &Snapshot) -> u64 {
+    snap.workers.iter().map(|w| w.downstream_cx_total).sum()
+}
+
+/// Whether `stats` reach more than `n` connections taken within
+/// [`NOT_ACCEPTED_FOR`].
+fn takes_more_than(server: &EchoServer, n: u64) -> bool {
+    balancer_testkit::eventually(NOT_ACCEPTED_FOR, || taken(&server.stats.snapshot()) > n)
+}
+
+#[apply(every_backend)]
+fn a_full_worker_accepts_again_when_a_connection_closes(backend: Backend) {
+    if !util::runnable(backend) {
+        return;
+    }
+    let server = server(backend, 1, 2);
+    let addr = server.addr(0);
+    let mut open: Vec<_> = (0..2).map(|_| server.open(addr)).collect();
+
+    let mut waiting = util::connect(addr);
+    waiting.write_all(b"third\n").unwrap();
+    assert!(
+        !takes_more_than(&server, 2),
+        "{backend}: taken past the limit"
+    );
+    waiting.set_read_timeout(Some(NOT_ACCEPTED_FOR)).unwrap();
+    let mut echoed = [0; 6];
+    let err = waiting.read_exact(&mut echoed).unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+        "{backend}: {err}"
+    );
+    assert_eq!(server.stats.snapshot().active_per_worker(), [2]);
+
+    drop(open.remove(0));
+    waiting.set_read_timeout(Some(util::TIMEOUT)).unwrap();
+    waiting
+        .read_exact(&mut echoed)
+        .unwrap_or_else(|e| panic!("{backend}: served once below the limit: {e}"));
+    assert_eq!(&echoed, b"third\n");
+    let snap = server.wait_for(|s| taken(s) == 3 && s.active_per_worker() == [2]);
+    assert_eq!(
+        (taken(&snap), snap.active_per_worker()),
+        (3, vec![2]),
+        "{backend}"
+    );
+}
+
+/// Shared and Exact leave the queue to workers below the limit; Ebpf marks
+/// a full worker's slot unavailable. (ReusePort's hash may queue more on
+/// one worker: the test above covers it.)
+#[rstest::rstest]
+fn a_burst_past_one_workers_limit_fills_each_to_the_limit(
+    #[values(Backend::Shared, Backend::Exact, Backend::Ebpf)] backend: Backend,
+) {
+    if !util::runnable(backend) {
+        return;
+    }
+    let server = server(backend, 2, 3);
+    let clients = burst::connect_all(server.addr(0), 8);
+    let snap = server.wait_for(|s| taken(s) == 6);
+    assert_eq!(snap.active_per_worker(), [3, 3], "{backend}: {snap:?}");
+    assert!(
+        !takes_more_than(&server, 6),
+        "{backend}: taken past the limit"
+    );
+    if backend == Backend::Ebpf {
+        let available: Vec<_> = (snap.workers.iter())
+            .map(|w| w.steering.expect("steered").available)
+            .collect();
+        assert_eq!(available, [false, false], "full slots are unavailable");
+    }
+    let served = server.served_here(&clients);
+    for worker in 0..2 {
+        let here = served.iter().filter(|s| **s == Some(worker)).count();
+        assert_eq!(here, 3, "{backend}: worker {worker}: {served:?}");
+    }
+
+    // One closes on each worker: the two waiting are served, one each.
+    let mut kept: Vec<TcpStream> = Vec::new();
+    let mut closed = [false; 2];
+    for (client, served) in clients.into_iter().zip(served) {
+        match served {
+            Some(worker) if !closed[worker] => closed[worker] = true,
+            _ => kept.push(client),
+        }
+    }
+    let snap = server.wait_for(|s| taken(s) == 8 && s.active_per_worker() == [3, 3]);
+    assert_eq!(taken(&snap), 8, "{backend}: {snap:?}");
+    assert_eq!(snap.active_per_worker(), [3, 3], "{backend}: {snap:?}");
+    burst::echo_all(&mut kept);
+    assert_eq!(server.split(&kept, 2), [3, 3], "{backend}");
+}
+
+#[test]
+fn a_zero_limit_is_refused() {
+    let err = Builder::new(Backend::Shared)
+        .max_connections(0)
+        .listen("127.0.0.1:0")
+        .bind()
+        .unwrap_err();
+    assert!(
+        matches!(err, balancer::BindError::ZeroMaxConnections),
+        "{err:?}"
+    );
+}

@@ -43,10 +43,15 @@
 //! - Moving a connection between workers is a *transfer* (`transfer.rs`);
 //!   moving its attribution between listeners is a *hand-off*
 //!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
+//! - [`BalancedListener::serve`] runs every worker with one handler until a
+//!   graceful [`Server::shutdown`] (`shutdown.rs`); [`admin`] serves the
+//!   stats over HTTP (feature `admin`, on by default).
 //! - [`stats`] holds the counters and their renderings; [`steering`] the
 //!   eBPF program's loader and maps; `sys/` every system call.
 #![deny(missing_docs)]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod backend;
 mod backoff;
 mod builder;
@@ -55,6 +60,7 @@ mod error;
 mod group;
 mod listener;
 pub mod original_dst;
+pub mod shutdown;
 mod socket;
 mod sockets;
 pub mod stats;
@@ -72,4 +78,5 @@ pub use builder::Builder;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};
 pub use error::BindError;
 pub use listener::BalancedListener;
+pub use shutdown::{DrainReport, Server};
 pub use worker::Worker;

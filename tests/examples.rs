@@ -205,3 +205,21 @@ fn http_refuses_a_request_head_it_would_buffer_without_limit() {
     println!("sent {sent} bytes before the close; RSS grew {grown} KiB");
     assert!(grown < 8 * 1024, "RSS grew {grown} KiB");
 }
+
+#[test]
+fn the_backlog_flag_sets_the_listen_backlog() {
+    let server = ExampleServer::start(
+        "echo",
+        &["--backend", "shared", "--workers", "1", "--backlog", "7"],
+    );
+    // For a listening socket, ss shows the backlog as Send-Q.
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", server.addr.port())])
+        .output()
+        .expect("run ss (iproute2, installed by scripts/setup)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let send_q: Vec<&str> = (listing.lines())
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_q, ["7"], "ss: {listing}");
+}

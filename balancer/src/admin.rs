@@ -108,6 +108,9 @@ impl AdminServer {
     /// # Errors
     /// If the address cannot be bound.
     ///
+    /// # Cancel safety
+    /// Cancel safe: it completes in its first poll.
+    ///
     /// # Examples
     /// ```no_run
     /// use balancer::{admin::AdminServer, Backend, Builder};

@@ -69,11 +69,15 @@ fn a_second_signal_during_the_drain_exits_at_once() {
         ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
     let _client = echoed_client(server.addr);
     server.signal(Signal::SIGTERM);
-    server.wait_for_line("draining");
+    server.wait_for_line("SIGTERM: draining");
     let start = Instant::now();
     server.signal(Signal::SIGINT);
-    let line = server.wait_for_line("again");
-    assert!(line.contains("1 connections open"), "{line}");
+    let line = server.wait_for_line("SIGINT again");
+    assert!(
+        line.ends_with("exiting with 1 connections open"),
+        "{}",
+        server.output.join("\n")
+    );
     let status = server.wait_exit();
     assert_eq!(status.code(), Some(128 + libc::SIGINT), "exit status");
     assert!(start.elapsed() < Duration::from_secs(5), "exited at once");
@@ -87,7 +91,7 @@ fn the_admin_endpoint_reports_the_drain_while_it_lasts() {
     let live = exchange(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
     assert!(live.contains("server.state: 0\n"), "{live}");
     server.signal(Signal::SIGTERM);
-    server.wait_for_line("draining");
+    server.wait_for_line("SIGTERM: draining");
     let stats = exchange(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
     assert!(stats.starts_with("HTTP/1.1 200 OK"), "{stats}");
     assert!(stats.contains("server.state: 1\n"), "{stats}");

@@ -292,7 +292,10 @@ where
 {
     let index = worker.index();
     loop {
+        // Stop first: once stopped, what is queued is served through close.
         tokio::select! {
+            biased;
+            _ = stop.wait_for(Option::is_some) => break,
             accepted = worker.accept() => match accepted {
                 Ok(accepted) => status.spawn(index, handler(accepted)),
                 Err(error) => {
@@ -300,7 +303,6 @@ where
                     break;
                 }
             },
-            _ = stop.wait_for(Option::is_some) => break,
         }
     }
     let queued = worker.close();

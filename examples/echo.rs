@@ -9,11 +9,10 @@
 
 mod common;
 
-use clap::Parser;
 use tokio::io::AsyncWriteExt;
 
 fn main() -> Result<(), common::Report> {
-    let args = common::Args::parse();
+    let args = common::args();
     let listener = common::bind(&args)?;
     common::run(listener, &args, |conn| async move {
         let (mut rd, mut wr) = conn.stream.into_split();

@@ -5,7 +5,9 @@
 //! Each response names its worker in an `X-Worker` header, so a client can
 //! measure the per-worker split without trusting the server's counters.
 //! `GET /spin/<micros>` burns that much CPU before answering (for skewed
-//! load). Only bodiless requests (GET, HEAD) are supported.
+//! load). Only bodiless requests are supported: GET and HEAD (no body in
+//! the answer); other methods get `405`, a request head over 16 KiB `431`,
+//! and the connection is closed.
 //!
 //! ```sh
 //! cargo run --release --example http -- --backend ebpf --workers 2
@@ -14,46 +16,81 @@
 
 mod common;
 
-use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use httparse::Status;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 /// Longest `/spin/<micros>` honoured: 100 ms.
 const MAX_SPIN_MICROS: u64 = 100_000;
+/// The largest request head; a larger one is answered 431 and closed.
+const MAX_HEAD: usize = 16 * 1024;
 
 fn main() -> Result<(), common::Report> {
-    let args = common::Args::parse();
+    let args = common::args();
     let listener = common::bind(&args)?;
     common::run(listener, &args, |conn| async move {
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nX-Worker: {}\r\n\r\nok\n",
-            conn.worker
-        );
-        let mut stream = conn.stream;
-        let mut buf = bytes::BytesMut::with_capacity(8192);
-        'connection: loop {
-            // Answer every complete request in the buffer (pipelining), then read more.
-            loop {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                let mut request = httparse::Request::new(&mut headers);
-                match request.parse(&buf) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        spin(request.path.unwrap_or("/"));
-                        let _ = buf.split_to(len);
-                        if stream.write_all(response.as_bytes()).await.is_err() {
-                            break 'connection;
-                        }
-                    }
-                    Ok(httparse::Status::Partial) => break,
-                    Err(_) => break 'connection,
-                }
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        serve(conn.stream, conn.worker).await;
         drop(conn.guard);
     })
+}
+
+/// Answers the requests on `stream` in order (pipelined ones included) until
+/// the client closes; a request other than GET or HEAD, a malformed one or a
+/// head over [`MAX_HEAD`] gets an error status and the connection is closed.
+async fn serve(mut stream: TcpStream, worker: usize) {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nX-Worker: {worker}\r\n\r\n"
+    );
+    let get = format!("{head}ok\n");
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut request = httparse::Request::new(&mut headers);
+            let (len, response) = match request.parse(&buf) {
+                Ok(Status::Complete(len)) => match request.method {
+                    Some("GET") => {
+                        spin(request.path.unwrap_or("/"));
+                        (len, &get)
+                    }
+                    Some("HEAD") => (len, &head),
+                    _ => return refuse(stream, "405 Method Not Allowed\r\nAllow: GET, HEAD").await,
+                },
+                Ok(Status::Partial) if buf.len() >= MAX_HEAD => {
+                    return refuse(stream, "431 Request Header Fields Too Large").await
+                }
+                Ok(Status::Partial) => break,
+                Err(httparse::Error::TooManyHeaders) => {
+                    return refuse(stream, "431 Request Header Fields Too Large").await
+                }
+                Err(_) => return refuse(stream, "400 Bad Request").await,
+            };
+            let _ = buf.split_to(len);
+            if stream.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers `status` and closes; reads (and drops) what the client still
+/// sends for up to a second first, so the answer is not lost to a reset.
+async fn refuse(mut stream: TcpStream, status: &str) {
+    let response = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    if stream.write_all(response.as_bytes()).await.is_ok() && stream.shutdown().await.is_ok() {
+        let (mut rest, mut sink) = (stream.take(1 << 20), tokio::io::sink());
+        let linger = tokio::io::copy(&mut rest, &mut sink);
+        let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+    }
 }
 
 /// Busy-waits for `/spin/<micros>` (capped), holding the worker's thread as a

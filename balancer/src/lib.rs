@@ -43,11 +43,16 @@
 //! - Moving a connection between workers is a *transfer* (`transfer.rs`);
 //!   moving its attribution between listeners is a *hand-off*
 //!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
+//! - [`BalancedListener::serve`] runs every worker with one handler until a
+//!   graceful [`Server::shutdown`] (`shutdown.rs`); [`admin`] serves the
+//!   stats over HTTP (feature `admin`, on by default).
 //! - [`stats`] holds the counters and their renderings; [`steering`] the
 //!   eBPF program's loader and maps; `sys/` every system call.
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod activation;
+#[cfg(feature = "admin")]
+pub mod admin;
 mod backend;
 mod backoff;
 mod builder;
@@ -57,6 +62,7 @@ mod group;
 mod listener;
 pub mod original_dst;
 mod requested;
+pub mod shutdown;
 mod socket;
 mod sockets;
 pub mod stats;
@@ -74,6 +80,7 @@ pub use builder::Builder;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};
 pub use error::BindError;
 pub use listener::BalancedListener;
+pub use shutdown::{DrainReport, Server};
 /// The socket2 version whose types [`Builder::socket_options`] and
 /// [`Builder::tcp_keepalive`] take.
 pub use socket2;

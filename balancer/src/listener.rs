@@ -78,14 +78,28 @@ impl BalancedListener {
         F: Fn(Worker) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let serve = Arc::new(serve);
+        self.spawn_threads(move |worker| worker.run(&serve))
+    }
+
+    /// How many workers the set has.
+    pub(crate) fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Runs `run(worker)` for every worker on a thread named as
+    /// [`BalancedListener::spawn`] names them.
+    pub(crate) fn spawn_threads(
+        self,
+        run: impl Fn(Worker) + Send + Sync + 'static,
+    ) -> io::Result<Vec<JoinHandle<()>>> {
+        let run = Arc::new(run);
         self.workers
             .into_iter()
             .map(|worker| {
-                let serve = Arc::clone(&serve);
+                let run = Arc::clone(&run);
                 std::thread::Builder::new()
                     .name(format!("wrk:worker_{}", worker.index()))
-                    .spawn(move || worker.run(|w| serve(w)))
+                    .spawn(move || run(worker))
             })
             .collect()
     }

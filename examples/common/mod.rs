@@ -1,19 +1,15 @@
-//! What the example servers share: flags, binding with a stated default
-//! backend, the admin endpoint, and a graceful stop on SIGINT/SIGTERM.
+//! What the example servers share: flags, logging, binding with a stated
+//! default backend, the library's admin endpoint, and its graceful shutdown
+//! on SIGINT/SIGTERM.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-    time::{Duration, Instant},
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use balancer::{
+    admin::AdminServer, Accepted, Backend, BalancedListener, BindError, Builder, ConnectionGuard,
+    Server,
 };
-
-use balancer::{stats::Stats, Backend, BalancedListener, BindError, Builder, ConnectionGuard};
 use clap::Parser;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    sync::watch,
-};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -26,9 +22,15 @@ pub struct Args {
     /// shared, reuseport, exact or ebpf (default: ebpf where it can load, else reuseport).
     #[arg(long)]
     pub backend: Option<Backend>,
-    /// Admin endpoint: GET /stats (Envoy text), GET /stats/prometheus.
+    /// Admin endpoint: GET /stats (Envoy text), /stats/prometheus, /ready.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Listen backlog of each socket.
+    #[arg(long, default_value = "1024")]
+    pub backlog: u32,
+    /// Log level: error, warn, info, debug, trace or off (RUST_LOG overrides).
+    #[arg(long, default_value = "info")]
+    pub log_level: log::LevelFilter,
     /// On SIGINT/SIGTERM, how long open connections may take to finish.
     #[arg(long, default_value = "5", value_name = "SECONDS")]
     pub drain_timeout: u64,
@@ -52,6 +54,16 @@ pub struct Args {
     pub take_over: bool,
 }
 
+/// Parses the flags and starts logging.
+pub fn args() -> Args {
+    let args = Args::parse();
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .parse_default_env()
+        .init();
+    args
+}
+
 /// Binds `args.listen` on the requested backend, or on `ebpf` falling back
 /// to `reuseport` when no backend was requested, and says which it chose.
 pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
@@ -62,6 +74,7 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
         let mut builder = Builder::new(backend)
             .workers(workers)
             .listen(args.listen)
+            .backlog(args.backlog)
             .pin_to_cores(args.pin)
             .take_over(args.take_over);
         if let Some(addr) = args.virtual_listener {
@@ -82,12 +95,6 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
             result => result?,
         },
     };
-    println!(
-        "serving on {} with {workers} workers, backend {}; admin on http://{}/stats",
-        args.listen,
-        listener.backend(),
-        args.admin
-    );
     Ok(listener)
 }
 
@@ -102,125 +109,96 @@ pub struct Conn {
     pub guard: Option<ConnectionGuard>,
 }
 
-/// Serves every worker with `handle` until SIGINT/SIGTERM, then stops
-/// accepting, gives open connections `drain_timeout` to finish, and returns.
+/// Serves every worker with `handle`, and the admin endpoint, until
+/// SIGINT/SIGTERM; then drains for up to `--drain-timeout` and prints how
+/// many connections were closed at the deadline. A second signal during the
+/// drain exits at once with status 128 + its number.
 pub fn run<H, Fut>(listener: BalancedListener, args: &Args, handle: H) -> Result<(), Report>
 where
     H: Fn(Conn) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let stats = listener.stats();
-    let (stop, stopped) = watch::channel(false);
-    let drain = Duration::from_secs(args.drain_timeout);
-    let handle = Arc::new(handle);
-    let release = args.release_at_handoff;
-    let threads = listener.spawn(move |mut worker| {
-        let handle = Arc::clone(&handle);
-        let mut stopped = stopped.clone();
-        async move {
-            loop {
-                tokio::select! {
-                    accepted = worker.accept() => match accepted {
-                        Ok(accepted) => {
-                            let worker = accepted.guard.worker();
-                            // --release-at-handoff drops the guard here: the
-                            // connection stays open but stops counting.
-                            let guard = (!release).then_some(accepted.guard);
-                            tokio::task::spawn_local(handle(Conn { stream: accepted.stream, worker, guard }));
-                        }
-                        Err(error) => { eprintln!("worker {}: accept: {error}", worker.index()); break; }
-                    },
-                    _ = stopped.changed() => break,
-                }
-            }
-            let (index, stats) = (worker.index(), worker.stats().clone());
-            // Closes this worker's listening sockets; the last worker to close
-            // gets what was still queued, so nothing the kernel accepted is reset.
-            for accepted in worker.close() {
-                match accepted.try_map_stream(tokio::net::TcpStream::from_std) {
-                    Ok(accepted) => {
-                        let conn = Conn { stream: accepted.stream, worker: index, guard: Some(accepted.guard) };
-                        tokio::task::spawn_local(handle(conn));
-                    }
-                    Err(error) => eprintln!("worker {index}: {error}"),
-                }
-            }
-            let deadline = Instant::now() + drain;
-            while stats.snapshot().workers[index].downstream_cx_active > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    })?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let admin = tokio::net::TcpListener::bind(args.admin).await?;
-        tokio::select! {
-            result = serve_admin(admin, stats.clone()) => result?,
-            signal = shutdown_signal() => println!("{}: draining (up to {}s)", signal?, args.drain_timeout),
-        }
-        Ok::<_, std::io::Error>(())
-    })?;
-    let _ = stop.send(true);
-    for thread in threads {
-        thread.join().map_err(|_| "a worker thread panicked")?;
-    }
-    let left: u64 = stats.snapshot().active_per_worker().iter().sum();
-    println!("stopped ({left} connections were closed at the drain deadline)");
-    Ok(())
-}
-
-async fn shutdown_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+        let mut signals = Signals::new()?;
+        let admin = AdminServer::bind(args.admin, listener.stats()).await?;
+        let addr = listener.listeners().next().ok_or("no listener")?.1;
+        println!(
+            "serving on {addr} with {} workers, backend {}; admin on http://{}/stats",
+            listener.stats().snapshot().workers.len(),
+            listener.backend(),
+            admin.local_addr()?
+        );
+        let release = args.release_at_handoff;
+        let server = listener.serve(move |accepted: Accepted| {
+            let worker = accepted.guard.worker();
+            // --release-at-handoff drops the guard here: the connection
+            // stays open but stops counting.
+            let guard = (!release).then_some(accepted.guard);
+            handle(Conn {
+                stream: accepted.stream,
+                worker,
+                guard,
+            })
+        })?;
+        tokio::spawn(admin.drain_status(server.drain_status()).serve());
+        let signal = signals.next().await;
+        drain(server, signal, signals, args.drain_timeout).await;
+        Ok(())
     })
 }
 
-/// A minimal admin endpoint: answers `GET /stats` and `GET /stats/prometheus`
-/// on each connection, then closes it.
-async fn serve_admin(listener: tokio::net::TcpListener, stats: Stats) -> std::io::Result<()> {
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0; 4096];
-            let mut len = 0;
-            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-                match stream.read(&mut buf[len..]).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => len += n,
-                }
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut request = httparse::Request::new(&mut headers);
-            let path = match request.parse(&buf[..len]) {
-                Ok(_) => request.path.unwrap_or(""),
-                Err(_) => "",
-            };
-            let (status, content_type, body) = match path {
-                "/stats" => ("200 OK", "text/plain", stats.snapshot().to_envoy_text()),
-                "/stats/prometheus" => (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    stats.snapshot().to_prometheus(),
-                ),
-                _ => (
-                    "404 Not Found",
-                    "text/plain",
-                    "try /stats or /stats/prometheus\n".to_owned(),
-                ),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        });
+/// Shuts `server` down after `signal`, or exits at the next one.
+async fn drain(server: Server, signal: Received, mut signals: Signals, seconds: u64) {
+    println!(
+        "{}: draining (up to {seconds}s; again to exit now)",
+        signal.name
+    );
+    let status = server.drain_status();
+    tokio::select! {
+        report = server.shutdown(Duration::from_secs(seconds)) => {
+            let cut = report.closed_at_deadline;
+            println!("stopped ({cut} connections were closed at the drain deadline)");
+        }
+        again = signals.next() => {
+            let open = status.connections_open();
+            println!("{} again: exiting with {open} connections open", again.name);
+            std::process::exit(128 + again.number);
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, received as often as they come.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+/// A signal received: its name and number.
+struct Received {
+    name: &'static str,
+    number: i32,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> Received {
+        let (name, kind) = tokio::select! {
+            _ = self.term.recv() => ("SIGTERM", SignalKind::terminate()),
+            _ = self.int.recv() => ("SIGINT", SignalKind::interrupt()),
+        };
+        Received {
+            name,
+            number: kind.as_raw_value(),
+        }
     }
 }
 

@@ -119,6 +119,7 @@ pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
 
 pub mod burst;
 pub mod echo;
+pub mod example;
 pub mod raw;
 
 /// Runs `body` in a new network namespace where sockets closing lose no

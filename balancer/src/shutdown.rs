@@ -1,0 +1,326 @@
+//! Serving every worker with one connection handler, then a graceful
+//! shutdown: stop accepting, close the workers without losing a connection
+//! the kernel accepted, and give open connections until a deadline.
+
+use std::{
+    future::Future,
+    io,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::{connection::Accepted, listener::BalancedListener, worker::Worker};
+
+/// Every worker of a [`BalancedListener`] serving connections with one
+/// handler, each on its own thread, until [`Server::shutdown`]; started by
+/// [`BalancedListener::serve`].
+///
+/// Dropping it without calling `shutdown` stops accepting and closes the
+/// workers as `shutdown` does, with no time to drain: connections still
+/// open are closed at once, on the workers' threads, unawaited.
+#[must_use = "dropping the server stops it at once"]
+pub struct Server {
+    /// The drain deadline, sent once to every worker.
+    stop: watch::Sender<Option<Instant>>,
+    /// Each worker's report, sent when its thread is done.
+    reports: mpsc::UnboundedReceiver<WorkerReport>,
+    workers: usize,
+    status: DrainStatus,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("workers", &self.workers)
+            .field("connections_open", &self.status.connections_open())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a worker's thread reports when it is done.
+struct WorkerReport {
+    served_from_queue: usize,
+    closed_at_deadline: usize,
+}
+
+/// How a [`Server::shutdown`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DrainReport {
+    /// Connections whose handler was running when the drain started.
+    pub open_at_start: usize,
+    /// Connections still queued in the kernel when the last worker closed,
+    /// which it accepted and served during the drain.
+    pub served_from_queue: usize,
+    /// Connections whose handler was still running at the deadline: they
+    /// were closed then, unfinished.
+    pub closed_at_deadline: usize,
+    /// Workers whose thread panicked (or could not start its runtime);
+    /// their connections were closed then and are not counted above.
+    pub workers_panicked: usize,
+    /// From the start of the drain until every worker's thread was done.
+    pub elapsed: Duration,
+}
+
+/// Whether a [`Server`] is draining, and how many connections it still
+/// serves: what an admin endpoint reports during a shutdown.
+///
+/// Cheap to clone (an `Arc`); reading it is a few atomic loads.
+#[derive(Clone, Debug)]
+pub struct DrainStatus {
+    inner: Arc<DrainInner>,
+}
+
+#[derive(Debug)]
+struct DrainInner {
+    /// Per worker: handlers running.
+    open: Vec<AtomicUsize>,
+    /// Per worker: woken when its last handler ends.
+    idle: Vec<Notify>,
+    /// When the drain started, and its deadline.
+    draining: OnceLock<(Instant, Instant)>,
+}
+
+impl DrainStatus {
+    fn new(workers: usize) -> Self {
+        Self {
+            inner: Arc::new(DrainInner {
+                open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+                idle: (0..workers).map(|_| Notify::new()).collect(),
+                draining: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Connections whose handler is running, over every worker. While
+    /// draining, the connections left.
+    pub fn connections_open(&self) -> usize {
+        (self.inner.open.iter())
+            .map(|open| open.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Whether [`Server::shutdown`] has started.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.get().is_some()
+    }
+
+    /// While draining, the time until connections still open are closed;
+    /// `None` before the drain starts.
+    pub fn time_left(&self) -> Option<Duration> {
+        let (_, deadline) = self.inner.draining.get()?;
+        Some(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    /// Runs `handler` on the current worker's `LocalSet`, counted as open on
+    /// `worker` until it ends (or is dropped, panicking included).
+    fn spawn(&self, worker: usize, handler: impl Future<Output = ()> + 'static) {
+        self.inner.open[worker].fetch_add(1, Ordering::Relaxed);
+        let open = OpenHandler {
+            status: self.clone(),
+            worker,
+        };
+        tokio::task::spawn_local(async move {
+            let _open = open;
+            handler.await;
+        });
+    }
+
+    /// Returns once no handler of `worker` runs.
+    async fn idle(&self, worker: usize) {
+        while self.inner.open[worker].load(Ordering::Acquire) > 0 {
+            self.inner.idle[worker].notified().await;
+        }
+    }
+}
+
+/// Counts one handler as open until dropped.
+struct OpenHandler {
+    status: DrainStatus,
+    worker: usize,
+}
+
+impl Drop for OpenHandler {
+    fn drop(&mut self) {
+        let inner = &self.status.inner;
+        if inner.open[self.worker].fetch_sub(1, Ordering::AcqRel) == 1 {
+            inner.idle[self.worker].notify_one();
+        }
+    }
+}
+
+impl BalancedListener {
+    /// Serves every worker with `handler` until [`Server::shutdown`]: each
+    /// worker runs on its own thread (as [`BalancedListener::spawn`]) and
+    /// runs `handler(connection)` as a local task for every connection it
+    /// accepts. Keep the connection's guard alive until the connection ends.
+    ///
+    /// Cost: one thread per worker; per connection a `spawn_local` and two
+    /// atomic operations on a counter of the worker's own. A worker whose
+    /// `accept` fails with an error retrying cannot help (not exhaustion,
+    /// see [`Worker::accept`]) logs it and closes as on a shutdown: its
+    /// queue moves to the live workers, its open connections finish on it.
+    ///
+    /// # Errors
+    /// If a thread cannot be spawned; workers already started then stop as
+    /// when a [`Server`] is dropped.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use balancer::{Backend, Builder};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = Builder::new(Backend::Exact)
+    ///     .listen("127.0.0.1:8080".parse()?)
+    ///     .bind()?;
+    /// let server = listener.serve(|conn| async move {
+    ///     let (mut rd, mut wr) = conn.stream.into_split();
+    ///     let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    ///     drop(conn.guard);
+    /// })?;
+    /// let stop = tokio::time::sleep(Duration::from_secs(60)); // or a signal
+    /// let report = server.shutdown_on(stop, Duration::from_secs(5)).await;
+    /// println!("{} connections closed at the deadline", report.closed_at_deadline);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve<H, Fut>(self, handler: H) -> io::Result<Server>
+    where
+        H: Fn(Accepted) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let workers = self.workers();
+        let status = DrainStatus::new(workers);
+        let (stop, stopped) = watch::channel(None);
+        let (report, reports) = mpsc::unbounded_channel();
+        let serving = status.clone();
+        self.spawn_threads(move |worker| {
+            let mut done = None;
+            worker.run(|worker| async {
+                done = Some(serve_worker(worker, &handler, stopped.clone(), &serving).await);
+            });
+            if let Some(done) = done {
+                let _ = report.send(done);
+            }
+        })?;
+        Ok(Server {
+            stop,
+            reports,
+            workers,
+            status,
+        })
+    }
+}
+
+impl Server {
+    /// A handle on the drain's progress, e.g. for
+    /// [`AdminServer::drain_status`](crate::admin::AdminServer::drain_status).
+    pub fn drain_status(&self) -> DrainStatus {
+        self.status.clone()
+    }
+
+    /// Stops accepting, closes every worker and gives the connections still
+    /// open `drain_timeout` to finish; those still open then are closed and
+    /// counted in [`DrainReport::closed_at_deadline`].
+    ///
+    /// Guarantee: no connection the kernel accepted is reset. The workers
+    /// close as [`Worker::close`] does (queues move to the live workers;
+    /// the last one accepts what is left and serves it with `handler`), so
+    /// a client that connected before this call is served, if its handler
+    /// finishes in time. Returns when every worker's thread is done: by the
+    /// deadline, or sooner when every handler has ended.
+    ///
+    /// Cost: the workers poll nothing while draining; each wakes when its
+    /// last handler ends or at the deadline.
+    ///
+    /// # Cancel safety
+    /// Cancelling it does not stop the drain: the workers keep draining
+    /// until the deadline, unawaited.
+    pub async fn shutdown(mut self, drain_timeout: Duration) -> DrainReport {
+        let started = Instant::now();
+        let deadline = started + drain_timeout;
+        let _ = self.status.inner.draining.set((started, deadline));
+        let open_at_start = self.status.connections_open();
+        // Fails only when every worker is done already.
+        let _ = self.stop.send(Some(deadline));
+        let mut report = DrainReport {
+            open_at_start,
+            served_from_queue: 0,
+            closed_at_deadline: 0,
+            workers_panicked: self.workers,
+            elapsed: Duration::ZERO,
+        };
+        while let Some(worker) = self.reports.recv().await {
+            report.served_from_queue += worker.served_from_queue;
+            report.closed_at_deadline += worker.closed_at_deadline;
+            report.workers_panicked -= 1;
+        }
+        report.elapsed = started.elapsed();
+        report
+    }
+
+    /// Serves until `stop` completes (a signal, say), then shuts down as
+    /// [`Server::shutdown`] does.
+    ///
+    /// # Cancel safety
+    /// Cancelling it before `stop` completes stops the server as dropping
+    /// it does; after, as cancelling `shutdown`.
+    pub async fn shutdown_on(self, stop: impl Future, drain_timeout: Duration) -> DrainReport {
+        stop.await;
+        self.shutdown(drain_timeout).await
+    }
+}
+
+/// One worker's life under a [`Server`]: accept and serve until stopped,
+/// close, serve what the close returns, wait for its handlers until the
+/// deadline.
+async fn serve_worker<H, Fut>(
+    mut worker: Worker,
+    handler: &H,
+    mut stop: watch::Receiver<Option<Instant>>,
+    status: &DrainStatus,
+) -> WorkerReport
+where
+    H: Fn(Accepted) -> Fut,
+    Fut: Future<Output = ()> + 'static,
+{
+    let index = worker.index();
+    loop {
+        // Stop first: once stopped, what is queued is served through close.
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(Option::is_some) => break,
+            accepted = worker.accept() => match accepted {
+                Ok(accepted) => status.spawn(index, handler(accepted)),
+                Err(error) => {
+                    log::error!("worker {index}: accept: {error}; closing it");
+                    break;
+                }
+            },
+        }
+    }
+    let queued = worker.close();
+    let served_from_queue = queued.len();
+    for accepted in queued {
+        match accepted.try_map_stream(tokio::net::TcpStream::from_std) {
+            Ok(accepted) => status.spawn(index, handler(accepted)),
+            Err(error) => log::warn!("worker {index}: closing a queued connection: {error}"),
+        }
+    }
+    // Err: the server was dropped, so the deadline is now.
+    let deadline = match stop.wait_for(Option::is_some).await {
+        Ok(deadline) => (*deadline).unwrap_or_else(Instant::now),
+        Err(_) => Instant::now(),
+    };
+    let _ = tokio::time::timeout_at(deadline.into(), status.idle(index)).await;
+    WorkerReport {
+        served_from_queue,
+        closed_at_deadline: status.inner.open[index].load(Ordering::Acquire),
+    }
+}

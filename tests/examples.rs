@@ -1,0 +1,229 @@
+//! The example servers as a user runs them (child processes on port 0):
+//! the exit line counts what the drain deadline closed, a second signal
+//! exits at once, the admin endpoint serves through a drain and through fd
+//! exhaustion, and the `http` example answers pipelined requests in order
+//! and refuses request heads it would have to buffer without limit.
+
+mod util;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    time::{Duration, Instant},
+};
+
+use nix::sys::{
+    resource::{setrlimit, Resource},
+    signal::Signal,
+};
+use util::example::{example_command, ExampleServer};
+
+/// Connects to `addr` and checks one echoed line, so the server has
+/// accepted the connection.
+fn echoed_client(addr: SocketAddr) -> TcpStream {
+    let mut client = util::connect(addr);
+    let line = b"hello\n";
+    client.write_all(line).unwrap();
+    let mut echoed = [0; 6];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, line);
+    client
+}
+
+/// Sends `request` on a new connection and reads the response to EOF.
+fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut client = util::connect(addr);
+    client.write_all(request).unwrap();
+    let mut response = String::new();
+    client
+        .read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("response: {e}; got {response:?}"));
+    response
+}
+
+#[test]
+fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline() {
+    let mut server = ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "1"]);
+    let mut clients: Vec<_> = (0..3).map(|_| echoed_client(server.addr)).collect();
+    server.signal(Signal::SIGTERM);
+    let line = server.wait_for_line("stopped");
+    assert!(
+        line.contains("(3 connections were closed at the drain deadline)"),
+        "exit line: {line}"
+    );
+    assert!(server.wait_exit().success());
+    for client in &mut clients {
+        let mut buf = [0; 1];
+        let read = client.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "the connection was closed"
+        );
+    }
+}
+
+#[test]
+fn a_second_signal_during_the_drain_exits_at_once() {
+    let mut server =
+        ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
+    let _client = echoed_client(server.addr);
+    server.signal(Signal::SIGTERM);
+    server.wait_for_line("SIGTERM: draining");
+    let start = Instant::now();
+    server.signal(Signal::SIGINT);
+    let line = server.wait_for_line("SIGINT again");
+    assert!(
+        line.ends_with("exiting with 1 connections open"),
+        "{}",
+        server.output.join("\n")
+    );
+    let status = server.wait_exit();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "exit status");
+    assert!(start.elapsed() < Duration::from_secs(5), "exited at once");
+}
+
+#[test]
+fn the_admin_endpoint_reports_the_drain_while_it_lasts() {
+    let mut server =
+        ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
+    let _clients: Vec<_> = (0..2).map(|_| echoed_client(server.addr)).collect();
+    let live = exchange(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
+    assert!(live.contains("server.state: 0\n"), "{live}");
+    server.signal(Signal::SIGTERM);
+    server.wait_for_line("SIGTERM: draining");
+    let stats = exchange(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
+    assert!(stats.starts_with("HTTP/1.1 200 OK"), "{stats}");
+    assert!(stats.contains("server.state: 1\n"), "{stats}");
+    assert!(stats.contains("server.connections_open: 2\n"), "{stats}");
+    let ready = exchange(server.admin, b"GET /ready HTTP/1.1\r\n\r\n");
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let prometheus = exchange(server.admin, b"GET /stats/prometheus HTTP/1.1\r\n\r\n");
+    assert!(
+        prometheus.contains("balancer_server_state 1\n"),
+        "{prometheus}"
+    );
+}
+
+/// Data-plane clients when the server runs out of fds: more than fit under
+/// [`FD_LIMIT`].
+const CLIENTS: usize = 200;
+/// The server's fd limit: about 50 connections fit.
+const FD_LIMIT: u64 = 64;
+
+#[test]
+fn a_scrape_while_out_of_fds_ends_nothing() {
+    let mut command = example_command("echo", &["--backend", "shared", "--workers", "1"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            setrlimit(Resource::RLIMIT_NOFILE, FD_LIMIT, FD_LIMIT).map_err(std::io::Error::from)
+        });
+    }
+    let mut server = ExampleServer::start_command(command);
+    let mut clients: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let mut client = util::connect(server.addr);
+            client
+                .write_all(format!("client {i}\n").as_bytes())
+                .unwrap();
+            client
+        })
+        .collect();
+    server.wait_for_line("backing off"); // the worker's warning
+                                         // The scrape waits in the admin queue while no fd is free: the admin
+                                         // endpoint backs off too (one warning per episode each), and lives.
+    let mut scrape = util::connect(server.admin);
+    scrape.write_all(b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
+    server.wait_for_line("backing off");
+    // Each client served and closed frees an fd for the next.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let line = format!("client {i}\n");
+        let mut echoed = vec![0; line.len()];
+        client
+            .read_exact(&mut echoed)
+            .unwrap_or_else(|e| panic!("client {i} of {CLIENTS} was not served: {e}"));
+        assert_eq!(echoed, line.as_bytes());
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let mut response = String::new();
+    scrape.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(server.child_running(), "the server is still up");
+}
+
+#[test]
+fn http_answers_pipelined_requests_in_order() {
+    let server = ExampleServer::start("http", &["--backend", "shared", "--workers", "1"]);
+    let response = exchange(
+        server.addr,
+        b"GET / HTTP/1.1\r\n\r\nHEAD / HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nDELETE / HTTP/1.1\r\n\r\n",
+    );
+    let ok_with_body = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nX-Worker: 0\r\n\r\nok\n";
+    let ok_head = ok_with_body.strip_suffix("ok\n").unwrap();
+    let refused = "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        response,
+        [ok_with_body, ok_head, ok_with_body, refused].concat()
+    );
+}
+
+/// The `http` example's largest request head.
+const MAX_HEAD: usize = 16 * 1024;
+
+#[test]
+fn http_refuses_a_request_head_it_would_buffer_without_limit() {
+    let server = ExampleServer::start("http", &["--backend", "shared", "--workers", "1"]);
+    let mut head = b"GET / HTTP/1.1\r\nX-Long: ".to_vec();
+    head.resize(MAX_HEAD + 100, b'a');
+    let response = exchange(server.addr, &head);
+    assert!(
+        response.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{response:?}"
+    );
+
+    // 256 MiB without a line end: the server must close long before.
+    let before = server.rss_kib();
+    let mut client = util::connect(server.addr);
+    client.write_all(b"GET / HTTP/1.1\r\nX-Long: ").unwrap();
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0;
+    let refused = loop {
+        match client.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => break e,
+        }
+        assert!(
+            sent < 256 << 20,
+            "the server took {sent} bytes of one header"
+        );
+    };
+    assert!(
+        matches!(
+            refused.kind(),
+            ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+        ),
+        "{refused}"
+    );
+    let grown = server.rss_kib().saturating_sub(before);
+    println!("sent {sent} bytes before the close; RSS grew {grown} KiB");
+    assert!(grown < 8 * 1024, "RSS grew {grown} KiB");
+}
+
+#[test]
+fn the_backlog_flag_sets_the_listen_backlog() {
+    let server = ExampleServer::start(
+        "echo",
+        &["--backend", "shared", "--workers", "1", "--backlog", "7"],
+    );
+    // For a listening socket, ss shows the backlog as Send-Q.
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", server.addr.port())])
+        .output()
+        .expect("run ss (iproute2, installed by scripts/setup)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let send_q: Vec<&str> = (listing.lines())
+        .filter_map(|line| line.split_whitespace().nth(2))
+        .collect();
+    assert_eq!(send_q, ["7"], "ss: {listing}");
+}

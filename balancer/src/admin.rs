@@ -117,7 +117,7 @@ impl AdminServer {
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let listener = Builder::new(Backend::Exact)
-    ///     .listen("127.0.0.1:8080".parse()?)
+    ///     .listen("127.0.0.1:8080")
     ///     .bind()?;
     /// let admin = AdminServer::bind("127.0.0.1:15000".parse()?, listener.stats()).await?;
     /// tokio::spawn(admin.serve());

@@ -177,7 +177,7 @@ impl BalancedListener {
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let listener = Builder::new(Backend::Exact)
-    ///     .listen("127.0.0.1:8080".parse()?)
+    ///     .listen("127.0.0.1:8080")
     ///     .bind()?;
     /// let server = listener.serve(|conn| async move {
     ///     let (mut rd, mut wr) = conn.stream.into_split();

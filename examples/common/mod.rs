@@ -122,6 +122,7 @@ where
                 tokio::select! {
                     accepted = worker.accept() => match accepted {
                         Ok(accepted) => {
+                            let accepted = accepted.into_parts();
                             let worker = accepted.guard.worker();
                             // --release-at-handoff drops the guard here: the
                             // connection stays open but stops counting.
@@ -139,6 +140,7 @@ where
             for accepted in worker.close() {
                 match accepted.try_map_stream(tokio::net::TcpStream::from_std) {
                     Ok(accepted) => {
+                        let accepted = accepted.into_parts();
                         let conn = Conn { stream: accepted.stream, worker: index, guard: Some(accepted.guard) };
                         tokio::task::spawn_local(handle(conn));
                     }

@@ -12,7 +12,7 @@ use std::{
 
 use balancer::{
     stats::{Snapshot, Stats},
-    Accepted, Backend, BalancedListener, ListenerId, Worker,
+    Backend, BalancedListener, Connection, ListenerId, Worker,
 };
 use tokio::{io::AsyncWriteExt, task::JoinSet};
 
@@ -215,17 +215,18 @@ async fn serve(
 /// Records who serves the connection and echoes it on a local task.
 fn echo(
     tasks: &mut JoinSet<()>,
-    conn: Accepted,
+    conn: Connection,
     worker: usize,
     guard: Guard,
     record: &Mutex<HashMap<SocketAddr, Served>>,
 ) {
     let served = Served {
         worker,
-        listener: conn.guard.listener(),
-        original_dst: conn.original_dst,
+        listener: conn.listener(),
+        original_dst: conn.original_dst(),
     };
-    record.lock().unwrap().insert(conn.peer, served);
+    record.lock().unwrap().insert(conn.peer_addr(), served);
+    let conn = conn.into_parts();
     let conn_guard = match guard {
         Guard::Keep => Some(conn.guard),
         Guard::DropAtHandoff => None,

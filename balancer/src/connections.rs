@@ -37,9 +37,14 @@ type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// and sent nothing. Pass [`Connections::finished`] as the server's
 /// graceful-shutdown signal, not the shutdown future itself: a server that
 /// stops on its own drops this stream, which drops the worker and (if it was
-/// the last one running) closes its queued connections.
+/// the last one running) closes its queued connections. Tracking the first
+/// reads costs an uncontended lock when a connection is handed out and at
+/// its first read.
 ///
-/// With hyper, loop on [`Connections::next`].
+/// It implements `axum::serve::Listener` (feature `axum`) and
+/// `futures_core::Stream` (feature `stream`, for tonic's
+/// `serve_with_incoming_shutdown`); with hyper, loop on
+/// [`Connections::next`].
 ///
 /// ```no_run
 /// # async fn serve(worker: balancer::Worker, stop: tokio::sync::oneshot::Receiver<()>) {
@@ -200,5 +205,14 @@ impl Connections {
 
     fn handed_out(&self, conn: Connection) -> Connection {
         conn.report_first_read(self.unread.token())
+    }
+}
+
+#[cfg(feature = "stream")]
+impl futures_core::Stream for Connections {
+    type Item = io::Result<Connection>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Connections::poll_next(self.get_mut(), cx)
     }
 }

@@ -40,7 +40,9 @@
 //!   accepts and stops; [`BindError`] (`error.rs`).
 //! - Each backend's behaviour is one file under `backend/`.
 //! - [`Connection`] (`stream.rs`) is what `accept` returns; [`Connections`]
-//!   (`connections.rs`) stops a worker losslessly under a server.
+//!   (`connections.rs`) stops a worker losslessly under a server such as
+//!   hyper, axum (feature `axum`) or tonic (feature `tonic`), see
+//!   `integrations/`.
 //! - Moving a connection between workers is a *transfer* (`transfer.rs`);
 //!   moving its attribution between listeners is a *hand-off*
 //!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
@@ -56,6 +58,7 @@ mod connections;
 mod error;
 mod first_read;
 mod group;
+mod integrations;
 mod listener;
 pub mod original_dst;
 mod socket;

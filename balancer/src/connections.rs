@@ -194,8 +194,8 @@ impl Connections {
         }
     }
 
-    /// Closes the worker now, as if the shutdown future had completed.
-    pub fn close(&mut self) {
+    /// Closes the worker, once: what it returns is yielded next.
+    fn close(&mut self) {
         let state = std::mem::replace(&mut self.state, State::Finished);
         self.state = match state {
             State::Accepting { worker, .. } => State::Closed(worker.close().into_iter()),

@@ -95,8 +95,11 @@ impl<S> Connection<S> {
         &self.accepted.stream
     }
 
-    /// The stream, mutably. Reading or writing through it is the same as
-    /// through the connection.
+    /// The stream, mutably, e.g. for tokio's borrowed `split`. Reading
+    /// through it bypasses one thing: a stopping
+    /// [`Connections`](crate::Connections) sees only reads through the
+    /// connection itself, so it waits for this one until it drops or the
+    /// read grace ends.
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.accepted.stream
     }

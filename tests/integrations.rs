@@ -29,6 +29,9 @@ const BURST: usize = 40;
 /// How late the late clients send their requests.
 const LATE: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Each worker's shutdown future.
+type Shutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Completes once `stop` is set: each worker's shutdown future.
 fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut stop = stop.clone();
@@ -44,10 +47,7 @@ fn spawn_workers<F, Fut>(
     serve: F,
 ) -> Vec<JoinHandle<()>>
 where
-    F: Fn(Worker, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(Worker, Shutdown) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let stop = stop.clone();
@@ -240,7 +240,7 @@ fn send_request(client: &mut TcpStream) {
         .expect("send the request");
 }
 
-/// Reads each client's response to its end: a 200 from axum, then the
+/// Reads each client's response to its end: a 200, then the
 /// server's close (keep-alive ends with the shutdown).
 fn expect_answered(backend: Backend, clients: &mut [TcpStream]) {
     for (i, client) in clients.iter_mut().enumerate() {
@@ -252,16 +252,19 @@ fn expect_answered(backend: Backend, clients: &mut [TcpStream]) {
             response.starts_with("HTTP/1.1 200 OK"),
             "{backend}: client {i} got {response:?}"
         );
-        assert!(response.contains("hello HTTP/1.1 worker "), "{response:?}");
+        assert!(response.contains(" HTTP/1.1 worker "), "{response:?}");
     }
 }
 
-/// A burst of requests queued in the kernel when the shutdown starts: axum
-/// on `Connections` answers every one (the workers close, the last one
-/// drains its queue and hands it to axum, which reads each request before
-/// its graceful shutdown starts), then returns.
-#[apply(every_backend)]
-fn axum_answers_a_burst_queued_at_shutdown(backend: Backend) {
+/// A burst of requests queued in the kernel when the shutdown starts: the
+/// workers close, the last one drains its queue and hands it to the server
+/// `serve` runs, which reads each request before its graceful shutdown
+/// starts: every one is answered, counted once, and released.
+fn answers_a_burst_queued_at_shutdown<F, Fut>(backend: Backend, serve: F)
+where
+    F: Fn(Worker, Shutdown) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
     if !util::runnable(backend) {
         return;
     }
@@ -270,7 +273,7 @@ fn axum_answers_a_burst_queued_at_shutdown(backend: Backend) {
     // Nothing serves yet: each connection and its request wait in the kernel.
     let mut clients = burst(addr, false);
     let (stop, stop_rx) = watch::channel(true); // the shutdown has started
-    let threads = spawn_workers(listener, &stop_rx, serve_axum);
+    let threads = spawn_workers(listener, &stop_rx, serve);
     expect_answered(backend, &mut clients);
     stop_workers(stop, threads);
     let snapshot = stats.snapshot();
@@ -279,6 +282,16 @@ fn axum_answers_a_burst_queued_at_shutdown(backend: Backend) {
         .sum();
     assert_eq!(total, BURST as u64, "{backend}: each counted once");
     expect_all_released(&stats);
+}
+
+#[apply(every_backend)]
+fn axum_answers_a_burst_queued_at_shutdown(backend: Backend) {
+    answers_a_burst_queued_at_shutdown(backend, serve_axum);
+}
+
+#[apply(every_backend)]
+fn hyper_answers_a_burst_queued_at_shutdown(backend: Backend) {
+    answers_a_burst_queued_at_shutdown(backend, serve_hyper);
 }
 
 /// Clients queued before the shutdown that send their request only after

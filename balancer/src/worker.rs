@@ -158,6 +158,7 @@ impl Worker {
     /// when 0 was asked for). A worker accepts on every bound listener (not
     /// on handoff targets): [`Worker::local_addrs`] lists them all.
     pub fn local_addr(&self) -> SocketAddr {
+        // Never empty: the builder refuses a set without a bound listener.
         let first = self.sockets.listeners()[0];
         self.group.listeners[first.index()].addr
     }

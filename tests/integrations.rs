@@ -11,6 +11,7 @@ use std::{
     future::Future,
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
+    sync::{Arc, Mutex},
     thread::JoinHandle,
 };
 
@@ -327,12 +328,26 @@ fn axum_answers_queued_clients_that_send_late(backend: Backend) {
     expect_all_released(&stats);
 }
 
-/// The tonic glue a user writes: a gRPC health service.
-async fn serve_tonic(worker: Worker, shutdown: impl Future<Output = ()> + Send + 'static) {
+/// The addresses tonic reports for each request: remote, local.
+type SeenAddrs = Arc<Mutex<Vec<(Option<SocketAddr>, Option<SocketAddr>)>>>;
+
+/// The tonic glue a user writes: a gRPC health service (and an interceptor
+/// that records what tonic reports of each request's connection).
+async fn serve_tonic(
+    worker: Worker,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    seen: SeenAddrs,
+) {
+    let record = move |request: tonic::Request<()>| {
+        let addrs = (request.remote_addr(), request.local_addr());
+        seen.lock().unwrap().push(addrs);
+        Ok(request)
+    };
     let (_reporter, health) = tonic_health::server::health_reporter();
     let connections = worker.connections_until(shutdown);
     let finished = connections.finished();
     tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(record))
         .add_service(health)
         .serve_with_incoming_shutdown(connections, finished)
         .await
@@ -340,7 +355,8 @@ async fn serve_tonic(worker: Worker, shutdown: impl Future<Output = ()> + Send +
 }
 
 /// tonic over `Connections`: gRPC health checks answered on every backend,
-/// counted while the channel is open, then a graceful stop.
+/// with the connection's addresses (`Connected`), counted while the channel
+/// is open, then a graceful stop.
 #[apply(every_backend)]
 fn tonic_serves_grpc_over_connections(backend: Backend) {
     use tonic_health::pb::{
@@ -352,7 +368,11 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let (stop, stop_rx) = watch::channel(false);
-    let threads = spawn_workers(listener, &stop_rx, serve_tonic);
+    let seen = SeenAddrs::default();
+    let recorder = Arc::clone(&seen);
+    let threads = spawn_workers(listener, &stop_rx, move |worker, shutdown| {
+        serve_tonic(worker, shutdown, Arc::clone(&recorder))
+    });
 
     current_thread_runtime().block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -372,4 +392,11 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
     });
     expect_all_released(&stats);
     stop_workers(stop, threads);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), REQUESTS, "{backend}: every request intercepted");
+    for &(remote, local) in seen.iter() {
+        let remote = remote.expect("tonic reports the remote address");
+        assert!(remote.ip().is_loopback() && remote != addr, "{remote}");
+        assert_eq!(local, Some(addr), "{backend}");
+    }
 }

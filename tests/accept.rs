@@ -54,7 +54,7 @@ fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
     );
     assert_eq!(accepted.len(), CONNECTIONS);
     assert!(cancelled > 0, "the timer never won");
-    let mut peers: Vec<_> = accepted.iter().map(|c| c.peer).collect();
+    let mut peers: Vec<_> = accepted.iter().map(|c| c.peer_addr()).collect();
     peers.sort();
     peers.dedup();
     assert_eq!(peers.len(), CONNECTIONS, "each connection once");
@@ -95,5 +95,5 @@ fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: B
         .block_on(async { tokio::time::timeout(util::TIMEOUT, worker.accept()).await })
         .expect("the waiting connection is accepted")
         .expect("accept");
-    assert_eq!(accepted.peer, client.local_addr().unwrap());
+    assert_eq!(accepted.peer_addr(), client.local_addr().unwrap());
 }

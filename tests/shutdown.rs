@@ -28,10 +28,9 @@ fn echo_server(backend: Backend) -> (Server, std::net::SocketAddr) {
     let addr = listener.listeners().next().unwrap().1;
     let server = listener
         .serve(|conn| async move {
-            let (mut rd, mut wr) = conn.stream.into_split();
+            let (mut rd, mut wr) = tokio::io::split(conn);
             let _ = tokio::io::copy(&mut rd, &mut wr).await;
             let _ = wr.shutdown().await;
-            drop(conn.guard);
         })
         .unwrap();
     (server, addr)
@@ -183,9 +182,8 @@ fn the_last_worker_serves_what_was_queued(backend: Backend) {
                 }
             }
             async move {
-                let (mut rd, mut wr) = conn.stream.into_split();
+                let (mut rd, mut wr) = tokio::io::split(conn);
                 let _ = tokio::io::copy(&mut rd, &mut wr).await;
-                drop(conn.guard);
             }
         })
         .unwrap();

@@ -98,9 +98,7 @@ fn accepted_options(backend: Backend, builder: Builder) -> (bool, bool, Option<[
     let mut worker = listener.into_workers().remove(0);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let accepted = worker.accept_blocking().expect("accept");
-        let _ = tx.send(accepted.stream);
-        drop(accepted.guard);
+        let _ = tx.send(worker.accept_blocking().expect("accept"));
     });
     let _client = util::connect(addr);
     let stream = rx.recv_timeout(util::TIMEOUT).expect("accepted in time");

@@ -125,8 +125,7 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
         .spawn(|mut worker| async move {
             while let Ok(conn) = worker.accept().await {
                 tokio::task::spawn_local(async move {
-                    let _guard = conn.guard;
-                    let mut stream = conn.stream;
+                    let mut stream = conn;
                     let mut byte = [0];
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     while stream.read_exact(&mut byte).await.is_ok() {
@@ -187,8 +186,8 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
                     "worker 0 panics at its third connection"
                 );
                 tokio::task::spawn_local(async move {
-                    let _guard = conn.guard;
-                    let (mut rd, mut wr) = conn.stream.into_split();
+                    let mut conn = conn;
+                    let (mut rd, mut wr) = conn.get_mut().split();
                     let _ = tokio::io::copy(&mut rd, &mut wr).await;
                 });
             }

@@ -1,7 +1,10 @@
 //! What a worker does when `accept` fails.
 
 use std::{
+    future::Future,
     io,
+    pin::Pin,
+    task::{ready, Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -23,11 +26,14 @@ const LONGEST: Duration = Duration::from_secs(1);
 pub(crate) struct Backoff {
     delay: Option<Duration>,
     last_exhausted: Option<Instant>,
+    /// The wait in progress; it outlives a cancelled `accept`.
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Backoff {
-    /// Waits as `error` calls for, or returns it if retrying cannot help.
-    pub(crate) async fn wait(&mut self, error: io::Error) -> io::Result<()> {
+    /// Starts the wait `error` calls for (see [`Backoff::poll_waited`]), or
+    /// returns it if retrying cannot help. Call from inside a tokio runtime.
+    pub(crate) fn failed(&mut self, error: io::Error) -> io::Result<()> {
         match error.raw_os_error() {
             Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM) => Ok(()),
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
@@ -37,11 +43,31 @@ impl Backoff {
                 self.last_exhausted = Some(Instant::now());
                 let delay = self.delay.map_or(FIRST, |d| (d * 2).min(LONGEST));
                 self.delay = Some(delay);
-                tokio::time::sleep(delay).await;
+                self.wait = Some(Box::pin(tokio::time::sleep(delay)));
                 Ok(())
             }
             _ => Err(error),
         }
+    }
+
+    /// Ready once the wait started by the last failure has passed.
+    pub(crate) fn poll_waited(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(wait) = &mut self.wait {
+            ready!(wait.as_mut().poll(cx));
+            self.wait = None;
+        }
+        Poll::Ready(())
+    }
+
+    /// [`Backoff::failed`], then the wait it started.
+    ///
+    /// # Cancel safety
+    /// Cancelling it leaves the wait in progress for the next
+    /// [`Backoff::poll_waited`].
+    pub(crate) async fn wait(&mut self, error: io::Error) -> io::Result<()> {
+        self.failed(error)?;
+        std::future::poll_fn(|cx| self.poll_waited(cx)).await;
+        Ok(())
     }
 
     /// An accept succeeded: the next failure retries quickly again.

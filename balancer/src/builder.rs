@@ -35,11 +35,10 @@ use crate::{
 ///     .listen("127.0.0.1:8080")
 ///     .bind()?;
 /// let threads = listener.spawn(|mut worker| async move {
-///     while let Ok(conn) = worker.accept().await {
+///     while let Ok(mut conn) = worker.accept().await {
 ///         tokio::task::spawn_local(async move {
-///             let (mut rd, mut wr) = conn.stream.into_split();
+///             let (mut rd, mut wr) = conn.get_mut().split();
 ///             let _ = tokio::io::copy(&mut rd, &mut wr).await;
-///             drop(conn.guard);
 ///         });
 ///     }
 /// })?;

@@ -1,5 +1,6 @@
 //! A connection on its way through a worker: [`Incoming`] before it is
-//! counted, [`Accepted`] with the [`ConnectionGuard`] that keeps it counted.
+//! counted, then the [`ConnectionGuard`] that keeps it counted, and
+//! [`Accepted`], the split form of a [`Connection`](crate::Connection).
 
 use std::{io, net::SocketAddr, sync::Arc};
 
@@ -45,7 +46,12 @@ impl<S> Incoming<S> {
     }
 }
 
-/// A connection accepted by a [`Worker`](crate::Worker).
+/// A [`Connection`](crate::Connection) split into its stream and the guard
+/// that counts it ([`Connection::into_parts`](crate::Connection::into_parts)):
+/// the sharp tool. Moving `stream` out alone (`let stream = conn.stream;`)
+/// compiles and drops the guard, and the worker then looks idle to the
+/// balancers while the connection is open: keep `guard` exactly as long as
+/// the stream.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Accepted<S = tokio::net::TcpStream> {
@@ -60,27 +66,6 @@ pub struct Accepted<S = tokio::net::TcpStream> {
     /// Keeps the connection counted against its worker and listener until
     /// dropped. Drop it when the connection ends.
     pub guard: ConnectionGuard,
-}
-
-impl<S> Accepted<S> {
-    /// The same connection with its stream converted, e.g. the std streams
-    /// [`Worker::close`](crate::Worker::close) returns into tokio's with
-    /// `accepted.try_map_stream(tokio::net::TcpStream::from_std)`. On error
-    /// the connection is closed and its guard released.
-    ///
-    /// # Errors
-    /// Whatever `convert` returns.
-    pub fn try_map_stream<T>(
-        self,
-        convert: impl FnOnce(S) -> io::Result<T>,
-    ) -> io::Result<Accepted<T>> {
-        Ok(Accepted {
-            stream: convert(self.stream)?,
-            peer: self.peer,
-            original_dst: self.original_dst,
-            guard: self.guard,
-        })
-    }
 }
 
 /// Counts one connection against its worker (the load the balancer sees) and

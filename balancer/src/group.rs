@@ -1,6 +1,6 @@
 //! What every worker of one balanced listener shares: the listeners, the
 //! backend's [`Strategy`], the live workers and the counters. Also where an
-//! accepted connection becomes an [`Accepted`]: its original destination is
+//! accepted connection becomes a [`Connection`]: its original destination is
 //! read (once, here) and it is handed off to the listener that destination
 //! names.
 
@@ -11,6 +11,7 @@ use crate::{
     connection::{Accepted, ConnectionGuard, Incoming, ListenerId},
     original_dst,
     stats::{Stats, WorkerCounters, WorkerLoad},
+    stream::Connection,
     transfer::LiveWorkers,
 };
 
@@ -89,7 +90,7 @@ impl Group {
         worker: usize,
         incoming: Incoming<S>,
         load: WorkerLoad,
-    ) -> Accepted<S> {
+    ) -> Connection<S> {
         let Incoming {
             stream,
             peer,
@@ -100,12 +101,12 @@ impl Group {
         if let Some(target) = original_dst.and_then(|dst| self.route(dst)) {
             guard.hand_off(target);
         }
-        Accepted {
+        Connection::new(Accepted {
             stream,
             peer,
             original_dst,
             guard,
-        }
+        })
     }
 
     /// The handoff target for a connection whose original destination is

@@ -4,9 +4,9 @@
 //! A connection stays on the worker that accepted it, so how connections are
 //! spread over workers decides how load is spread. [`Builder`] binds
 //! listeners for N workers on one of four [`Backend`]s and yields one
-//! [`Worker`] handle per worker thread; `worker.accept().await` returns the
-//! connection with a [`ConnectionGuard`] that keeps it counted against that
-//! worker until dropped. Changing the backend is a one-word change.
+//! [`Worker`] handle per worker thread; `worker.accept().await` returns a
+//! [`Connection`], a stream that keeps itself counted against that worker
+//! until dropped. Changing the backend is a one-word change.
 //!
 //! Per-worker counters ([`stats`]) are both the load signal the `Exact` and
 //! `Ebpf` backends balance on and the observability surface, rendered in
@@ -23,12 +23,11 @@
 //!     .bind()?;
 //! let stats = listener.stats();
 //! let threads = listener.spawn(|mut worker| async move {
-//!     while let Ok(conn) = worker.accept().await {
+//!     while let Ok(mut conn) = worker.accept().await {
 //!         tokio::task::spawn_local(async move {
-//!             let (mut rd, mut wr) = conn.stream.into_split();
+//!             let (mut rd, mut wr) = conn.get_mut().split();
 //!             let _ = tokio::io::copy(&mut rd, &mut wr).await;
-//!             drop(conn.guard);
-//!         });
+//!         }); // counted until the task drops `conn`
 //!     }
 //! })?;
 //! println!("{}", stats.snapshot().to_envoy_text());
@@ -40,6 +39,10 @@
 //!   (`listener.rs`) holds the bound workers; [`Worker`] (`worker.rs`)
 //!   accepts and stops; [`BindError`] (`error.rs`).
 //! - Each backend's behaviour is one file under `backend/`.
+//! - [`Connection`] (`stream.rs`) is what `accept` returns; [`Connections`]
+//!   (`connections.rs`) stops a worker losslessly under a server such as
+//!   hyper, axum (feature `axum`) or tonic (feature `tonic`), see
+//!   `integrations/`.
 //! - Moving a connection between workers is a *transfer* (`transfer.rs`);
 //!   moving its attribution between listeners is a *hand-off*
 //!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
@@ -57,8 +60,11 @@ mod backend;
 mod backoff;
 mod builder;
 mod connection;
+mod connections;
 mod error;
+mod first_read;
 mod group;
+mod integrations;
 mod listener;
 pub mod original_dst;
 mod requested;
@@ -67,6 +73,7 @@ mod socket;
 mod sockets;
 pub mod stats;
 pub mod steering;
+mod stream;
 mod sys;
 mod transfer;
 mod worker;
@@ -78,10 +85,12 @@ pub mod bench_internals;
 pub use backend::{Backend, UnknownBackend};
 pub use builder::Builder;
 pub use connection::{Accepted, ConnectionGuard, ListenerId};
+pub use connections::Connections;
 pub use error::BindError;
 pub use listener::BalancedListener;
 pub use shutdown::{DrainReport, Server};
 /// The socket2 version whose types [`Builder::socket_options`] and
 /// [`Builder::tcp_keepalive`] take.
 pub use socket2;
+pub use stream::Connection;
 pub use worker::Worker;

@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::{connection::Accepted, listener::BalancedListener, worker::Worker};
+use crate::{listener::BalancedListener, stream::Connection, worker::Worker};
 
 /// Every worker of a [`BalancedListener`] serving connections with one
 /// handler, each on its own thread, until [`Server::shutdown`]; started by
@@ -158,7 +158,8 @@ impl BalancedListener {
     /// Serves every worker with `handler` until [`Server::shutdown`]: each
     /// worker runs on its own thread (as [`BalancedListener::spawn`]) and
     /// runs `handler(connection)` as a local task for every connection it
-    /// accepts. Keep the connection's guard alive until the connection ends.
+    /// accepts. The [`Connection`] stays counted against its worker until
+    /// the handler drops it.
     ///
     /// Cost: one thread per worker; per connection a `spawn_local` and two
     /// atomic operations on a counter of the worker's own. A worker whose
@@ -180,9 +181,8 @@ impl BalancedListener {
     ///     .listen("127.0.0.1:8080")
     ///     .bind()?;
     /// let server = listener.serve(|conn| async move {
-    ///     let (mut rd, mut wr) = conn.stream.into_split();
+    ///     let (mut rd, mut wr) = tokio::io::split(conn);
     ///     let _ = tokio::io::copy(&mut rd, &mut wr).await;
-    ///     drop(conn.guard);
     /// })?;
     /// let stop = tokio::time::sleep(Duration::from_secs(60)); // or a signal
     /// let report = server.shutdown_on(stop, Duration::from_secs(5)).await;
@@ -192,7 +192,7 @@ impl BalancedListener {
     /// ```
     pub fn serve<H, Fut>(self, handler: H) -> io::Result<Server>
     where
-        H: Fn(Accepted) -> Fut + Send + Sync + 'static,
+        H: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
         let workers = self.workers();
@@ -287,7 +287,7 @@ async fn serve_worker<H, Fut>(
     status: &DrainStatus,
 ) -> WorkerReport
 where
-    H: Fn(Accepted) -> Fut,
+    H: Fn(Connection) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let index = worker.index();
@@ -297,7 +297,7 @@ where
             biased;
             _ = stop.wait_for(Option::is_some) => break,
             accepted = worker.accept() => match accepted {
-                Ok(accepted) => status.spawn(index, handler(accepted)),
+                Ok(conn) => status.spawn(index, handler(conn)),
                 Err(error) => {
                     log::error!("worker {index}: accept: {error}; closing it");
                     break;
@@ -307,9 +307,9 @@ where
     }
     let queued = worker.close();
     let served_from_queue = queued.len();
-    for accepted in queued {
-        match accepted.try_map_stream(tokio::net::TcpStream::from_std) {
-            Ok(accepted) => status.spawn(index, handler(accepted)),
+    for conn in queued {
+        match conn.try_map_stream(tokio::net::TcpStream::from_std) {
+            Ok(conn) => status.spawn(index, handler(conn)),
             Err(error) => log::warn!("worker {index}: closing a queued connection: {error}"),
         }
     }

@@ -113,6 +113,11 @@ impl Sockets {
         drained
     }
 
+    /// The listeners these sockets belong to, in listener order.
+    pub(crate) fn listeners(&self) -> Vec<ListenerId> {
+        self.listener_fds().into_iter().map(|(id, _)| id).collect()
+    }
+
     /// The sockets' fds, in listener order.
     pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
         self.listener_fds().into_iter().map(|(_, fd)| fd).collect()

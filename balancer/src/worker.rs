@@ -4,18 +4,21 @@
 use std::{
     future::{poll_fn, Future},
     io,
+    net::SocketAddr,
     sync::Arc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::{
     backoff::Backoff,
-    connection::{Accepted, Incoming},
+    connection::{Incoming, ListenerId},
+    connections::Connections,
     group::Group,
     sockets::Sockets,
     stats::{Stats, WorkerCounters, WorkerState},
+    stream::Connection,
     transfer::{Placement, Transfer},
 };
 
@@ -87,44 +90,61 @@ impl Worker {
     /// Accepts the next connection this worker owns.
     ///
     /// The connection is counted against this worker (and, for `Exact` and
-    /// `Ebpf`, steers later connections away from it) until
-    /// [`Accepted::guard`] is dropped. Connections from virtual listeners
-    /// arrive already attributed to their handoff target. With `Exact`, this
-    /// also receives connections other workers transferred to this one, and
-    /// transfers away connections it accepted for a less-loaded worker: keep
-    /// calling it. Transient failures (aborted handshakes, fd or memory
-    /// exhaustion) are counted in `accept_errors` and retried with backoff.
+    /// `Ebpf`, steers later connections away from it) until the returned
+    /// [`Connection`] is dropped: move it into the task that serves it.
+    /// Connections from virtual listeners arrive already attributed to their
+    /// handoff target. With `Exact`, this also receives connections other
+    /// workers transferred to this one, and transfers away connections it
+    /// accepted for a less-loaded worker: keep calling it. Transient failures
+    /// (aborted handshakes, fd or memory exhaustion) are counted in
+    /// `accept_errors` and retried with backoff.
     ///
     /// # Cancel safety
     /// This method is cancel safe: a connection is taken from the kernel's
     /// accept queue or from this worker's transfer queue only in the poll
     /// that returns it, so using it as a branch of `tokio::select!` loses
-    /// nothing when another branch wins. Cancelling it during an
-    /// exhaustion back-off only ends the wait.
+    /// nothing when another branch wins. An exhaustion back-off in progress
+    /// continues into the next call.
     ///
     /// # Errors
     /// Other `accept` failures; and, leaving the sockets intact, a call from
     /// outside a tokio runtime or from a runtime without IO enabled (tokio
     /// prints its panic message for the latter before this returns).
-    pub async fn accept(&mut self) -> io::Result<Accepted> {
-        self.sockets.register()?;
-        if self.upkeep.is_none() {
-            self.upkeep = self.group.upkeep_timer();
+    pub async fn accept(&mut self) -> io::Result<Connection> {
+        poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// [`Worker::accept`] as a poll, for hand-written futures, streams and
+    /// listener traits. On `Poll::Pending`, the waker of `cx` (only the one
+    /// from the latest call) is woken when a connection may be ready.
+    ///
+    /// # Cancel safety
+    /// A connection is taken from its queue only in the call that returns
+    /// it; a `Pending` takes nothing.
+    ///
+    /// # Errors
+    /// As [`Worker::accept`].
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Connection>> {
+        if let Err(error) = self.start() {
+            return Poll::Ready(Err(error));
         }
         loop {
-            let taken = match poll_fn(|cx| self.poll_event(cx)).await {
+            ready!(self.backoff.poll_waited(cx));
+            let taken = match ready!(self.poll_event(cx)) {
                 Event::TransferredIn(transfer) => self.take_transfer(transfer).map(Some),
                 Event::Accepted(incoming) => self.place(incoming),
                 Event::Failed(error) => {
                     self.counters().record_accept_error();
-                    self.backoff.wait(error).await?;
+                    if let Err(error) = self.backoff.failed(error) {
+                        return Poll::Ready(Err(error));
+                    }
                     continue;
                 }
             };
             match taken {
-                Ok(Some(accepted)) => {
+                Ok(Some(connection)) => {
                     self.backoff.succeeded();
-                    return Ok(accepted);
+                    return Poll::Ready(Ok(connection));
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -136,13 +156,42 @@ impl Worker {
         }
     }
 
+    /// The address of the first listener this worker accepts on, in the
+    /// order the [`Builder`](crate::Builder) added them (with the real port
+    /// when 0 was asked for). A worker accepts on every bound listener (not
+    /// on handoff targets): [`Worker::local_addrs`] lists them all.
+    pub fn local_addr(&self) -> SocketAddr {
+        // Never empty: the builder refuses a set without a bound listener.
+        let first = self.sockets.listeners()[0];
+        self.group.listeners[first.index()].addr
+    }
+
+    /// Every listener this worker accepts on, with its address, in the
+    /// order they were added. No system call.
+    pub fn local_addrs(&self) -> Vec<(ListenerId, SocketAddr)> {
+        (self.sockets.listeners().into_iter())
+            .map(|id| (id, self.group.listeners[id.index()].addr))
+            .collect()
+    }
+
+    /// This worker's connections as one stream that ends losslessly: it
+    /// accepts until `shutdown` completes, then closes the worker
+    /// ([`Worker::close`]) and yields the connections that returns. See
+    /// [`Connections`] for serving it with hyper, axum or tonic.
+    pub fn connections_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Connections {
+        Connections::new(self, shutdown)
+    }
+
     /// [`Worker::accept`] for code without an async runtime: blocks the thread
     /// on a private current-thread runtime and returns a blocking std stream.
     /// Use either this or `accept` on one worker, not both.
     ///
     /// # Errors
     /// As [`Worker::accept`], or if the private runtime cannot start.
-    pub fn accept_blocking(&mut self) -> io::Result<Accepted<std::net::TcpStream>> {
+    pub fn accept_blocking(&mut self) -> io::Result<Connection<std::net::TcpStream>> {
         let runtime = match self.blocking.take() {
             Some(runtime) => runtime,
             None => tokio::runtime::Builder::new_current_thread()
@@ -197,9 +246,10 @@ impl Worker {
     /// to the least-loaded live worker. If this is the last live worker, it
     /// accepts what is queued on its sockets instead, and everything is
     /// returned here, counted against this worker, for the caller to serve
-    /// (streams are non-blocking, ready for `tokio::net::TcpStream::from_std`).
+    /// (streams are non-blocking: `conn.try_map_stream(tokio::net::TcpStream::from_std)`
+    /// makes each a tokio one, still counted).
     /// Dropping a worker does the same, and closes those connections.
-    pub fn close(mut self) -> Vec<Accepted<std::net::TcpStream>> {
+    pub fn close(mut self) -> Vec<Connection<std::net::TcpStream>> {
         let left = self.stop();
         let group = Arc::clone(&self.group);
         (left.into_iter())
@@ -255,6 +305,16 @@ impl Worker {
         })
     }
 
+    /// Registers the sockets with the current runtime and starts the
+    /// upkeep, once.
+    fn start(&mut self) -> io::Result<()> {
+        self.sockets.register()?;
+        if self.upkeep.is_none() {
+            self.upkeep = self.group.upkeep_timer();
+        }
+        Ok(())
+    }
+
     fn counters(&self) -> &Arc<WorkerCounters> {
         self.group.counters(self.index)
     }
@@ -296,7 +356,7 @@ impl Worker {
 
     /// Counts a connection this worker accepted, or transfers it to another
     /// worker as the backend decides (returning `None` then).
-    fn place(&mut self, incoming: Incoming) -> io::Result<Option<Accepted>> {
+    fn place(&mut self, incoming: Incoming) -> io::Result<Option<Connection>> {
         let group = &self.group;
         Ok(
             match group.strategy.place(&group.live, self.index, incoming)? {
@@ -306,7 +366,7 @@ impl Worker {
         )
     }
 
-    fn take_transfer(&mut self, transfer: Transfer) -> io::Result<Accepted> {
+    fn take_transfer(&mut self, transfer: Transfer) -> io::Result<Connection> {
         let incoming = transfer
             .connection
             .try_map_stream(tokio::net::TcpStream::from_std)?;

@@ -5,8 +5,7 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use balancer::{
-    admin::AdminServer, Accepted, Backend, BalancedListener, BindError, Builder, ConnectionGuard,
-    Server,
+    admin::AdminServer, Backend, BalancedListener, BindError, Builder, ConnectionGuard, Server,
 };
 use clap::Parser;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -132,7 +131,10 @@ where
             admin.local_addr()?
         );
         let release = args.release_at_handoff;
-        let server = listener.serve(move |accepted: Accepted| {
+        let server = listener.serve(move |conn| {
+            // The split form, for --release-at-handoff only: users keep the
+            // `Connection` whole, which cannot lose its count.
+            let accepted = conn.into_parts();
             let worker = accepted.guard.worker();
             // --release-at-handoff drops the guard here: the connection
             // stays open but stops counting.

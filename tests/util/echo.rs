@@ -12,7 +12,7 @@ use std::{
 
 use balancer::{
     stats::{Snapshot, Stats},
-    Accepted, Backend, BalancedListener, ListenerId, Worker,
+    Backend, BalancedListener, Connection, ListenerId, Worker,
 };
 use tokio::{io::AsyncWriteExt, task::JoinSet};
 
@@ -215,20 +215,22 @@ async fn serve(
 /// Records who serves the connection and echoes it on a local task.
 fn echo(
     tasks: &mut JoinSet<()>,
-    conn: Accepted,
+    conn: Connection,
     worker: usize,
     guard: Guard,
     record: &Mutex<HashMap<SocketAddr, Served>>,
 ) {
     let served = Served {
         worker,
-        listener: conn.guard.listener(),
-        original_dst: conn.original_dst,
+        listener: conn.listener(),
+        original_dst: conn.original_dst(),
     };
     // Keyed as the client sees its own address: an IPv4 client of a
     // dual-stack socket is an IPv4-mapped peer here.
-    let peer = SocketAddr::new(conn.peer.ip().to_canonical(), conn.peer.port());
+    let peer = conn.peer_addr();
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     record.lock().unwrap().insert(peer, served);
+    let conn = conn.into_parts();
     let conn_guard = match guard {
         Guard::Keep => Some(conn.guard),
         Guard::DropAtHandoff => None,

@@ -35,7 +35,7 @@
 //! ```
 //!
 //! # Where things are
-//! - [`Builder`] (`builder.rs`) validates and binds; [`BalancedListener`]
+//! - [`Builder`] (`builder/`) validates and binds; [`BalancedListener`]
 //!   (`listener.rs`) holds the bound workers; [`Worker`] (`worker.rs`)
 //!   accepts and stops; [`BindError`] (`error.rs`).
 //! - Each backend's behaviour is one file under `backend/`.

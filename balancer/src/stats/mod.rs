@@ -17,11 +17,12 @@
 mod counters;
 mod envoy;
 mod prometheus;
+mod prometheus_options;
 
 use std::sync::Arc;
 
 pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
-pub use prometheus::{PrometheusOptions, PrometheusOptionsError};
+pub use prometheus_options::{PrometheusOptions, PrometheusOptionsError};
 
 use crate::{backend::Backend, steering::ProgramView};
 

@@ -1,28 +1,22 @@
-//! Configures and binds a [`BalancedListener`].
+//! Configures and binds a [`BalancedListener`]: the [`Builder`]'s options
+//! here, their checks in `validate.rs`, and turning them into sockets, an
+//! attached backend and workers in `bind.rs`.
+
+mod bind;
+mod validate;
 
 use std::{
     fmt, io,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, ToSocketAddrs},
+    net::{SocketAddr, TcpListener, ToSocketAddrs},
     num::NonZeroUsize,
     sync::Arc,
-    time::Instant,
 };
 
 use socket2::{Socket, TcpKeepalive};
 
 use crate::{
-    backend::{Backend, Strategy},
-    connection::ListenerId,
-    error::BindError,
-    group::{Group, ListenerSpec, Role},
-    listener::BalancedListener,
-    requested::{Requested, Source},
-    socket::{self, Layout, SocketConfig, SocketError},
-    sockets::Sockets,
-    stats::{Stats, WorkerCounters},
-    steering::SteeringOptions,
-    transfer::LiveWorkers,
-    worker::Worker,
+    backend::Backend, error::BindError, group::Role, listener::BalancedListener,
+    requested::Requested, socket::SocketConfig, steering::SteeringOptions,
 };
 
 /// Configures and binds a [`BalancedListener`].
@@ -344,180 +338,6 @@ impl Builder {
     fn resolve(&self) -> Result<Vec<Vec<SocketAddr>>, BindError> {
         self.listeners.iter().map(Requested::candidates).collect()
     }
-
-    fn validate(&self, addrs: &[Vec<SocketAddr>]) -> Result<(), BindError> {
-        let max = self.backend.max_workers();
-        if self.workers == 0 {
-            return Err(BindError::NoWorkers);
-        }
-        if self.workers > max {
-            let (workers, backend) = (self.workers, self.backend);
-            return Err(BindError::TooManyWorkers {
-                workers,
-                backend,
-                max,
-            });
-        }
-        if self.listeners.iter().all(|l| l.role == Role::Target) {
-            return Err(BindError::NoListeners);
-        }
-        if self.max_connections == Some(0) {
-            return Err(BindError::ZeroMaxConnections);
-        }
-        for (i, (requested, candidates)) in self.listeners.iter().zip(addrs).enumerate() {
-            for &addr in candidates {
-                check_address(addr, requested.role)?;
-                let earlier = addrs[..i].iter().flatten();
-                if addr.port() != 0 && earlier.clone().any(|&a| a == addr) {
-                    return Err(BindError::DuplicateListener { addr });
-                }
-            }
-        }
-        let virtuals: Vec<_> = self.with_role(Role::Virtual, addrs).collect();
-        for target in self.with_role(Role::Target, addrs) {
-            if virtuals.is_empty() {
-                return Err(BindError::TargetWithoutVirtual { target });
-            }
-            let only_v6 = self.socket.only_v6;
-            let unreachable = virtuals.iter().find(|v| !can_receive(**v, target, only_v6));
-            if let Some(&virtual_listener) = unreachable {
-                return Err(BindError::FamilyMismatch {
-                    target,
-                    virtual_listener,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// The first address of each listener with `role`.
-    fn with_role<'a>(
-        &'a self,
-        role: Role,
-        addrs: &'a [Vec<SocketAddr>],
-    ) -> impl Iterator<Item = SocketAddr> + 'a {
-        (self.listeners.iter().zip(addrs))
-            .filter(move |(l, _)| l.role == role)
-            .map(|(_, candidates)| candidates[0])
-    }
-
-    fn bind_with(
-        &self,
-        backend: Backend,
-        addrs: &[Vec<SocketAddr>],
-    ) -> Result<BalancedListener, BindError> {
-        let mut steering = self.steering.clone();
-        // Room for a successor of the same size to join (see take_over).
-        steering.slots = steering.slots.or(Some(2 * self.workers));
-        let mut strategy = backend.strategy(steering, self.take_over);
-        // sockets[listener][worker]; empty for handoff targets.
-        let sockets = (self.listeners.iter().zip(addrs))
-            .map(|(requested, candidates)| self.bind_listener(&*strategy, requested, candidates))
-            .collect::<Result<Vec<_>, _>>()?;
-        let listeners = (self.listeners.iter().zip(addrs).zip(&sockets))
-            .map(|((requested, candidates), group)| {
-                bound_spec(requested.role, candidates[0], group)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        self.attach_all(&mut *strategy, &listeners, &sockets)?;
-        let counters: Vec<_> = (0..self.workers)
-            .map(|w| WorkerCounters::new(strategy.load_slot(w)).with_limit(self.max_connections))
-            .map(Arc::new)
-            .collect();
-        let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
-        let program = strategy
-            .program_view()
-            .map_err(|source| BindError::Steering {
-                addr: listeners[0].addr,
-                source: Box::new(source),
-            })?;
-        let backends = (self.backend, strategy.backend());
-        let stats = Stats::new(counters.clone(), names, program, backends);
-        let (live, queues) = LiveWorkers::new(counters);
-        let group = Arc::new(Group {
-            stats,
-            listeners,
-            strategy,
-            live,
-            pin_to_cores: self.pin_to_cores,
-            started: Instant::now(),
-        });
-        let workers = (per_worker(sockets, self.workers)
-            .into_iter()
-            .zip(queues)
-            .enumerate())
-        .map(|(index, (sockets, queue))| {
-            Worker::new(index, Arc::clone(&group), Sockets::new(sockets), queue)
-        })
-        .collect();
-        Ok(BalancedListener::new(workers, group))
-    }
-
-    /// Attaches what the backend needs to every bound listener, then starts
-    /// it.
-    fn attach_all(
-        &self,
-        strategy: &mut dyn Strategy,
-        listeners: &[ListenerSpec],
-        sockets: &[Vec<TcpListener>],
-    ) -> Result<(), BindError> {
-        let failed = |addr| {
-            move |source| BindError::Steering {
-                addr,
-                source: Box::new(source),
-            }
-        };
-        for (spec, group) in listeners.iter().zip(sockets) {
-            if !group.is_empty() {
-                strategy.attach(group).map_err(failed(spec.addr))?;
-            }
-        }
-        strategy.activate().map_err(failed(listeners[0].addr))
-    }
-
-    /// One listener's sockets, worker `i`'s at index `i`; none for a
-    /// target. Tries the candidate addresses in turn; fails with the last
-    /// one's error.
-    fn bind_listener(
-        &self,
-        strategy: &dyn Strategy,
-        requested: &Requested,
-        candidates: &[SocketAddr],
-    ) -> Result<Vec<TcpListener>, BindError> {
-        let (layout, backend) = (strategy.layout(), strategy.backend());
-        let failed = |addr| move |error| BindError::from_socket(addr, backend, error);
-        match (&requested.source, requested.role) {
-            (_, Role::Target) => Ok(Vec::new()),
-            (Source::Adopted(socket), _) => {
-                let addr = candidates[0];
-                let socket = socket
-                    .try_clone()
-                    .map_err(|e| BindError::from_bind(addr, e))?;
-                socket::adopt(layout, socket, self.workers, &self.socket).map_err(failed(addr))
-            }
-            _ => {
-                // `resolve` gives every listener at least one address.
-                let first = candidates[0];
-                let mut result = self.bind_at(layout, first).map_err(failed(first));
-                for &addr in &candidates[1..] {
-                    if result.is_ok() {
-                        break;
-                    }
-                    result = self.bind_at(layout, addr).map_err(failed(addr));
-                }
-                result
-            }
-        }
-    }
-
-    /// A listener's sockets at `addr`, after checking that no other socket
-    /// listens there (unless taking over).
-    fn bind_at(&self, layout: Layout, addr: SocketAddr) -> Result<Vec<TcpListener>, SocketError> {
-        if !self.take_over {
-            socket::ensure_unused(addr, self.socket.only_v6)?;
-        }
-        socket::bind(layout, addr, self.workers, &self.socket)
-    }
 }
 
 /// One worker per CPU, at most what the backend supports.
@@ -525,93 +345,9 @@ fn default_workers(backend: Backend, cpus: usize) -> usize {
     cpus.min(backend.max_workers())
 }
 
-/// The listener as bound: with the real port when 0 was asked for.
-fn bound_spec(
-    role: Role,
-    asked: SocketAddr,
-    sockets: &[TcpListener],
-) -> Result<ListenerSpec, BindError> {
-    let addr = match sockets.first() {
-        Some(socket) => socket
-            .local_addr()
-            .map_err(|e| BindError::from_bind(asked, e))?,
-        None => asked,
-    };
-    Ok(ListenerSpec { addr, role })
-}
-
-/// Regroups `sockets[listener][worker]` by worker: each worker's socket of
-/// every bound listener.
-fn per_worker(
-    sockets: Vec<Vec<TcpListener>>,
-    workers: usize,
-) -> Vec<Vec<(ListenerId, TcpListener)>> {
-    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for (listener, group) in sockets.into_iter().enumerate() {
-        for (worker, socket) in group.into_iter().enumerate() {
-            per_worker[worker].push((ListenerId(listener), socket));
-        }
-    }
-    per_worker
-}
-
-/// Rejects addresses no TCP listener can accept on: multicast and broadcast
-/// addresses, and a handoff target on port 0 (no original destination has
-/// port 0).
-fn check_address(addr: SocketAddr, role: Role) -> Result<(), BindError> {
-    let reason = if addr.ip().is_multicast() {
-        "a multicast address cannot accept TCP connections"
-    } else if addr.ip() == Ipv4Addr::BROADCAST {
-        "the broadcast address cannot accept TCP connections"
-    } else if role == Role::Target && addr.port() == 0 {
-        "a handoff target needs a port: it matches original destinations"
-    } else {
-        return Ok(());
-    };
-    Err(BindError::InvalidAddress { addr, reason })
-}
-
-/// Whether a virtual listener at `virtual_listener` can accept connections
-/// whose original destination `target` matches: of the same family, or IPv4
-/// ones on a dual-stack `[::]` (unless `only_v6`).
-fn can_receive(virtual_listener: SocketAddr, target: SocketAddr, only_v6: bool) -> bool {
-    let dual_stack = !only_v6 && virtual_listener.ip() == Ipv6Addr::UNSPECIFIED;
-    virtual_listener.is_ipv4() == target.is_ipv4() || (dual_stack && target.is_ipv4())
-}
-
-/// Envoy's listener stat name: `127.0.0.1_8080`, `[__1]_8080` (Envoy
-/// replaces the `:` of an IPv6 address, which would break `name: value`
-/// parsing of its stats text).
-fn listener_name(addr: SocketAddr) -> String {
-    match addr {
-        SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
-        SocketAddr::V6(a) => format!("[{}]_{}", a.ip().to_string().replace(':', "_"), a.port()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn listener_names_are_envoys_and_hold_no_colon() {
-        let name = |s: &str| listener_name(s.parse().unwrap());
-        assert_eq!(name("127.0.0.1:8080"), "127.0.0.1_8080");
-        assert_eq!(name("[::1]:8080"), "[__1]_8080");
-        assert_eq!(name("[2001:db8::7]:443"), "[2001_db8__7]_443");
-    }
-
-    #[test]
-    fn a_dual_stack_virtual_listener_can_hand_to_ipv4_targets() {
-        let can = |v: &str, t: &str, only_v6| {
-            can_receive(v.parse().unwrap(), t.parse().unwrap(), only_v6)
-        };
-        assert!(can("[::]:15001", "0.0.0.0:8080", false));
-        assert!(!can("[::]:15001", "0.0.0.0:8080", true));
-        assert!(!can("[::1]:15001", "0.0.0.0:8080", false));
-        assert!(!can("127.0.0.1:15001", "[::]:8080", false));
-        assert!(can("[::1]:15001", "[::]:8080", true));
-    }
 
     #[test]
     fn the_default_worker_count_never_exceeds_the_backend_limit() {

@@ -16,6 +16,19 @@ use tokio::sync::watch;
 
 use crate::{first_read::Unread, stream::Connection, worker::Worker};
 
+impl Worker {
+    /// This worker's connections as one stream that ends losslessly: it
+    /// accepts until `shutdown` completes, then closes the worker
+    /// ([`Worker::close`]) and yields the connections that returns. See
+    /// [`Connections`] for serving it with hyper, axum or tonic.
+    pub fn connections_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Connections {
+        Connections::new(self, shutdown)
+    }
+}
+
 /// How long a stop waits, by default, for the server to read from the
 /// connections it was handed (see [`Connections::read_grace`]).
 const READ_GRACE: Duration = Duration::from_secs(1);

@@ -14,7 +14,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::{
     backoff::Backoff,
     connection::{Incoming, ListenerId},
-    connections::Connections,
     group::Group,
     sockets::Sockets,
     stats::{Stats, WorkerCounters, WorkerState},
@@ -172,17 +171,6 @@ impl Worker {
         (self.sockets.listeners().into_iter())
             .map(|id| (id, self.group.listeners[id.index()].addr))
             .collect()
-    }
-
-    /// This worker's connections as one stream that ends losslessly: it
-    /// accepts until `shutdown` completes, then closes the worker
-    /// ([`Worker::close`]) and yields the connections that returns. See
-    /// [`Connections`] for serving it with hyper, axum or tonic.
-    pub fn connections_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Connections {
-        Connections::new(self, shutdown)
     }
 
     /// [`Worker::accept`] for code without an async runtime: blocks the thread

@@ -1,6 +1,7 @@
 //! The balancing backends: how accepted connections are spread over workers.
 //!
-//! [`Backend`] is the closed set users choose from. Everything a backend
+//! [`Backend`] (`kind.rs`, a leaf the stats name too) is the closed set
+//! users choose from. Everything a backend
 //! does differently lives in its own file, as an implementation of the
 //! private [`Strategy`] trait: how it binds, what it attaches in the kernel,
 //! where a newly accepted connection goes, what happens when a worker stops,
@@ -23,10 +24,13 @@
 
 mod ebpf;
 mod exact;
+pub(crate) mod kind;
 mod reuseport;
 mod shared;
 
-use std::{fmt, io, net::TcpListener, os::fd::BorrowedFd, str::FromStr, time::Duration};
+use std::{fmt, io, net::TcpListener, os::fd::BorrowedFd, time::Duration};
+
+pub use kind::{Backend, UnknownBackend};
 
 use crate::{
     connection::Incoming,
@@ -35,53 +39,7 @@ use crate::{
     transfer::{LiveWorkers, Placement},
 };
 
-/// How a [`BalancedListener`](crate::BalancedListener) spreads connections
-/// over its workers. Changing it is a one-word change; worker code stays the
-/// same.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Backend {
-    /// One listening socket; every worker accepts from it. Which worker gets
-    /// a connection depends on who wakes first, which is often skewed. No
-    /// cost beyond the thundering herd of wake-ups.
-    Shared,
-    /// One `SO_REUSEPORT` socket per worker; the kernel hashes the 4-tuple.
-    /// Statistically even over many connections, not exact over few. No
-    /// per-connection cost.
-    #[doc(alias = "SO_REUSEPORT")]
-    ReusePort,
-    /// Envoy's `exact_balance`: workers accept from one socket, then under a
-    /// mutex the connection is counted against the worker with the fewest
-    /// active connections (ties: lowest index) and transferred to it. Exact;
-    /// costs a lock per connection and a cross-thread transfer when the
-    /// accepting worker is not the least loaded.
-    Exact,
-    /// One `SO_REUSEPORT` socket per worker with the embedded `steering`
-    /// program attached: the kernel steers each new connection to the worker
-    /// with the fewest connections, active plus in flight, and counts it
-    /// there in flight at once, so bursts split as exactly as connections
-    /// opened one by one. No lock; one short program run per SYN, one atomic
-    /// add per accept and close, and a repair of each worker's counts every
-    /// 100 ms (see the README's "How it steers"). Needs root (CAP_BPF,
-    /// CAP_NET_ADMIN) and Linux 5.14.
-    #[doc(alias = "SO_ATTACH_REUSEPORT_EBPF")]
-    Ebpf,
-}
-
 impl Backend {
-    /// Every backend, in the order above.
-    pub const ALL: [Self; 4] = [Self::Shared, Self::ReusePort, Self::Exact, Self::Ebpf];
-
-    /// The backend's name: `shared`, `reuseport`, `exact` or `ebpf`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Shared => "shared",
-            Self::ReusePort => "reuseport",
-            Self::Exact => "exact",
-            Self::Ebpf => "ebpf",
-        }
-    }
-
     /// The most workers this backend supports: 64 for `Ebpf` (the size of
     /// the program's maps, which bounds its cost per connection), 1024 for
     /// the others (a thread each).
@@ -177,27 +135,5 @@ pub(crate) trait Strategy: Send + Sync {
 impl fmt::Debug for dyn Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.backend().name())
-    }
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A backend name that is not one of `shared`, `reuseport`, `exact`, `ebpf`.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown backend {0:?}: expected shared, reuseport, exact or ebpf")]
-pub struct UnknownBackend(String);
-
-impl FromStr for Backend {
-    type Err = UnknownBackend;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|b| b.name().eq_ignore_ascii_case(s))
-            .ok_or_else(|| UnknownBackend(s.to_owned()))
     }
 }

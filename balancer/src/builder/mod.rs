@@ -72,7 +72,7 @@ impl Builder {
         }
     }
 
-    /// Number of workers (threads that each own a [`Worker`]), at most
+    /// Number of workers (threads that each own a [`Worker`](crate::Worker)), at most
     /// [`Backend::max_workers`].
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers;
@@ -115,7 +115,7 @@ impl Builder {
     /// [`std::net::TcpListener::bind`] takes, such as `"localhost:8080"`,
     /// `"[::]:8080"` or `("0.0.0.0", 8080)` (port 0 picks a free port). A
     /// name is resolved here; if it resolves to several addresses, the first
-    /// one that binds is used, as with std. Its [`ListenerId`] is its
+    /// one that binds is used, as with std. Its [`ListenerId`](crate::ListenerId) is its
     /// position among all listeners added.
     ///
     /// A resolution failure is reported by [`Builder::bind`] as
@@ -251,7 +251,7 @@ impl Builder {
     }
 
     /// Pins worker `i`'s thread to core `i mod cores` when started with
-    /// [`BalancedListener::spawn`] (or by [`Worker::pin_current_thread`]).
+    /// [`BalancedListener::spawn`] (or by [`Worker::pin_current_thread`](crate::Worker::pin_current_thread)).
     pub fn pin_to_cores(mut self, pin: bool) -> Self {
         self.pin_to_cores = pin;
         self
@@ -287,7 +287,7 @@ impl Builder {
     /// one being replaced, of the same user) listens on, instead of failing
     /// with [`BindError::AddressInUse`]: the new sockets join the old ones'
     /// `SO_REUSEPORT` group, so the port never stops accepting. Then stop the
-    /// old workers with [`Worker::close`]. See the README's "Guarantees" for
+    /// old workers with [`Worker::close`](crate::Worker::close). See the README's "Guarantees" for
     /// what each backend keeps across the switch. Off by default, so that a
     /// second server on the same port is an error.
     ///

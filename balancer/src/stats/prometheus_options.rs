@@ -14,7 +14,7 @@ const RESERVED_LABELS: [&str; 8] = [
     "config_map_id",
 ];
 
-/// How [`Snapshot::to_prometheus_with`] names and labels its metrics: a
+/// How [`Snapshot::to_prometheus_with`](super::Snapshot::to_prometheus_with) names and labels its metrics: a
 /// prefix for every family name and constant labels on every sample, so
 /// that several listener sets in one process (or several processes behind
 /// one scrape) can be told apart.
@@ -37,7 +37,7 @@ pub struct PrometheusOptions {
 
 impl Default for PrometheusOptions {
     /// Prefix `balancer`, no constant labels: what
-    /// [`Snapshot::to_prometheus`] renders.
+    /// [`Snapshot::to_prometheus`](super::Snapshot::to_prometheus) renders.
     fn default() -> Self {
         Self {
             prefix: "balancer".to_owned(),

@@ -244,3 +244,42 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
     util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
     assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
 }
+
+/// Every worker closes at the same instant with connections queued on
+/// their sockets, as when a server stops: what the kernel moves off the
+/// first sockets to close reaches a live worker's queue before the last
+/// worker drains its own, so together the `close` calls return every queued
+/// connection and none is reset. Repeated, since the closes race.
+#[apply(every_backend)]
+fn workers_closing_at_once_return_every_queued_connection(backend: Backend) {
+    if !util::runnable(backend) {
+        return;
+    }
+    let workers = 4;
+    for round in 0..10 {
+        let listener = util::bind_loopback(backend, workers);
+        let addr = listener.listeners().next().unwrap().1;
+        let clients: Vec<_> = (0..QUEUED).map(|_| send_line(addr)).collect();
+        let start = std::sync::Arc::new(std::sync::Barrier::new(workers));
+        let closing: Vec<_> = (listener.into_workers().into_iter())
+            .map(|worker| {
+                let start = std::sync::Arc::clone(&start);
+                std::thread::spawn(move || {
+                    start.wait();
+                    worker.close()
+                })
+            })
+            .collect();
+        let returned: Vec<_> = (closing.into_iter())
+            .flat_map(|closing| closing.join().expect("close does not panic"))
+            .collect();
+        for (client, line) in &clients {
+            assert!(!echoed_yet(client), "{backend}, round {round}: {line:?}");
+        }
+        assert_eq!(
+            returned.len(),
+            QUEUED,
+            "{backend}, round {round}: every queued connection returned"
+        );
+    }
+}

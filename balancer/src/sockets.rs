@@ -113,6 +113,14 @@ impl Sockets {
         drained
     }
 
+    /// Closes every socket now. Where a socket is this worker's own (not
+    /// shared), the kernel migrates what is queued on it to another socket
+    /// of its `SO_REUSEPORT` group (`Ebpf`'s program, or
+    /// `net.ipv4.tcp_migrate_req`), or resets it.
+    pub(crate) fn close(&mut self) {
+        *self = Self::Unregistered(Vec::new());
+    }
+
     /// The listeners these sockets belong to, in listener order.
     pub(crate) fn listeners(&self) -> Vec<ListenerId> {
         self.listener_fds().into_iter().map(|(id, _)| id).collect()

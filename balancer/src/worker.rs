@@ -282,14 +282,21 @@ impl Worker {
             WorkerState::Stopped
         };
         self.counters().set_state(state);
-        let (group, sockets, index) = (&self.group, &self.sockets, self.index);
+        let (group, sockets, index) = (&self.group, &mut self.sockets, self.index);
         group.strategy.stopping(index);
         group.live.retire(index, &mut self.transfers, |last| {
-            if group.strategy.drains_on_stop(last) {
+            let drained = if group.strategy.drains_on_stop(last) {
                 sockets.drain(group, index)
             } else {
                 Vec::new()
+            };
+            if !last {
+                // Under the retire lock: whatever the kernel moves off these
+                // sockets as they close (a migrated queue) is in a live
+                // worker's queue before the last worker drains its own.
+                sockets.close();
             }
+            drained
         })
     }
 

@@ -4,8 +4,9 @@
 //!
 //! Each response names its worker in an `X-Worker` header, so a client can
 //! measure the per-worker split without trusting the server's counters.
-//! `GET /spin/<micros>` burns that much CPU before answering (for skewed
-//! load). Only bodiless requests (GET, HEAD) are supported.
+//! `GET /spin/<micros>` burns that much of the worker's CPU time before
+//! answering (for skewed load, and the bench's fixed cost per request). Only
+//! bodiless requests (GET, HEAD) are supported.
 //!
 //! ```sh
 //! cargo run --release --example http -- --backend ebpf --workers 2
@@ -56,8 +57,10 @@ fn main() -> Result<(), common::Report> {
     })
 }
 
-/// Busy-waits for `/spin/<micros>` (capped), holding the worker's thread as a
-/// CPU-heavy request would.
+/// Busy-waits until this thread has used `/spin/<micros>` (capped) of CPU
+/// time, holding the worker's thread as a CPU-heavy request would. CPU time,
+/// not wall time: a request costs the same CPU when the thread is preempted
+/// or throttled meanwhile (the bench caps worker threads).
 fn spin(path: &str) {
     let Some(micros) = path
         .strip_prefix("/spin/")
@@ -65,9 +68,19 @@ fn spin(path: &str) {
     else {
         return;
     };
-    let until =
-        std::time::Instant::now() + std::time::Duration::from_micros(micros.min(MAX_SPIN_MICROS));
-    while std::time::Instant::now() < until {
+    let until = thread_cpu_nanos() + micros.min(MAX_SPIN_MICROS) * 1000;
+    while thread_cpu_nanos() < until {
         std::hint::spin_loop();
     }
+}
+
+/// CPU time this thread has used, in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }

@@ -9,14 +9,22 @@
 //! - handoff: iptables REDIRECT through a virtual listener in a network
 //!   namespace, handoff-safe counters next to Envoy's old released counter;
 //! - anchors: nginx (with and without reuseport) and HAProxy next to our
-//!   example, all driven by wrk with the same connection count.
+//!   example, all driven by wrk with the same connection count;
+//! - seed: the seeds' experiment on emulated dedicated cores (per-worker
+//!   CPU caps), our backends next to nginx and HAProxy under the same caps,
+//!   saturated throughput and open-loop latency (see `seed.rs`);
+//! - costs: system calls per accepted connection and the time from `bind()`
+//!   to the first accept, counted by strace.
 //!
 //! Results: a table on stdout, `bench.json` with every figure, and
 //! `report.md` with SVG charts, in `--out` (default `target/bench`).
 
+mod cgroup;
+mod costs;
 mod load;
 mod netns;
 mod report;
+mod seed;
 mod server;
 mod wrk;
 
@@ -43,12 +51,30 @@ const HEAVY_PATH: &str = "/spin/2000";
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A reduced run (about 2 minutes): shorter phases, anchors at 2 workers.
+    /// A reduced run (about 5 minutes): shorter phases, anchors at 2 workers.
     #[arg(long)]
     quick: bool,
+    /// Run only these scenarios (keep-alive, churn, skew, handoff, anchors,
+    /// seed, costs); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// CPU time each request burns in the seed scenario's handler.
+    #[arg(long, default_value_t = 50)]
+    cost_us: u64,
     /// Where to write bench.json, report.md and the charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    KeepAlive,
+    Churn,
+    Skew,
+    Handoff,
+    Anchors,
+    Seed,
+    Costs,
 }
 
 /// Phase lengths for one run.
@@ -60,6 +86,8 @@ struct Plan {
     skew: Duration,
     handoff: Duration,
     anchors: Duration,
+    seed_closed: Duration,
+    seed_open: Duration,
 }
 
 impl Plan {
@@ -74,6 +102,8 @@ impl Plan {
                 skew: s(1),
                 handoff: s(1),
                 anchors: s(1),
+                seed_closed: s(2),
+                seed_open: s(3),
             }
         } else {
             Self {
@@ -84,6 +114,8 @@ impl Plan {
                 skew: s(5),
                 handoff: s(3),
                 anchors: s(5),
+                seed_closed: s(5),
+                seed_open: s(10),
             }
         }
     }
@@ -100,12 +132,39 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         started: Instant::now(),
         step: 0,
     };
+    let runs = |s: Scenario| options.only.is_empty() || options.only.contains(&s);
+    // Fail before anything runs when the CPU caps cannot be set.
+    let seed_settings = match runs(Scenario::Seed) {
+        true => Some(seed::Settings::new(
+            plan.workers.clone(),
+            options.cost_us,
+            plan.seed_closed,
+            plan.seed_open,
+        )?),
+        false => None,
+    };
     let mut report = Report::new(options.quick);
-    report.keep_alive = bench.keep_alive(&plan)?;
-    report.churn = bench.churn(&plan)?;
-    report.skew = bench.skew(&plan)?;
-    report.handoff = bench.handoff(&plan)?;
-    report.anchors = bench.anchors(&plan)?;
+    if runs(Scenario::KeepAlive) {
+        report.keep_alive = bench.keep_alive(&plan)?;
+    }
+    if runs(Scenario::Churn) {
+        report.churn = bench.churn(&plan)?;
+    }
+    if runs(Scenario::Skew) {
+        report.skew = bench.skew(&plan)?;
+    }
+    if runs(Scenario::Handoff) {
+        report.handoff = bench.handoff(&plan)?;
+    }
+    if runs(Scenario::Anchors) {
+        report.anchors = bench.anchors(&plan)?;
+    }
+    if let Some(settings) = seed_settings {
+        report.seed = Some(bench.seed(settings)?);
+    }
+    if runs(Scenario::Costs) {
+        report.costs = bench.costs()?;
+    }
     report.finish(&out)?;
     println!("{}", report.table());
     println!(
@@ -306,9 +365,24 @@ impl Peer {
 
     fn start(self, dir: &Path, workers: usize) -> anyhow::Result<server::Server> {
         match self {
-            Self::Nginx => server::nginx(dir, free_port(), workers, false),
-            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true),
-            Self::Haproxy => server::haproxy(dir, free_port(), workers),
+            Self::Nginx => server::nginx(dir, free_port(), workers, false, None),
+            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true, None),
+            Self::Haproxy => server::haproxy(dir, free_port(), workers, None),
+        }
+    }
+
+    /// As `start`, each request first burning `cost_us` of CPU.
+    fn start_with_cost(
+        self,
+        dir: &Path,
+        workers: usize,
+        cost_us: u64,
+    ) -> anyhow::Result<server::Server> {
+        let cost = Some(cost_us);
+        match self {
+            Self::Nginx => server::nginx(dir, free_port(), workers, false, cost),
+            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true, cost),
+            Self::Haproxy => server::haproxy(dir, free_port(), workers, cost),
         }
     }
 }

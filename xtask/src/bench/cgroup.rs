@@ -64,11 +64,13 @@ pub fn detect() -> anyhow::Result<Mechanism> {
     )
 }
 
-/// Quota and period giving `cpus` of CPU bandwidth with the shortest period
-/// the kernel allows (short periods keep throttling stalls short).
+/// Quota and period in microseconds giving `cpus` of CPU bandwidth with the
+/// shortest period the kernel allows (1 ms for both quota and period):
+/// short periods keep throttling stalls short.
 pub fn bandwidth(cpus: f64) -> (u64, u64) {
-    let period = (MIN_QUOTA_US as f64 / cpus).round() as u64;
-    (MIN_QUOTA_US, period.max(MIN_QUOTA_US))
+    let period = ((MIN_QUOTA_US as f64 / cpus).round() as u64).max(MIN_QUOTA_US);
+    let quota = (cpus * period as f64).round() as u64;
+    (quota.max(MIN_QUOTA_US), period)
 }
 
 /// One capped cgroup per worker under a parent group; removed on drop.
@@ -246,4 +248,17 @@ pub fn cpu_ns(threads: &[Vec<u32>]) -> u64 {
             stat.split_whitespace().next()?.parse::<u64>().ok()
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bandwidth;
+
+    #[test]
+    fn bandwidth_uses_the_shortest_period_the_kernel_allows() {
+        assert_eq!(bandwidth(0.8), (1000, 1250));
+        assert_eq!(bandwidth(0.1), (1000, 10000));
+        // Above a whole CPU the period stays at the minimum.
+        assert_eq!(bandwidth(2.0), (2000, 1000));
+    }
 }

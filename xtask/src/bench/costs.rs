@@ -271,3 +271,38 @@ fn summary_calls(summary: &str) -> BTreeMap<String, u64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_to_first_worker_accept() {
+        let trace = "\
+1300  100.000000 bind(3, {sa_family=AF_INET, sin_port=htons(8080), sin_addr=inet_addr(\"127.0.0.1\")}, 16) = 0
+1300  100.001000 bind(14, {sa_family=AF_INET, sin_port=htons(15000), sin_addr=inet_addr(\"127.0.0.1\")}, 16) = 0
+1305  100.002000 accept4(14,  <unfinished ...>
+1301  100.006500 accept4(19, 0x7fe22e0a9ab0, [128], SOCK_CLOEXEC|SOCK_NONBLOCK) = -1 EAGAIN
+";
+        let ms = bind_to_accept(trace, 8080, 15000).expect("a bind and an accept");
+        assert!((ms - 6.5).abs() < 1e-6, "{ms}");
+        assert_eq!(bind_to_accept(trace, 9090, 15000), None);
+    }
+
+    #[test]
+    fn strace_summary_counts() {
+        let summary = "\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.00    0.004000           2      4000      2000 accept4
+ 60.00    0.006000           3      2000           close
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.010000           1      6000      2000 total
+";
+        let calls = summary_calls(summary);
+        assert_eq!(calls.get("accept4"), Some(&4000));
+        assert_eq!(calls.get("close"), Some(&2000));
+        assert_eq!(calls.get("total"), Some(&6000));
+        assert_eq!(calls.len(), 3);
+    }
+}

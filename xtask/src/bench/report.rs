@@ -642,13 +642,16 @@ fn seed_markdown(seed: &Seed) -> String {
         fraction = s.load_fraction * 100.0,
     );
     m.push_str(
-        "![seed requests per second](seed_rps.svg)\n\nSaturated requests per second per \
-         server and worker count: a server whose connections pile on one worker gets only that \
-         worker's cap, 1/W of the total, while a balanced one uses every worker's.\n\n\
-         ![seed p99 latency](seed_p99.svg)\n\np99 latency (log scale) at the same offered \
-         rate for every worker count, measured from each request's scheduled send time: a \
-         worker holding more than its share of the connections falls behind and its queue \
-         shows here.\n\n",
+        "![seed requests per second](seed_rps.svg)\n\nSaturated (closed-loop) requests per \
+         second per server and worker count. In a closed loop every worker holding at least \
+         one connection stays busy, so req/s falls by the share of workers the burst left \
+         without a connection. The servers' own costs differ (nginx runs Perl, HAProxy Lua): \
+         the table's efficiency column divides by each one's capacity.\n\n\
+         ![seed p99 latency](seed_p99.svg)\n\np99 latency (log scale) of the open loop, every \
+         connection sending at the same rate, 70% of the capacity in total, measured from each \
+         request's scheduled send time: a worker holding more than its share of the \
+         connections gets more than its share of the requests, falls behind its cap, and its \
+         queue shows here even where the closed loop kept every worker busy.\n\n",
     );
     if let Some(line) = seed_ratios(seed, 4) {
         let _ = writeln!(m, "{line}\n");

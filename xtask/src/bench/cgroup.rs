@@ -31,7 +31,8 @@ pub struct Mechanism {
     pub hierarchy: PathBuf,
 }
 
-/// Finds the cgroup v1 `cpu` hierarchy in `/proc/self/mountinfo`.
+/// Finds the cgroup v1 `cpu` hierarchy in `/proc/self/mountinfo` and
+/// checks that a group can be created in it.
 pub fn detect() -> anyhow::Result<Mechanism> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
     for line in mountinfo.lines() {
@@ -51,6 +52,12 @@ pub fn detect() -> anyhow::Result<Mechanism> {
         };
         let hierarchy = PathBuf::from(point);
         if hierarchy.join("cpu.cfs_quota_us").exists() {
+            let probe = hierarchy.join(format!("{PREFIX}{}-probe", std::process::id()));
+            fs::create_dir(&probe)
+                .and_then(|()| fs::remove_dir(&probe))
+                .with_context(|| {
+                    format!("creating a cgroup in {} (the bench runs as root)", point)
+                })?;
             return Ok(Mechanism {
                 controller: "cgroup v1 cpu (cpu.cfs_quota_us per worker thread)".into(),
                 hierarchy,

@@ -1,8 +1,8 @@
 //! Costs per connection, per backend, counted by `strace`: system calls per
 //! accepted connection (every thread of the server, over a run of short
-//! connections), and the time from the listener's first `bind()` to its
-//! first `accept`, which holds the backend's start-up (the `Ebpf` program's
-//! load and attach among it).
+//! connections), and the time from the listener's first `bind()` (and from
+//! the process's `execve`) to a worker's first `accept`, which holds the
+//! backend's start-up (the `Ebpf` program's load and attach among it).
 
 use std::{
     collections::BTreeMap,
@@ -36,6 +36,9 @@ pub struct CostRow {
     /// From the first `bind()` on the listening port to the first accept by
     /// a worker, as strace timestamps them; the median of five start-ups.
     pub bind_to_accept_ms: f64,
+    /// From the server's `execve` to that first accept (whatever the
+    /// backend prepares before binding included); the median of five.
+    pub exec_to_accept_ms: f64,
 }
 
 impl Bench {
@@ -43,11 +46,16 @@ impl Bench {
         let mut rows = Vec::new();
         for backend in BACKENDS {
             self.progress(&format!("costs {backend} x{WORKERS} (strace)"));
-            let mut starts = (0..STARTS)
-                .map(|_| self.bind_to_accept(backend))
-                .collect::<anyhow::Result<Vec<f64>>>()?;
-            starts.sort_by(f64::total_cmp);
-            let bind_to_accept_ms = starts[STARTS / 2];
+            let starts = (0..STARTS)
+                .map(|_| self.start_up(backend))
+                .collect::<anyhow::Result<Vec<StartUp>>>()?;
+            let median = |of: fn(&StartUp) -> f64| {
+                let mut times: Vec<f64> = starts.iter().map(of).collect();
+                times.sort_by(f64::total_cmp);
+                times[STARTS / 2]
+            };
+            let bind_to_accept_ms = median(|s| s.bind_to_accept_ms);
+            let exec_to_accept_ms = median(|s| s.exec_to_accept_ms);
             let (syscalls_per_connection, by_call) = self.syscalls(backend)?;
             rows.push(CostRow {
                 backend: backend.into(),
@@ -56,6 +64,7 @@ impl Bench {
                 by_call,
                 connections: CONNECTIONS,
                 bind_to_accept_ms,
+                exec_to_accept_ms,
             });
         }
         Ok(rows)
@@ -63,7 +72,7 @@ impl Bench {
 
     /// Starts the server under `strace -f -ttt` (only bind and accept calls
     /// stop it) and reads the two timestamps.
-    fn bind_to_accept(&self, backend: &str) -> anyhow::Result<f64> {
+    fn start_up(&self, backend: &str) -> anyhow::Result<StartUp> {
         let trace = self.out.join(format!("strace-start-{backend}.txt"));
         let port = free_port();
         let admin = free_port();
@@ -74,7 +83,7 @@ impl Bench {
                 "-ttt",
                 "--seccomp-bpf",
                 "-e",
-                "trace=bind,accept,accept4",
+                "trace=execve,bind,accept,accept4",
             ])
             .arg("-o")
             .arg(&trace)
@@ -99,7 +108,7 @@ impl Bench {
         traced.stop()?;
         let text = std::fs::read_to_string(&trace)
             .with_context(|| format!("reading {}", trace.display()))?;
-        bind_to_accept(&text, port, admin)
+        start_up(&text, port, admin)
             .with_context(|| format!("no bind to {port} and accept in {}", trace.display()))
     }
 
@@ -219,14 +228,16 @@ fn wait_traced(pid: u32, limit: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// Milliseconds from the first `bind()` to `port` to the first accept call
-/// on a socket other than the admin listener's (bound to `admin`; workers
-/// may accept on duplicates of the bound sockets), from `strace -f -ttt`.
-fn bind_to_accept(trace: &str, port: u16, admin: u16) -> Option<f64> {
+/// Milliseconds from the first `execve` and from the first `bind()` to
+/// `port` to the first accept call on a socket other than the admin
+/// listener's (bound to `admin`; workers may accept on duplicates of the
+/// bound sockets), from `strace -f -ttt`.
+fn start_up(trace: &str, port: u16, admin: u16) -> Option<StartUp> {
     let listener = format!("sin_port=htons({port})");
     let admin = format!("sin_port=htons({admin})");
     let mut admin_fds = Vec::new();
     let mut first_bind = None;
+    let mut exec = None;
     for line in trace.lines() {
         // `<pid> <seconds>.<micros> <call>`, the pid padded with spaces.
         let Some((_pid, rest)) = line.split_once(' ') else {
@@ -238,18 +249,28 @@ fn bind_to_accept(trace: &str, port: u16, admin: u16) -> Option<f64> {
         let Ok(time) = time.parse::<f64>() else {
             continue;
         };
-        if call.starts_with("bind(") && call.contains(&listener) {
+        if call.starts_with("execve(") {
+            exec.get_or_insert(time);
+        } else if call.starts_with("bind(") && call.contains(&listener) {
             first_bind.get_or_insert(time);
         } else if call.starts_with("bind(") && call.contains(&admin) {
             admin_fds.extend(fd_argument(call));
         } else if call.starts_with("accept") {
             let worker = fd_argument(call).is_some_and(|fd| !admin_fds.contains(&fd));
             if let (Some(bind), true) = (first_bind, worker) {
-                return Some((time - bind) * 1000.0);
+                return Some(StartUp {
+                    bind_to_accept_ms: (time - bind) * 1000.0,
+                    exec_to_accept_ms: (time - exec.unwrap_or(bind)) * 1000.0,
+                });
             }
         }
     }
     None
+}
+
+struct StartUp {
+    bind_to_accept_ms: f64,
+    exec_to_accept_ms: f64,
 }
 
 /// The first argument of a traced call, `name(3, ...`.
@@ -279,14 +300,16 @@ mod tests {
     #[test]
     fn bind_to_first_worker_accept() {
         let trace = "\
+1300  99.990000 execve(\"/bin/http\", [\"http\"], 0x7ffd /* 20 vars */) = 0
 1300  100.000000 bind(3, {sa_family=AF_INET, sin_port=htons(8080), sin_addr=inet_addr(\"127.0.0.1\")}, 16) = 0
 1300  100.001000 bind(14, {sa_family=AF_INET, sin_port=htons(15000), sin_addr=inet_addr(\"127.0.0.1\")}, 16) = 0
 1305  100.002000 accept4(14,  <unfinished ...>
 1301  100.006500 accept4(19, 0x7fe22e0a9ab0, [128], SOCK_CLOEXEC|SOCK_NONBLOCK) = -1 EAGAIN
 ";
-        let ms = bind_to_accept(trace, 8080, 15000).expect("a bind and an accept");
-        assert!((ms - 6.5).abs() < 1e-6, "{ms}");
-        assert_eq!(bind_to_accept(trace, 9090, 15000), None);
+        let start = start_up(trace, 8080, 15000).expect("a bind and an accept");
+        assert!((start.bind_to_accept_ms - 6.5).abs() < 1e-6);
+        assert!((start.exec_to_accept_ms - 16.5).abs() < 1e-6);
+        assert!(start_up(trace, 9090, 15000).is_none());
     }
 
     #[test]

@@ -51,7 +51,7 @@ const HEAVY_PATH: &str = "/spin/2000";
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A reduced run (about 5 minutes): shorter phases, anchors at 2 workers.
+    /// A reduced run (about 4 minutes): shorter phases, anchors at 2 workers.
     #[arg(long)]
     quick: bool,
     /// Run only these scenarios (keep-alive, churn, skew, handoff, anchors,
@@ -124,6 +124,7 @@ impl Plan {
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let out = workspace::root().join(&options.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(out.join(SERVERS));
     let binary = build_example()?;
     let plan = Plan::new(options.quick);
     let mut bench = Bench {
@@ -346,6 +347,10 @@ impl Bench {
     }
 }
 
+/// Where the external servers' configurations go, under `--out` (emptied
+/// at the start of each run).
+const SERVERS: &str = "servers";
+
 /// The external servers the anchors compare against.
 #[derive(Clone, Copy)]
 enum Peer {
@@ -363,7 +368,8 @@ impl Peer {
         }
     }
 
-    fn start(self, dir: &Path, workers: usize) -> anyhow::Result<server::Server> {
+    fn start(self, out: &Path, workers: usize) -> anyhow::Result<server::Server> {
+        let dir = &out.join(SERVERS);
         match self {
             Self::Nginx => server::nginx(dir, free_port(), workers, false, None),
             Self::NginxReusePort => server::nginx(dir, free_port(), workers, true, None),
@@ -374,10 +380,11 @@ impl Peer {
     /// As `start`, each request first burning `cost_us` of CPU.
     fn start_with_cost(
         self,
-        dir: &Path,
+        out: &Path,
         workers: usize,
         cost_us: u64,
     ) -> anyhow::Result<server::Server> {
+        let dir = &out.join(SERVERS);
         let cost = Some(cost_us);
         match self {
             Self::Nginx => server::nginx(dir, free_port(), workers, false, cost),

@@ -240,6 +240,7 @@ impl Report {
     /// All tables as plain text.
     pub fn table(&self) -> String {
         let mut t = String::new();
+        let _ = writeln!(t, "{} cores, kernel {}\n", self.cores, self.kernel);
         let _ = writeln!(
             t,
             "keep-alive: {} connections, request/response",
@@ -349,13 +350,13 @@ impl Report {
         if !self.costs.is_empty() {
             let _ = writeln!(
                 t,
-                "\ncosts (strace): system calls per connection over {} short connections, all server threads; bind() to first accept",
+                "\ncosts (strace): system calls per connection over {} short connections, all server threads; from bind() and from execve to a worker's first accept (median of 5)",
                 super::costs::CONNECTIONS
             );
             let _ = writeln!(
                 t,
-                "{:<10} {:>2}  {:>9} {:>14}  largest",
-                "backend", "w", "calls", "bind->accept"
+                "{:<10} {:>2}  {:>9} {:>14} {:>14}  largest",
+                "backend", "w", "calls", "bind->accept", "exec->accept"
             );
             for r in &self.costs {
                 let top: Vec<String> = (r.by_call.iter())
@@ -364,11 +365,12 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     t,
-                    "{:<10} {:>2}  {:>9.1} {:>11.1} ms  {}",
+                    "{:<10} {:>2}  {:>9.1} {:>11.1} ms {:>11.1} ms  {}",
                     r.backend,
                     r.workers,
                     r.syscalls_per_connection,
                     r.bind_to_accept_ms,
+                    r.exec_to_accept_ms,
                     top.join(", ")
                 );
             }

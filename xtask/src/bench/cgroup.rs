@@ -59,7 +59,7 @@ pub fn detect() -> anyhow::Result<Mechanism> {
                     format!("creating a cgroup in {} (the bench runs as root)", point)
                 })?;
             return Ok(Mechanism {
-                controller: "cgroup v1 cpu (cpu.cfs_quota_us per worker thread)".into(),
+                controller: "cgroup v1 cpu, cpu.cfs_quota_us per worker thread".into(),
                 hierarchy,
             });
         }

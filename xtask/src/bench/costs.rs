@@ -39,6 +39,9 @@ pub struct CostRow {
     /// From the server's `execve` to that first accept (whatever the
     /// backend prepares before binding included); the median of five.
     pub exec_to_accept_ms: f64,
+    /// From the first to the last `bpf()` call before that accept: loading
+    /// and attaching the steering program (0 without one); the median.
+    pub bpf_ms: f64,
 }
 
 impl Bench {
@@ -56,6 +59,7 @@ impl Bench {
             };
             let bind_to_accept_ms = median(|s| s.bind_to_accept_ms);
             let exec_to_accept_ms = median(|s| s.exec_to_accept_ms);
+            let bpf_ms = median(|s| s.bpf_ms);
             let (syscalls_per_connection, by_call) = self.syscalls(backend)?;
             rows.push(CostRow {
                 backend: backend.into(),
@@ -65,6 +69,7 @@ impl Bench {
                 connections: CONNECTIONS,
                 bind_to_accept_ms,
                 exec_to_accept_ms,
+                bpf_ms,
             });
         }
         Ok(rows)
@@ -83,7 +88,7 @@ impl Bench {
                 "-ttt",
                 "--seccomp-bpf",
                 "-e",
-                "trace=execve,bind,accept,accept4",
+                "trace=execve,bind,bpf,accept,accept4",
             ])
             .arg("-o")
             .arg(&trace)
@@ -238,6 +243,7 @@ fn start_up(trace: &str, port: u16, admin: u16) -> Option<StartUp> {
     let mut admin_fds = Vec::new();
     let mut first_bind = None;
     let mut exec = None;
+    let mut bpf: Option<(f64, f64)> = None;
     for line in trace.lines() {
         // `<pid> <seconds>.<micros> <call>`, the pid padded with spaces.
         let Some((_pid, rest)) = line.split_once(' ') else {
@@ -251,6 +257,9 @@ fn start_up(trace: &str, port: u16, admin: u16) -> Option<StartUp> {
         };
         if call.starts_with("execve(") {
             exec.get_or_insert(time);
+        } else if call.starts_with("bpf(") {
+            let (first, _) = bpf.unwrap_or((time, time));
+            bpf = Some((first, time));
         } else if call.starts_with("bind(") && call.contains(&listener) {
             first_bind.get_or_insert(time);
         } else if call.starts_with("bind(") && call.contains(&admin) {
@@ -261,6 +270,7 @@ fn start_up(trace: &str, port: u16, admin: u16) -> Option<StartUp> {
                 return Some(StartUp {
                     bind_to_accept_ms: (time - bind) * 1000.0,
                     exec_to_accept_ms: (time - exec.unwrap_or(bind)) * 1000.0,
+                    bpf_ms: bpf.map_or(0.0, |(first, last)| (last - first) * 1000.0),
                 });
             }
         }
@@ -271,6 +281,7 @@ fn start_up(trace: &str, port: u16, admin: u16) -> Option<StartUp> {
 struct StartUp {
     bind_to_accept_ms: f64,
     exec_to_accept_ms: f64,
+    bpf_ms: f64,
 }
 
 /// The first argument of a traced call, `name(3, ...`.
@@ -301,6 +312,8 @@ mod tests {
     fn bind_to_first_worker_accept() {
         let trace = "\
 1300  99.990000 execve(\"/bin/http\", [\"http\"], 0x7ffd /* 20 vars */) = 0
+1300  99.995000 bpf(BPF_MAP_CREATE, {map_type=BPF_MAP_TYPE_ARRAY}, 72) = 3
+1300  99.998000 bpf(BPF_PROG_LOAD, {prog_type=BPF_PROG_TYPE_SK_REUSEPORT}, 148) = 4
 1300  100.000000 bind(3, {sa_family=AF_INET, sin_port=htons(8080), sin_addr=inet_addr(\"127.0.0.1\")}, 16) = 0
 1300  100.001000 bind(14, {sa_family=AF_INET, sin_port=htons(15000), sin_addr=inet_addr(\"127.0.0.1\")}, 16) = 0
 1305  100.002000 accept4(14,  <unfinished ...>
@@ -309,6 +322,7 @@ mod tests {
         let start = start_up(trace, 8080, 15000).expect("a bind and an accept");
         assert!((start.bind_to_accept_ms - 6.5).abs() < 1e-6);
         assert!((start.exec_to_accept_ms - 16.5).abs() < 1e-6);
+        assert!((start.bpf_ms - 3.0).abs() < 1e-6);
         assert!(start_up(trace, 9090, 15000).is_none());
     }
 

@@ -355,8 +355,8 @@ impl Report {
             );
             let _ = writeln!(
                 t,
-                "{:<10} {:>2}  {:>9} {:>14} {:>14}  largest",
-                "backend", "w", "calls", "bind->accept", "exec->accept"
+                "{:<10} {:>2}  {:>9} {:>14} {:>14} {:>10}  largest",
+                "backend", "w", "calls", "bind->accept", "exec->accept", "bpf()"
             );
             for r in &self.costs {
                 let top: Vec<String> = (r.by_call.iter())
@@ -365,12 +365,13 @@ impl Report {
                     .collect();
                 let _ = writeln!(
                     t,
-                    "{:<10} {:>2}  {:>9.1} {:>11.1} ms {:>11.1} ms  {}",
+                    "{:<10} {:>2}  {:>9.1} {:>11.1} ms {:>11.1} ms {:>7.1} ms  {}",
                     r.backend,
                     r.workers,
                     r.syscalls_per_connection,
                     r.bind_to_accept_ms,
                     r.exec_to_accept_ms,
+                    r.bpf_ms,
                     top.join(", ")
                 );
             }
@@ -629,8 +630,8 @@ fn seed_markdown(seed: &Seed) -> String {
     let s = &seed.settings;
     let mut m = format!(
         "## Seed: emulated dedicated cores\n\nEach server's W worker threads (processes for \
-         nginx) are capped at {total}/W CPU each with the kernel CPU controller ({mechanism}, \
-         a group per worker), {total} CPU together; the load generator keeps the rest. Client: \
+         nginx) are capped at {total}/W CPU each with the kernel CPU controller ({mechanism}), \
+         {total} CPU together; the load generator keeps the rest. Client: \
          {client}. Handler cost: {cost} us of CPU per request (ours: `/spin/{cost}`; nginx: \
          an embedded Perl handler; HAProxy: a Lua service), on top of each server's own cost. \
          Closed loop {closed:.0} s, then open loop {open:.0} s at {fraction:.0}% of the capped \
@@ -718,6 +719,11 @@ fn seed_table(seed: &Seed) -> String {
             c.limit_per_sec
         );
     }
+    let _ = writeln!(
+        t,
+        "eff: req/s / limit; cpu: CPU the workers used / their caps (closed loop); \
+         thrott: periods a worker's group was throttled; split: connections per worker"
+    );
     let _ = writeln!(
         t,
         "{:<16} {:>2}  {:<26} {:>8} {:>5} {:>5}  {:>8} {:>8} {:>7} {:>7} {:>8} {:>6}",

@@ -61,6 +61,10 @@ pub struct Options {
     /// CPU time each request burns in the seed scenario's handler.
     #[arg(long, default_value_t = 50)]
     cost_us: u64,
+    /// CPUs a server's workers get together in the seed scenario (each
+    /// worker an equal share); the load generator keeps the rest.
+    #[arg(long, default_value_t = 0.8)]
+    seed_cpus: f64,
     /// Where to write bench.json, report.md and the charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -138,6 +142,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let seed_settings = match runs(Scenario::Seed) {
         true => Some(seed::Settings::new(
             plan.workers.clone(),
+            options.seed_cpus,
             options.cost_us,
             plan.seed_closed,
             plan.seed_open,

@@ -37,12 +37,19 @@ pub struct Settings {
 impl Settings {
     pub fn new(
         workers: Vec<usize>,
+        total_cpus: f64,
         cost_us: u64,
         closed: Duration,
         open: Duration,
     ) -> anyhow::Result<Self> {
+        if !(total_cpus > 0.0 && total_cpus <= available_cpus()) {
+            bail!(
+                "--seed-cpus {total_cpus}: give a share of this machine's {} CPUs",
+                available_cpus()
+            );
+        }
         let mechanism = cgroup::detect()?;
-        let total_cpus = 0.8;
+        cgroup::remove_stale(&mechanism);
         let bandwidth = std::iter::once(1)
             .chain(workers.iter().copied())
             .map(|w| {
@@ -67,6 +74,10 @@ impl Settings {
             ),
         })
     }
+}
+
+fn available_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// A server measured in the seed scenario.
@@ -143,7 +154,6 @@ pub struct Seed {
 
 impl Bench {
     pub(super) fn seed(&mut self, settings: Settings) -> anyhow::Result<Seed> {
-        cgroup::remove_stale(&settings.mechanism);
         let ours = BACKENDS.map(Subject::Ours);
         let anchors = [Peer::Nginx, Peer::NginxReusePort, Peer::Haproxy].map(Subject::Anchor);
         let subjects: Vec<Subject> = ours.into_iter().chain(anchors).collect();

@@ -177,6 +177,22 @@ pub fn remove_stale(mechanism: &Mechanism) {
     }
 }
 
+/// Removes this process's groups (on an interrupted run).
+pub fn remove_own() {
+    let Ok(mechanism) = detect() else {
+        return;
+    };
+    let own = format!("{PREFIX}{}-", std::process::id());
+    let Ok(entries) = fs::read_dir(&mechanism.hierarchy) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&own) {
+            let _ = remove_group_tree(&mechanism.hierarchy, &entry.path());
+        }
+    }
+}
+
 /// Moves every task of `parent` and its children to the root, then removes
 /// the children and `parent`.
 fn remove_group_tree(hierarchy: &Path, parent: &Path) -> anyhow::Result<()> {

@@ -126,6 +126,7 @@ impl Plan {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
+    clean_up_on_signal()?;
     let out = workspace::root().join(&options.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let _ = std::fs::remove_dir_all(out.join(SERVERS));
@@ -178,6 +179,45 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         out.display(),
         bench.started.elapsed()
     );
+    Ok(())
+}
+
+/// Ends the run on SIGINT or SIGTERM after stopping the servers it started
+/// and removing its CPU groups (the default action would leave both behind;
+/// the groups until the next run). A thread waits for the signals on its own
+/// runtime; handlers, unlike a blocked signal mask, are not inherited by the
+/// servers it starts.
+fn clean_up_on_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut interrupt, mut terminate) = runtime.block_on(async {
+        anyhow::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let name = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => ("SIGINT", 130),
+                    _ = terminate.recv() => ("SIGTERM", 143),
+                }
+            });
+            eprintln!(
+                "{}: stopping the servers, removing this run's CPU groups",
+                name.0
+            );
+            for child in cgroup::children(std::process::id()) {
+                let pid = nix::unistd::Pid::from_raw(child as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            cgroup::remove_own();
+            std::process::exit(name.1);
+        })?;
     Ok(())
 }
 

@@ -140,7 +140,8 @@ pub struct Row {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
-    /// Times any worker's group was throttled during the row.
+    /// Periods in which a worker's group ran out of quota, summed over the
+    /// workers, during the row.
     pub throttled: u64,
 }
 
@@ -236,7 +237,7 @@ impl Bench {
             ),
             None => None,
         };
-        let throttled = caps.throttled().iter().map(|(n, _)| n).sum();
+        let throttled = caps.throttled();
         drop(client);
         drop(caps);
         drop(server);

@@ -4,10 +4,11 @@
 //!
 //! Each response names its worker in an `X-Worker` header, so a client can
 //! measure the per-worker split without trusting the server's counters.
-//! `GET /spin/<micros>` burns that much CPU before answering (for skewed
-//! load). Only bodiless requests are supported: GET and HEAD (no body in
-//! the answer); other methods get `405`, a request head over 16 KiB `431`,
-//! and the connection is closed.
+//! `GET /spin/<micros>` burns that much of the worker's CPU time before
+//! answering (for skewed load, and the bench's fixed cost per request).
+//! Only bodiless requests are supported: GET and HEAD (no body in the
+//! answer); other methods get `405`, a request head over 16 KiB `431`, and
+//! the connection is closed.
 //!
 //! ```sh
 //! cargo run --release --example http -- --backend ebpf --workers 2
@@ -93,8 +94,10 @@ async fn refuse(mut stream: TcpStream, status: &str) {
     }
 }
 
-/// Busy-waits for `/spin/<micros>` (capped), holding the worker's thread as a
-/// CPU-heavy request would.
+/// Busy-waits until this thread has used `/spin/<micros>` (capped) of CPU
+/// time, holding the worker's thread as a CPU-heavy request would. CPU time,
+/// not wall time: a request costs the same CPU when the thread is preempted
+/// or throttled meanwhile (the bench caps worker threads).
 fn spin(path: &str) {
     let Some(micros) = path
         .strip_prefix("/spin/")
@@ -102,9 +105,19 @@ fn spin(path: &str) {
     else {
         return;
     };
-    let until =
-        std::time::Instant::now() + std::time::Duration::from_micros(micros.min(MAX_SPIN_MICROS));
-    while std::time::Instant::now() < until {
+    let Some(start) = thread_cpu_nanos() else {
+        return;
+    };
+    let until = start + micros.min(MAX_SPIN_MICROS) * 1000;
+    while thread_cpu_nanos().is_some_and(|now| now < until) {
         std::hint::spin_loop();
     }
+}
+
+/// CPU time this thread has used, in nanoseconds (`None` if the clock
+/// cannot be read, which Linux does not do for the calling thread).
+fn thread_cpu_nanos() -> Option<u64> {
+    use nix::time::{clock_gettime, ClockId};
+    let now = clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    Some(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
 }

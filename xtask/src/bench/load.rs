@@ -178,6 +178,29 @@ pub fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     runtime()?.block_on(get_async(addr, path))
 }
 
+/// `count` short connections (connect, one request, close), `concurrency`
+/// at a time.
+pub fn connections(addr: SocketAddr, count: u64, concurrency: u64) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let tasks: Vec<_> = (0..concurrency)
+            .map(|i| {
+                let mine = count / concurrency + u64::from(i < count % concurrency);
+                tokio::task::spawn_local(async move {
+                    for _ in 0..mine {
+                        let mut client = Client::connect(addr, "/".into()).await?;
+                        client.request().await?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    })
+}
+
 /// A plain GET over HTTP/1.1 with `Connection: close`, returning the body
 /// (for admin endpoints).
 async fn get_async(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
@@ -206,7 +229,7 @@ struct LocalRuntime {
 }
 
 impl LocalRuntime {
-    fn block_on<T>(self, future: impl std::future::Future<Output = T>) -> T {
+    fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
         self.local.block_on(&self.runtime, future)
     }
 }
@@ -241,7 +264,18 @@ impl Client {
     /// and the round-trip time.
     async fn request(&mut self) -> anyhow::Result<(String, Duration)> {
         let start = Instant::now();
+        self.send().await?;
+        let worker = self.receive().await?;
+        Ok((worker, start.elapsed()))
+    }
+
+    async fn send(&mut self) -> anyhow::Result<()> {
         self.stream.write_all(&self.request).await?;
+        Ok(())
+    }
+
+    /// Reads one response; returns its `X-Worker` value.
+    async fn receive(&mut self) -> anyhow::Result<String> {
         self.buf.clear();
         loop {
             let mut chunk = [0u8; 1024];
@@ -253,7 +287,7 @@ impl Client {
             }
             self.buf.extend_from_slice(&chunk[..n]);
             if let Some(worker) = parse_response(&self.buf)? {
-                return Ok((worker, start.elapsed()));
+                return Ok(worker);
             }
         }
     }
@@ -284,4 +318,214 @@ fn parse_response(buf: &[u8]) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     Ok(Some(header("x-worker").unwrap_or_else(|| "?".into())))
+}
+
+/// The seeds' client: `connections` keep-alive connections opened in one
+/// burst (every `connect()` before any request), one request each to learn
+/// its worker; then closed-loop and open-loop phases on those connections.
+pub struct SeedClient {
+    runtime: LocalRuntime,
+    clients: Vec<Client>,
+    /// Connections per `X-Worker` value, from each connection's first response.
+    pub split: BTreeMap<String, u64>,
+}
+
+/// An open-loop phase's result.
+pub struct OpenLoop {
+    pub achieved_per_sec: f64,
+    /// Latency in microseconds from each request's scheduled send time,
+    /// including requests still unsent at the end (at their age then).
+    pub latency: Histogram<u64>,
+}
+
+impl SeedClient {
+    pub fn connect(addr: SocketAddr, path: &str, connections: usize) -> anyhow::Result<Self> {
+        let runtime = runtime()?;
+        let (clients, split) = runtime.block_on(async {
+            let connects = (0..connections).map(|_| Client::connect(addr, path.to_owned()));
+            let mut clients = Vec::with_capacity(connections);
+            for client in join_all(connects).await {
+                clients.push(client?);
+            }
+            let mut split = BTreeMap::new();
+            for client in &mut clients {
+                let (worker, _) = client.request().await?;
+                *split.entry(worker).or_insert(0) += 1;
+            }
+            anyhow::Ok((clients, split))
+        })?;
+        Ok(Self {
+            runtime,
+            clients,
+            split,
+        })
+    }
+
+    /// Every connection sends its next request as soon as the previous
+    /// response arrived, for `duration`. Returns requests completed per second.
+    pub fn closed_loop(&mut self, duration: Duration) -> anyhow::Result<f64> {
+        let clients = std::mem::take(&mut self.clients);
+        let (clients, rate) = self.runtime.block_on(closed_loop(clients, duration))?;
+        self.clients = clients;
+        Ok(rate)
+    }
+
+    /// `rate` requests per second in total for `duration` (the wrk2
+    /// method): connection `i` of `n` is due to send its `k`-th request at
+    /// `start + (i + k n) / rate`, waits for that time on a timerfd (no
+    /// millisecond timer rounding), and each latency is measured from the
+    /// due time, so a stalled server cannot hide the requests it delayed.
+    pub fn open_loop(&mut self, rate: f64, duration: Duration) -> anyhow::Result<OpenLoop> {
+        let clients = std::mem::take(&mut self.clients);
+        let (clients, open) = self.runtime.block_on(open_loop(clients, rate, duration))?;
+        self.clients = clients;
+        Ok(open)
+    }
+}
+
+/// Awaits `futures` concurrently on the local set (all started at once).
+async fn join_all<T: 'static>(
+    futures: impl Iterator<Item = impl std::future::Future<Output = T> + 'static>,
+) -> Vec<T> {
+    let tasks: Vec<_> = futures.map(tokio::task::spawn_local).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.expect("client task panicked"));
+    }
+    out
+}
+
+async fn closed_loop(
+    clients: Vec<Client>,
+    duration: Duration,
+) -> anyhow::Result<(Vec<Client>, f64)> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let runs = clients.into_iter().map(|mut client| async move {
+        let mut requests = 0u64;
+        while Instant::now() < deadline {
+            client.request().await?;
+            requests += 1;
+        }
+        anyhow::Ok((client, requests))
+    });
+    let mut clients = Vec::new();
+    let mut requests = 0;
+    for run in join_all(runs).await {
+        let (client, n) = run?;
+        clients.push(client);
+        requests += n;
+    }
+    Ok((clients, requests as f64 / start.elapsed().as_secs_f64()))
+}
+
+async fn open_loop(
+    clients: Vec<Client>,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<(Vec<Client>, OpenLoop)> {
+    let n = clients.len() as u64;
+    let step = (1e9 / rate) as u64;
+    let start = monotonic_ns()? + 1_000_000;
+    let end = start + duration.as_nanos() as u64;
+    let runs = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut client)| async move {
+            let timer = Timer::new()?;
+            let mut latency = histogram();
+            let mut done = 0u64;
+            let mut due = start + i as u64 * step;
+            while due < end {
+                timer.until(due).await?;
+                client.send().await?;
+                client.receive().await?;
+                latency.saturating_record((monotonic_ns()?.saturating_sub(due)) / 1000);
+                done += 1;
+                due += n * step;
+            }
+            // Due but never sent because the server held the connection: their
+            // latency is at least their age now.
+            let now = monotonic_ns()?;
+            while due < now {
+                latency.saturating_record((now - due) / 1000);
+                due += n * step;
+            }
+            anyhow::Ok((client, done, latency))
+        });
+    let mut latency = histogram();
+    let mut done = 0;
+    let mut clients = Vec::new();
+    for run in join_all(runs).await {
+        let (client, d, h) = run?;
+        clients.push(client);
+        done += d;
+        latency.add(h)?;
+    }
+    let elapsed = (monotonic_ns()?.max(end) - start) as f64 / 1e9;
+    let achieved_per_sec = done as f64 / elapsed;
+    Ok((
+        clients,
+        OpenLoop {
+            achieved_per_sec,
+            latency,
+        },
+    ))
+}
+
+fn monotonic_ns() -> anyhow::Result<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
+    Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
+/// A timerfd awaited on the runtime: wakes at an absolute CLOCK_MONOTONIC
+/// time with the kernel's timer precision.
+struct Timer(tokio::io::unix::AsyncFd<OwnedTimerFd>);
+
+/// A timerfd whose raw fd tokio can register.
+struct OwnedTimerFd(nix::sys::timerfd::TimerFd);
+
+impl std::os::fd::AsRawFd for OwnedTimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsFd::as_fd(&self.0).as_raw_fd()
+    }
+}
+
+impl Timer {
+    fn new() -> anyhow::Result<Self> {
+        use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+        let fd = OwnedTimerFd(TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK,
+        )?);
+        // SAFETY: the TimerFd owns its descriptor until it drops with the
+        // AsyncFd, and `as_raw_fd` always returns that descriptor.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        Ok(Self(registered.map_err(|e| {
+            anyhow::anyhow!("registering a timerfd: {e}")
+        })?))
+    }
+
+    /// Returns at monotonic time `due_ns` (at once if it has passed).
+    async fn until(&self, due_ns: u64) -> anyhow::Result<()> {
+        use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+        if monotonic_ns()? >= due_ns {
+            return Ok(());
+        }
+        let due = nix::sys::time::TimeSpec::from_duration(Duration::from_nanos(due_ns));
+        (self.0.get_ref().0).set(
+            Expiration::OneShot(due),
+            TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+        )?;
+        loop {
+            let mut ready = self.0.readable().await?;
+            match ready.get_inner().0.wait() {
+                Ok(()) => return Ok(()),
+                Err(nix::errno::Errno::EAGAIN) => ready.clear_ready(),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }

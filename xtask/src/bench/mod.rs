@@ -12,15 +12,23 @@
 //! - handoff: iptables REDIRECT through a virtual listener in a network
 //!   namespace, handoff-safe counters next to Envoy's old released counter;
 //! - anchors: nginx (with and without reuseport) and HAProxy next to our
-//!   example, all driven by wrk with the same connection count.
+//!   example, all driven by wrk with the same connection count;
+//! - seed: the seeds' experiment on emulated dedicated cores (per-worker
+//!   CPU caps), our backends next to nginx and HAProxy under the same caps,
+//!   saturated throughput and open-loop latency (see `seed.rs`);
+//! - costs: system calls per accepted connection and the time from `bind()`
+//!   to the first accept, counted by strace.
 //!
 //! Results: a table on stdout, `bench.json` with every figure, and
 //! `report.md` with SVG charts, in `--out` (default `target/bench`).
 
+mod cgroup;
+mod costs;
 mod load;
 mod netns;
 mod program_cost;
 mod report;
+mod seed;
 mod server;
 mod wrk;
 
@@ -49,12 +57,35 @@ const HEAVY_PATH: &str = "/spin/2000";
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A reduced run (about 2 minutes): shorter phases, anchors at 2 workers.
+    /// A reduced run (about 4 minutes): shorter phases, anchors at 2 workers.
     #[arg(long)]
     quick: bool,
+    /// Run only these scenarios (keep-alive, churn, program-cost, skew,
+    /// handoff, anchors, seed, costs); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// CPU time each request burns in the seed scenario's handler.
+    #[arg(long, default_value_t = 50)]
+    cost_us: u64,
+    /// CPUs a server's workers get together in the seed scenario (each
+    /// worker an equal share); the load generator keeps the rest.
+    #[arg(long, default_value_t = 0.8)]
+    seed_cpus: f64,
     /// Where to write bench.json, report.md and the charts.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    KeepAlive,
+    Churn,
+    ProgramCost,
+    Skew,
+    Handoff,
+    Anchors,
+    Seed,
+    Costs,
 }
 
 /// Phase lengths for one run.
@@ -66,6 +97,8 @@ struct Plan {
     skew: Duration,
     handoff: Duration,
     anchors: Duration,
+    seed_closed: Duration,
+    seed_open: Duration,
 }
 
 impl Plan {
@@ -80,6 +113,8 @@ impl Plan {
                 skew: s(1),
                 handoff: s(1),
                 anchors: s(1),
+                seed_closed: s(2),
+                seed_open: s(3),
             }
         } else {
             Self {
@@ -90,14 +125,18 @@ impl Plan {
                 skew: s(5),
                 handoff: s(3),
                 anchors: s(5),
+                seed_closed: s(5),
+                seed_open: s(10),
             }
         }
     }
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
+    clean_up_on_signal()?;
     let out = workspace::root().join(&options.out);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let _ = std::fs::remove_dir_all(out.join(SERVERS));
     let binary = build_example()?;
     let plan = Plan::new(options.quick);
     let mut bench = Bench {
@@ -106,13 +145,43 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         started: Instant::now(),
         step: 0,
     };
+    let runs = |s: Scenario| options.only.is_empty() || options.only.contains(&s);
+    // Fail before anything runs when the CPU caps cannot be set.
+    let seed_settings = match runs(Scenario::Seed) {
+        true => Some(seed::Settings::new(
+            plan.workers.clone(),
+            options.seed_cpus,
+            options.cost_us,
+            plan.seed_closed,
+            plan.seed_open,
+        )?),
+        false => None,
+    };
     let mut report = Report::new(options.quick);
-    report.keep_alive = bench.keep_alive(&plan)?;
-    report.churn = bench.churn(&plan)?;
-    report.program_cost = bench.program_cost(&plan)?;
-    report.skew = bench.skew(&plan)?;
-    report.handoff = bench.handoff(&plan)?;
-    report.anchors = bench.anchors(&plan)?;
+    if runs(Scenario::KeepAlive) {
+        report.keep_alive = bench.keep_alive(&plan)?;
+    }
+    if runs(Scenario::Churn) {
+        report.churn = bench.churn(&plan)?;
+    }
+    if runs(Scenario::ProgramCost) {
+        report.program_cost = bench.program_cost(&plan)?;
+    }
+    if runs(Scenario::Skew) {
+        report.skew = bench.skew(&plan)?;
+    }
+    if runs(Scenario::Handoff) {
+        report.handoff = bench.handoff(&plan)?;
+    }
+    if runs(Scenario::Anchors) {
+        report.anchors = bench.anchors(&plan)?;
+    }
+    if let Some(settings) = seed_settings {
+        report.seed = Some(bench.seed(settings)?);
+    }
+    if runs(Scenario::Costs) {
+        report.costs = bench.costs()?;
+    }
     report.finish(&out)?;
     println!("{}", report.table());
     println!(
@@ -120,6 +189,45 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         out.display(),
         bench.started.elapsed()
     );
+    Ok(())
+}
+
+/// Ends the run on SIGINT or SIGTERM after stopping the servers it started
+/// and removing its CPU groups (the default action would leave both behind;
+/// the groups until the next run). A thread waits for the signals on its own
+/// runtime; handlers, unlike a blocked signal mask, are not inherited by the
+/// servers it starts.
+fn clean_up_on_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut interrupt, mut terminate) = runtime.block_on(async {
+        anyhow::Ok((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let name = runtime.block_on(async {
+                tokio::select! {
+                    _ = interrupt.recv() => ("SIGINT", 130),
+                    _ = terminate.recv() => ("SIGTERM", 143),
+                }
+            });
+            eprintln!(
+                "{}: stopping the servers, removing this run's CPU groups",
+                name.0
+            );
+            for child in cgroup::children(std::process::id()) {
+                let pid = nix::unistd::Pid::from_raw(child as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+            cgroup::remove_own();
+            std::process::exit(name.1);
+        })?;
     Ok(())
 }
 
@@ -322,6 +430,10 @@ impl Bench {
     }
 }
 
+/// Where the external servers' configurations go, under `--out` (emptied
+/// at the start of each run).
+const SERVERS: &str = "servers";
+
 /// The external servers the anchors compare against.
 #[derive(Clone, Copy)]
 enum Peer {
@@ -339,11 +451,28 @@ impl Peer {
         }
     }
 
-    fn start(self, dir: &Path, workers: usize) -> anyhow::Result<server::Server> {
+    fn start(self, out: &Path, workers: usize) -> anyhow::Result<server::Server> {
+        let dir = &out.join(SERVERS);
         match self {
-            Self::Nginx => server::nginx(dir, free_port(), workers, false),
-            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true),
-            Self::Haproxy => server::haproxy(dir, free_port(), workers),
+            Self::Nginx => server::nginx(dir, free_port(), workers, false, None),
+            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true, None),
+            Self::Haproxy => server::haproxy(dir, free_port(), workers, None),
+        }
+    }
+
+    /// As `start`, each request first burning `cost_us` of CPU.
+    fn start_with_cost(
+        self,
+        out: &Path,
+        workers: usize,
+        cost_us: u64,
+    ) -> anyhow::Result<server::Server> {
+        let dir = &out.join(SERVERS);
+        let cost = Some(cost_us);
+        match self {
+            Self::Nginx => server::nginx(dir, free_port(), workers, false, cost),
+            Self::NginxReusePort => server::nginx(dir, free_port(), workers, true, cost),
+            Self::Haproxy => server::haproxy(dir, free_port(), workers, cost),
         }
     }
 }

@@ -47,6 +47,13 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The server's (main) process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
@@ -115,16 +122,43 @@ impl Ours<'_> {
 }
 
 /// nginx answering a fixed 200 with `X-Worker: <pid>`, `workers` worker
-/// processes, with or without `reuseport`.
-pub fn nginx(dir: &Path, port: u16, workers: usize, reuseport: bool) -> anyhow::Result<Server> {
+/// processes, with or without `reuseport`. With `cost_us`, an embedded Perl
+/// handler first burns that much of the worker's CPU time (needs the nginx
+/// Perl module, `libnginx-mod-http-perl`).
+pub fn nginx(
+    dir: &Path,
+    port: u16,
+    workers: usize,
+    reuseport: bool,
+    cost_us: Option<u64>,
+) -> anyhow::Result<Server> {
     let prefix = dir.join(format!("nginx-{port}"));
     std::fs::create_dir_all(prefix.join("logs"))?;
     let reuse = if reuseport { " reuseport" } else { "" };
+    let (module, require, handler) = match cost_us {
+        None => (
+            "",
+            "",
+            r#"add_header X-Worker $pid; return 200 "ok\n";"#.to_owned(),
+        ),
+        Some(cost) => (
+            "load_module /usr/lib/nginx/modules/ngx_http_perl_module.so;\n",
+            "  perl_require Time/HiRes.pm;\n",
+            format!(
+                "perl 'sub {{ my $r = shift; \
+                 my $until = Time::HiRes::clock_gettime(Time::HiRes::CLOCK_THREAD_CPUTIME_ID()) + {secs}; \
+                 while (Time::HiRes::clock_gettime(Time::HiRes::CLOCK_THREAD_CPUTIME_ID()) < $until) {{}} \
+                 $r->header_out(\"X-Worker\", $$); $r->header_out(\"Content-Length\", 3); \
+                 $r->send_http_header(\"text/plain\"); $r->print(\"ok\\n\"); return 0; }}';",
+                secs = cost as f64 / 1e6
+            ),
+        ),
+    };
     let config = format!(
-        "daemon off;\nmaster_process on;\nworker_processes {workers};\npid {pid};\nerror_log {err} warn;\n\
+        "{module}daemon off;\nmaster_process on;\nworker_processes {workers};\npid {pid};\nerror_log {err} warn;\n\
          events {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  server {{\n    listen 127.0.0.1:{port}{reuse};\n    \
-         location / {{ add_header X-Worker $pid; return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n{require}  server {{\n    listen 127.0.0.1:{port}{reuse};\n    \
+         location / {{ {handler} }}\n  }}\n}}\n",
         pid = prefix.join("nginx.pid").display(),
         err = prefix.join("logs/error.log").display(),
     );
@@ -135,13 +169,36 @@ pub fn nginx(dir: &Path, port: u16, workers: usize, reuseport: bool) -> anyhow::
     Server::start(command, addr, || accepts(addr))
 }
 
-/// HAProxy answering a fixed 200 with `http-request return` and
-/// `X-Worker: <thread>`, `threads` threads (per-thread accept queues).
-pub fn haproxy(dir: &Path, port: u16, threads: usize) -> anyhow::Result<Server> {
+/// HAProxy answering a fixed 200 with `X-Worker: <thread>`, `threads`
+/// threads (per-thread accept queues): with `http-request return`, or with
+/// `cost_us`, a Lua service (a Lua state per thread) that first runs a loop
+/// sized at load time to take that long.
+pub fn haproxy(
+    dir: &Path,
+    port: u16,
+    threads: usize,
+    cost_us: Option<u64>,
+) -> anyhow::Result<Server> {
+    let (global, respond) = match cost_us {
+        None => (
+            String::new(),
+            "http-request return status 200 content-type text/plain string \"ok\" hdr X-Worker \"%[thread]\"",
+        ),
+        Some(cost) => {
+            let script = write(
+                dir,
+                &format!("haproxy-{port}.lua"),
+                &HAPROXY_SPIN.replace("COST_US", &cost.to_string()),
+            )?;
+            (
+                format!("  lua-load-per-thread {}\n", script.display()),
+                "http-request use-service lua.spin",
+            )
+        }
+    };
     let config = format!(
-        "global\n  nbthread {threads}\n\ndefaults\n  mode http\n  timeout client 30s\n  timeout server 30s\n  \
-         timeout connect 5s\n\nfrontend bench\n  bind 127.0.0.1:{port}\n  \
-         http-request return status 200 content-type text/plain string \"ok\" hdr X-Worker \"%[thread]\"\n"
+        "global\n  nbthread {threads}\n{global}\ndefaults\n  mode http\n  timeout client 30s\n  timeout server 30s\n  \
+         timeout connect 5s\n\nfrontend bench\n  bind 127.0.0.1:{port}\n  {respond}\n"
     );
     let conf = write(dir, &format!("haproxy-{port}.cfg"), &config)?;
     let mut command = Command::new("haproxy");
@@ -149,6 +206,29 @@ pub fn haproxy(dir: &Path, port: u16, threads: usize) -> anyhow::Result<Server> 
     let addr = ([127, 0, 0, 1], port).into();
     Server::start(command, addr, || accepts(addr))
 }
+
+/// HAProxy's Lua has no per-thread CPU clock, so the cost is a fixed number
+/// of loop iterations, sized by the process CPU time (`os.clock`) of the
+/// fastest of five runs of 300,000 as each thread's Lua state loads (HAProxy
+/// loads them one after another, before serving).
+const HAPROXY_SPIN: &str = r#"
+local function burn(n) local x = 0 for i = 1, n do x = x + i % 7 end return x end
+local best = math.huge
+for _ = 1, 5 do
+  local t0 = os.clock(); burn(300000); local took = os.clock() - t0
+  if took > 0 and took < best then best = took end
+end
+local iterations = math.floor(COST_US * 1e-6 * 300000 / best)
+core.register_service("spin", "http", function(applet)
+  burn(iterations)
+  applet:set_status(200)
+  applet:add_header("content-length", "3")
+  applet:add_header("content-type", "text/plain")
+  applet:add_header("x-worker", tostring(core.thread))
+  applet:start_response()
+  applet:send("ok\n")
+end)
+"#;
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;

@@ -231,12 +231,19 @@ fn the_backlog_flag_sets_the_listen_backlog() {
     assert_eq!(send_q, ["7"], "ss: {listing}");
 }
 
+/// A keep-alive HTTP/1.1 request for `/`.
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
 /// Sends `GET /` on a keep-alive HTTP/1.1 `client`, checks the `ok`, and
 /// returns the worker its `X-Worker` header names.
 fn get_ok(client: &mut TcpStream) -> usize {
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-        .unwrap();
+    client.write_all(GET).unwrap();
+    read_ok(client)
+}
+
+/// Reads one `ok` response from `client` and returns the worker its
+/// `X-Worker` header names.
+fn read_ok(client: &mut TcpStream) -> usize {
     let mut response = Vec::new();
     let mut buf = [0; 1024];
     while !response.ends_with(b"\r\n\r\nok\n") {
@@ -422,4 +429,38 @@ fn a_second_signal_ends_a_framework_example_at_once(#[values("axum", "hyper")] e
     );
     assert_eq!(server.wait_exit().code(), Some(128 + libc::SIGINT));
     assert!(start.elapsed() < Duration::from_secs(5), "exited at once");
+}
+
+#[rstest]
+fn a_framework_example_survives_a_scrape_while_out_of_fds(
+    #[values("axum", "hyper")] example: &str,
+) {
+    let mut command = example_command(example, &["--backend", "shared", "--workers", "1"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            setrlimit(Resource::RLIMIT_NOFILE, FD_LIMIT, FD_LIMIT).map_err(std::io::Error::from)
+        });
+    }
+    let mut server = ExampleServer::start_command(command);
+    let mut clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = util::connect(server.addr);
+            client.write_all(GET).unwrap();
+            client
+        })
+        .collect();
+    server.wait_for_line("backing off"); // the worker's warning
+    let mut scrape = util::connect(server.admin);
+    scrape.write_all(b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
+    server.wait_for_line("backing off"); // the admin endpoint's
+                                         // Each client answered and closed frees an fd for the next.
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(read_ok(client), 0, "client {i} of {CLIENTS}");
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let mut response = String::new();
+    scrape.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(server.child_running(), "the server is still up");
 }

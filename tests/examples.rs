@@ -1,8 +1,10 @@
 //! The example servers as a user runs them (child processes on port 0):
 //! the exit line counts what the drain deadline closed, a second signal
 //! exits at once, the admin endpoint serves through a drain and through fd
-//! exhaustion, and the `http` example answers pipelined requests in order
-//! and refuses request heads it would have to buffer without limit.
+//! exhaustion, the `http` example answers pipelined requests in order and
+//! refuses request heads it would have to buffer without limit, and the
+//! `axum` and `hyper` examples get the same admin endpoint, drain, exit line
+//! and second signal as `echo`.
 
 mod util;
 
@@ -17,6 +19,7 @@ use nix::sys::{
     resource::{setrlimit, Resource},
     signal::Signal,
 };
+use rstest::rstest;
 use util::example::{example_command, ExampleServer};
 
 /// Connects to `addr` and checks one echoed line, so the server has
@@ -226,4 +229,238 @@ fn the_backlog_flag_sets_the_listen_backlog() {
         .filter_map(|line| line.split_whitespace().nth(2))
         .collect();
     assert_eq!(send_q, ["7"], "ss: {listing}");
+}
+
+/// A keep-alive HTTP/1.1 request for `/`.
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+
+/// Sends `GET /` on a keep-alive HTTP/1.1 `client`, checks the `ok`, and
+/// returns the worker its `X-Worker` header names.
+fn get_ok(client: &mut TcpStream) -> usize {
+    client.write_all(GET).unwrap();
+    read_ok(client)
+}
+
+/// Reads one `ok` response from `client` and returns the worker its
+/// `X-Worker` header names.
+fn read_ok(client: &mut TcpStream) -> usize {
+    let mut response = Vec::new();
+    let mut buf = [0; 1024];
+    while !response.ends_with(b"\r\n\r\nok\n") {
+        let text = String::from_utf8_lossy(&response);
+        let read =
+            (client.read(&mut buf)).unwrap_or_else(|e| panic!("response: {e}; got {text:?}"));
+        assert!(read > 0, "closed mid-response: {text:?}");
+        assert!(response.len() < 4096, "no end of response: {text:?}");
+        response.extend_from_slice(&buf[..read]);
+    }
+    let text = String::from_utf8(response).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    let worker = (text.lines())
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("x-worker: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no X-Worker header: {text}"));
+    worker.parse().unwrap()
+}
+
+/// The value of stat `name` in the admin endpoint's `/stats`.
+fn stat(admin: SocketAddr, name: &str) -> u64 {
+    let stats = exchange(admin, b"GET /stats HTTP/1.1\r\n\r\n");
+    let prefix = format!("{name}: ");
+    (stats.lines())
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {stats}"))
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the server counts `expected` connections over its workers.
+fn wait_for_active(server: &ExampleServer, workers: usize, expected: u64) {
+    let active = || -> u64 {
+        (0..workers)
+            .map(|w| {
+                stat(
+                    server.admin,
+                    &format!("balancer.worker_{w}.downstream_cx_active"),
+                )
+            })
+            .sum()
+    };
+    let counted = util::eventually(|| {
+        std::thread::sleep(Duration::from_millis(20));
+        active() == expected
+    });
+    assert!(counted, "{} active, not {expected}", active());
+}
+
+/// Connects and sends half a request head: the server has a request in
+/// progress on it, which no graceful shutdown ends.
+fn half_request(addr: SocketAddr) -> TcpStream {
+    let mut client = util::connect(addr);
+    client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    client
+}
+
+/// Asserts the server closed `client` (EOF or reset).
+fn assert_closed(client: &mut TcpStream) {
+    let mut buf = [0; 1];
+    let read = client.read(&mut buf);
+    assert!(matches!(read, Ok(0)) || read.is_err(), "open: {read:?}");
+}
+
+#[rstest]
+fn a_framework_example_serves_http_and_its_admin_endpoint_counts_it(
+    #[values("axum", "hyper")] example: &str,
+) {
+    let server = ExampleServer::start(example, &["--backend", "shared", "--workers", "2"]);
+    let mut client = util::connect(server.addr);
+    let worker = get_ok(&mut client);
+    assert!(worker < 2, "X-Worker: {worker}");
+    assert_eq!(
+        get_ok(&mut client),
+        worker,
+        "keep-alive stays on its worker"
+    );
+    let active = |w: usize| {
+        stat(
+            server.admin,
+            &format!("balancer.worker_{w}.downstream_cx_active"),
+        )
+    };
+    assert_eq!((active(worker), active(1 - worker)), (1, 0));
+    drop(client);
+    assert!(
+        util::eventually(|| active(worker) == 0),
+        "the closed connection is still counted"
+    );
+    let prometheus = exchange(server.admin, b"GET /stats/prometheus HTTP/1.1\r\n\r\n");
+    assert!(prometheus.starts_with("HTTP/1.1 200 OK"), "{prometheus}");
+}
+
+#[rstest]
+fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] example: &str) {
+    let mut server = ExampleServer::start(
+        example,
+        &[
+            "--backend",
+            "shared",
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "60",
+        ],
+    );
+    let mut idle = util::connect(server.addr);
+    get_ok(&mut idle);
+    let start = Instant::now();
+    server.signal(Signal::SIGTERM);
+    server.wait_for_line("SIGTERM: draining");
+    // Graceful: the idle keep-alive connection is closed, not left to the
+    // deadline.
+    assert_closed(&mut idle);
+    let line = server.wait_for_line("stopped");
+    assert!(
+        line.contains("(0 connections were closed at the drain deadline)"),
+        "exit line: {line}"
+    );
+    assert!(server.wait_exit().success());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "waited for the deadline"
+    );
+}
+
+#[rstest]
+fn a_framework_example_counts_the_connections_closed_at_the_drain_deadline(
+    #[values("axum", "hyper")] example: &str,
+) {
+    let mut server = ExampleServer::start(
+        example,
+        &[
+            "--backend",
+            "shared",
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "1",
+        ],
+    );
+    let mut clients: Vec<_> = (0..2).map(|_| half_request(server.addr)).collect();
+    wait_for_active(&server, 2, 2);
+    server.signal(Signal::SIGTERM);
+    let line = server.wait_for_line("stopped");
+    assert!(
+        line.contains("(2 connections were closed at the drain deadline)"),
+        "exit line: {line}"
+    );
+    assert!(server.wait_exit().success());
+    for client in &mut clients {
+        assert_closed(client);
+    }
+}
+
+#[rstest]
+fn a_second_signal_ends_a_framework_example_at_once(#[values("axum", "hyper")] example: &str) {
+    let mut server = ExampleServer::start(
+        example,
+        &[
+            "--backend",
+            "shared",
+            "--workers",
+            "2",
+            "--drain-timeout",
+            "60",
+        ],
+    );
+    let _client = half_request(server.addr);
+    wait_for_active(&server, 2, 1);
+    server.signal(Signal::SIGTERM);
+    server.wait_for_line("SIGTERM: draining");
+    let start = Instant::now();
+    server.signal(Signal::SIGINT);
+    let line = server.wait_for_line("SIGINT again");
+    assert!(
+        line.ends_with("exiting with 1 connections open"),
+        "{}",
+        server.output.join("\n")
+    );
+    assert_eq!(server.wait_exit().code(), Some(128 + libc::SIGINT));
+    assert!(start.elapsed() < Duration::from_secs(5), "exited at once");
+}
+
+#[rstest]
+fn a_framework_example_survives_a_scrape_while_out_of_fds(
+    #[values("axum", "hyper")] example: &str,
+) {
+    let mut command = example_command(example, &["--backend", "shared", "--workers", "1"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            setrlimit(Resource::RLIMIT_NOFILE, FD_LIMIT, FD_LIMIT).map_err(std::io::Error::from)
+        });
+    }
+    let mut server = ExampleServer::start_command(command);
+    let mut clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut client = util::connect(server.addr);
+            client.write_all(GET).unwrap();
+            client
+        })
+        .collect();
+    server.wait_for_line("backing off"); // the worker's warning
+    let mut scrape = util::connect(server.admin);
+    scrape.write_all(b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
+    server.wait_for_line("backing off"); // the admin endpoint's
+                                         // Each client answered and closed frees an fd for the next.
+    for (i, client) in clients.iter_mut().enumerate() {
+        assert_eq!(read_ok(client), 0, "client {i} of {CLIENTS}");
+        client.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let mut response = String::new();
+    scrape.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    assert!(server.child_running(), "the server is still up");
 }

@@ -1,14 +1,20 @@
 //! What the example servers share: flags, logging, binding with a stated
-//! default backend, the library's admin endpoint, and its graceful shutdown
-//! on SIGINT/SIGTERM.
+//! default backend, the library's admin endpoint, and a graceful shutdown on
+//! SIGINT/SIGTERM with an exit line that says what the drain cut.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+#![allow(dead_code, reason = "each example uses a part of it")]
+
+use std::{future::Future, net::SocketAddr, pin::Pin, thread::JoinHandle, time::Duration};
 
 use balancer::{
-    admin::AdminServer, Backend, BalancedListener, BindError, Builder, ConnectionGuard, Server,
+    admin::AdminServer, stats::Stats, Backend, BalancedListener, BindError, Builder,
+    ConnectionGuard, Server, Worker,
 };
 use clap::Parser;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::watch,
+};
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -101,36 +107,22 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
 pub struct Conn {
     pub stream: tokio::net::TcpStream,
     /// The worker serving it.
-    #[allow(dead_code, reason = "read by the http example, not by echo")]
     pub worker: usize,
     /// Keeps it counted; drop when the connection ends. `None` under
     /// `--release-at-handoff`.
     pub guard: Option<ConnectionGuard>,
 }
 
-/// Serves every worker with `handle`, and the admin endpoint, until
-/// SIGINT/SIGTERM; then drains for up to `--drain-timeout` and prints how
-/// many connections were closed at the deadline. A second signal during the
-/// drain exits at once with status 128 + its number.
+/// Serves every worker with `handle`, on the library's [`Server`], and the
+/// admin endpoint, until SIGINT/SIGTERM; then drains as [`run_workers`]
+/// says, the admin endpoint reporting the drain.
 pub fn run<H, Fut>(listener: BalancedListener, args: &Args, handle: H) -> Result<(), Report>
 where
     H: Fn(Conn) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut signals = Signals::new()?;
-        let admin = AdminServer::bind(args.admin, listener.stats()).await?;
-        let addr = listener.listeners().next().ok_or("no listener")?.1;
-        println!(
-            "serving on {addr} with {} workers, backend {}; admin on http://{}/stats",
-            listener.stats().snapshot().workers.len(),
-            listener.backend(),
-            admin.local_addr()?
-        );
-        let release = args.release_at_handoff;
+    let release = args.release_at_handoff;
+    serve_until_signal(listener, args, move |listener| {
         let server = listener.serve(move |conn| {
             // The split form, for --release-at-handoff only: users keep the
             // `Connection` whole, which cannot lose its count.
@@ -145,28 +137,188 @@ where
                 guard,
             })
         })?;
-        tokio::spawn(admin.drain_status(server.drain_status()).serve());
+        Ok(Workers::Server(server))
+    })
+}
+
+/// Completes when the drain starts: what a worker serving with a
+/// framework's own loop gives [`Worker::connections_until`].
+pub type DrainStarted = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `serve(worker, drain_started)` for every worker on its own thread,
+/// and the admin endpoint, until SIGINT/SIGTERM; then drains: `serve` stops
+/// accepting and shuts down gracefully, and gets `--drain-timeout` seconds
+/// to return. The connections still open then are closed, and the exit line
+/// says how many. A second signal during the drain exits at once with
+/// status 128 + its number.
+pub fn run_workers<F, Fut>(listener: BalancedListener, args: &Args, serve: F) -> Result<(), Report>
+where
+    F: Fn(Worker, DrainStarted) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    if args.release_at_handoff {
+        return Err("--release-at-handoff is for the echo and http examples".into());
+    }
+    serve_until_signal(listener, args, move |listener| {
+        let stats = listener.stats();
+        let (phase, watching) = watch::channel(Phase::Serving);
+        let threads = listener.spawn(move |worker| {
+            let served = serve(worker, Box::pin(reached(watching.clone(), Phase::Draining)));
+            let deadline = reached(watching.clone(), Phase::Closing);
+            async move {
+                tokio::select! {
+                    () = served => {}
+                    () = deadline => {}
+                }
+            }
+        })?;
+        Ok(Workers::Threads(WorkerThreads {
+            threads,
+            phase,
+            stats,
+        }))
+    })
+}
+
+/// What serves the data plane: the library's [`Server`], or worker threads
+/// serving with a loop of their own.
+enum Workers {
+    Server(Server),
+    Threads(WorkerThreads),
+}
+
+/// Worker threads serving with a framework's own loop, told where the drain
+/// is.
+struct WorkerThreads {
+    threads: Vec<JoinHandle<()>>,
+    phase: watch::Sender<Phase>,
+    stats: Stats,
+}
+
+/// Where a drain of [`WorkerThreads`] is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd)]
+enum Phase {
+    Serving,
+    /// Stop accepting, shut down gracefully.
+    Draining,
+    /// The deadline: stop serving; what is open is closed.
+    Closing,
+}
+
+/// Completes once the drain has reached `phase` (or its sender is gone).
+async fn reached(mut watching: watch::Receiver<Phase>, phase: Phase) {
+    let _ = watching.wait_for(|now| *now >= phase).await;
+}
+
+impl Workers {
+    /// Counts the connections still served, for after [`Workers::drain`]
+    /// took the workers.
+    fn open_counter(&self) -> Box<dyn Fn() -> usize> {
+        match self {
+            Self::Server(server) => {
+                let status = server.drain_status();
+                Box::new(move || status.connections_open())
+            }
+            Self::Threads(threads) => {
+                let stats = threads.stats.clone();
+                Box::new(move || active(&stats))
+            }
+        }
+    }
+
+    /// Drains for up to `timeout`; returns how many connections were
+    /// closed at the deadline.
+    async fn drain(self, timeout: Duration) -> usize {
+        match self {
+            Self::Server(server) => server.shutdown(timeout).await.closed_at_deadline,
+            Self::Threads(threads) => threads.drain(timeout).await,
+        }
+    }
+}
+
+impl WorkerThreads {
+    /// Starts the drain and waits up to `timeout` for every thread to end;
+    /// then counts the connections still open, and closes them.
+    async fn drain(self, timeout: Duration) -> usize {
+        let Self {
+            threads,
+            phase,
+            stats,
+        } = self;
+        phase.send_replace(Phase::Draining);
+        let mut joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                if thread.join().is_err() {
+                    log::error!("a worker thread panicked");
+                }
+            }
+        });
+        if tokio::time::timeout(timeout, &mut joined).await.is_ok() {
+            return 0;
+        }
+        // Counted before any worker closes what it still serves.
+        let closed = active(&stats);
+        phase.send_replace(Phase::Closing);
+        let _ = joined.await;
+        closed
+    }
+}
+
+/// Connections counted against a worker, over every worker.
+fn active(stats: &Stats) -> usize {
+    let active: u64 = stats.snapshot().active_per_worker().iter().sum();
+    usize::try_from(active).unwrap_or(usize::MAX)
+}
+
+/// Serves the admin endpoint and the workers `start` starts until
+/// SIGINT/SIGTERM, then drains them.
+fn serve_until_signal(
+    listener: BalancedListener,
+    args: &Args,
+    start: impl FnOnce(BalancedListener) -> std::io::Result<Workers>,
+) -> Result<(), Report> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut signals = Signals::new()?;
+        let admin = AdminServer::bind(args.admin, listener.stats()).await?;
+        let addr = listener.listeners().next().ok_or("no listener")?.1;
+        let serving = format!(
+            "serving on {addr} with {} workers, backend {}; admin on http://{}/stats",
+            listener.stats().snapshot().workers.len(),
+            listener.backend(),
+            admin.local_addr()?
+        );
+        let workers = start(listener)?;
+        let admin = match &workers {
+            Workers::Server(server) => admin.drain_status(server.drain_status()),
+            Workers::Threads(_) => admin,
+        };
+        tokio::spawn(admin.serve());
+        println!("{serving}");
         let signal = signals.next().await;
-        drain(server, signal, signals, args.drain_timeout).await;
+        drain(workers, signal, signals, args.drain_timeout).await;
         Ok(())
     })
 }
 
-/// Shuts `server` down after `signal`, or exits at the next one.
-async fn drain(server: Server, signal: Received, mut signals: Signals, seconds: u64) {
+/// Drains `workers` after `signal`, or exits at the next one.
+async fn drain(workers: Workers, signal: Received, mut signals: Signals, seconds: u64) {
     println!(
         "{}: draining (up to {seconds}s; again to exit now)",
         signal.name
     );
-    let status = server.drain_status();
+    let open = workers.open_counter();
+    // Pinned out here, so the drain is not dropped (closing what it
+    // serves) before the second signal's line counts what is open.
+    let drained = std::pin::pin!(workers.drain(Duration::from_secs(seconds)));
     tokio::select! {
-        report = server.shutdown(Duration::from_secs(seconds)) => {
-            let cut = report.closed_at_deadline;
-            println!("stopped ({cut} connections were closed at the drain deadline)");
+        closed = drained => {
+            println!("stopped ({closed} connections were closed at the drain deadline)");
         }
         again = signals.next() => {
-            let open = status.connections_open();
-            println!("{} again: exiting with {open} connections open", again.name);
+            println!("{} again: exiting with {} connections open", again.name, open());
             std::process::exit(128 + again.number);
         }
     }

@@ -1,8 +1,9 @@
-# Runs as PID 1 in the VM of `cargo xtask vm-test`, on the machine's root
-# filesystem (read-only, tmpfs on /tmp, /run, /var/tmp, /root). Reads
-# $out/config (modules, nofile) and $out/tests (name, binary, directory per
-# line); writes each binary's output to $out/<binary>.log, its exit status
-# to $out/results, and $out/finished at the end; then stops the VM.
+# Runs as PID 1 in the VM of `cargo xtask vm-test` (a copy in $out), on the
+# machine's root filesystem (read-only, tmpfs on /tmp, /run, /var/tmp and
+# /root). Reads $out/config (modules, nofile, args) and $out/tests (name,
+# binary, directory per line); writes each binary's output to
+# $out/<binary>.log, its exit status to $out/results, and $out/finished at
+# the end; then stops the VM.
 set -u
 out=$(sed -n 's/.* vmtest\.out=\([^ ]*\).*/\1/p' /proc/cmdline)
 . "$out/config"
@@ -22,7 +23,8 @@ echo "vm-test: Linux $(uname -r), $(nproc) CPUs, $(($(sed -n 's/MemTotal: *\([0-
 while read -r name binary dir; do
     log="$out/$(basename "$binary").log"
     start=$SECONDS
-    (cd "$dir" && "$binary" --show-output) >"$log" 2>&1
+    # shellcheck disable=SC2086 # $args is a list of words
+    (cd "$dir" && "$binary" --show-output ${args:-}) >"$log" 2>&1
     status=$?
     echo "$name $(basename "$binary") $status $((SECONDS - start))" >>"$out/results"
     echo "vm-test: $name exited $status after $((SECONDS - start)) s"

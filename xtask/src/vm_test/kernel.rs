@@ -55,12 +55,13 @@ pub struct Prepared {
 /// Downloads and prepares the newest Debian kernel of `series` (or reuses
 /// the one prepared before).
 pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
-    let package = packages::resolve_kernel(series.meta_package(), series.version())?;
-    let dir = workspace::target_dir("vm/kernels").join(format!(
-        "{}_{}",
-        package.name,
-        package.version.replace([':', '~'], "_")
-    ));
+    let resolve = || packages::resolve_kernel(series.meta_package(), series.version());
+    let mut package = resolve()?;
+    if !directory(&package).join("ready").exists() {
+        packages::update_lists()?;
+        package = resolve()?;
+    }
+    let dir = directory(&package);
     let prepared = Prepared {
         release: String::new(),
         package: format!("{} {}", package.name, package.version),
@@ -94,6 +95,12 @@ pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
         release,
         ..prepared
     })
+}
+
+/// Where `package` is prepared.
+fn directory(package: &packages::KernelPackage) -> PathBuf {
+    let version = package.version.replace([':', '~'], "_");
+    workspace::target_dir("vm/kernels").join(format!("{}_{version}", package.name))
 }
 
 /// The one `lib/modules/<release>` directory of an unpacked kernel package.

@@ -12,7 +12,6 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::kernel::Prepared;
-use crate::workspace;
 
 /// The `--accel` argument.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -91,11 +90,9 @@ fn kvm_usable() -> Result<(), String> {
 /// read-only and `out` writable, and waits until the guest stops itself or
 /// `timeout` passes (then it is killed). The console goes to the terminal.
 pub fn boot(kernel: &Prepared, accel: Accel, out: &Path, timeout: Duration) -> anyhow::Result<()> {
-    let guest = workspace::root().join("xtask/src/vm_test/guest.sh");
     let append = format!(
-        "console=ttyS0 panic=-1 loglevel=4 vmtest.out={} vmtest.guest={}",
-        out.display(),
-        guest.display()
+        "console=ttyS0 panic=-1 loglevel=4 vmtest.out={0} vmtest.guest={0}/guest.sh",
+        out.display()
     );
     let mut qemu = Command::new("qemu-system-x86_64");
     match accel {

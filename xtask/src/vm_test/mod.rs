@@ -61,6 +61,9 @@ pub struct Options {
     /// Minutes each kernel's run may take before the VM is stopped.
     #[arg(long, default_value_t = 25)]
     timeout_minutes: u64,
+    /// Arguments for every test binary, after `--` (a name filter, say).
+    #[arg(last = true)]
+    test_args: Vec<String>,
 }
 
 /// The `--kernel` argument.
@@ -90,7 +93,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(options.timeout_minutes * 60);
     let runs: Vec<KernelRun> = kernels
         .iter()
-        .map(|kernel| run_one(kernel, accel, &binaries, timeout))
+        .map(|kernel| run_one(kernel, accel, &binaries, &options.test_args, timeout))
         .collect();
     report::print(&runs);
     report::verdict(&runs)
@@ -115,6 +118,7 @@ fn run_one(
     kernel: &kernel::Prepared,
     accel: Accel,
     binaries: &[tests::Binary],
+    test_args: &[String],
     timeout: Duration,
 ) -> KernelRun {
     println!(
@@ -123,7 +127,7 @@ fn run_one(
     );
     let started = Instant::now();
     let outcome = (|| {
-        let out = tests::prepare_output(kernel, binaries)?;
+        let out = tests::prepare_output(kernel, binaries, test_args)?;
         machine::boot(kernel, accel, &out, timeout)?;
         report::read(&out, binaries)
     })();

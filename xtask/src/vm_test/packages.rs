@@ -30,7 +30,7 @@ pub fn install_host_tools() -> anyhow::Result<()> {
         return Ok(());
     }
     println!("vm-test: installing {}", missing.join(" "));
-    apt_get(&["update", "-qq"])?;
+    update_lists()?;
     let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
     install.extend(&missing);
     apt_get(&install)
@@ -42,14 +42,16 @@ fn installed(package: &str) -> bool {
 }
 
 /// `apt-get` as the machine's setup runs it: non-interactive, waiting for
-/// another apt to finish rather than failing on its lock.
+/// another apt to finish rather than failing on its lock, quiet unless it
+/// fails (the error carries its stderr).
 fn apt_get(args: &[&str]) -> anyhow::Result<()> {
-    workspace::run(
+    workspace::output(
         Command::new("apt-get")
             .args(["-o", "DPkg::Lock::Timeout=600"])
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
+    .map(drop)
 }
 
 /// A kernel image package and the version apt would fetch.
@@ -61,9 +63,6 @@ pub struct KernelPackage {
 /// The kernel image package `meta` (a Debian meta-package such as
 /// `linux-image-amd64`) points at, which must belong to `series`.
 pub fn resolve_kernel(meta: &str, series: &str) -> anyhow::Result<KernelPackage> {
-    if candidate(meta).is_none() {
-        apt_get(&["update", "-qq"])?;
-    }
     let depends = workspace::output(Command::new("apt-cache").args(["depends", meta]))?;
     let name = (depends.lines())
         .find_map(|line| line.trim().strip_prefix("Depends: linux-image-"))
@@ -76,6 +75,12 @@ pub fn resolve_kernel(meta: &str, series: &str) -> anyhow::Result<KernelPackage>
     }
     let version = candidate(&name).with_context(|| format!("{name} has no candidate version"))?;
     Ok(KernelPackage { name, version })
+}
+
+/// Refreshes apt's package lists (before a download: the versions in old
+/// lists may be gone from the mirror).
+pub fn update_lists() -> anyhow::Result<()> {
+    apt_get(&["update", "-qq"])
 }
 
 /// The version `apt-get install package` would pick, if any.
@@ -92,7 +97,7 @@ pub fn unpack_kernel(package: &KernelPackage, dir: &Path, root: &Path) -> anyhow
     let spec = format!("{}={}", package.name, package.version);
     workspace::run(
         Command::new("apt-get")
-            .args(["-q", "-o", "APT::Sandbox::User=root", "download", &spec])
+            .args(["-qq", "-o", "APT::Sandbox::User=root", "download", &spec])
             .current_dir(dir),
     )?;
     let deb = std::fs::read_dir(dir)?

@@ -58,31 +58,45 @@ pub fn build() -> anyhow::Result<Vec<Binary>> {
     Ok(binaries)
 }
 
+/// The script the guest runs (a copy per run in the results directory, so
+/// that editing the source during a run cannot change it).
+const GUEST: &str = include_str!("guest.sh");
+
 /// Empties `target/vm/<release>/` and writes the guest's instructions
-/// there: `config` (the modules' root, the open-files limit) and `tests`.
-pub fn prepare_output(kernel: &Prepared, binaries: &[Binary]) -> anyhow::Result<PathBuf> {
+/// there: `guest.sh`, `config` (the modules' root, the open-files limit,
+/// the binaries' extra arguments) and `tests`.
+pub fn prepare_output(
+    kernel: &Prepared,
+    binaries: &[Binary],
+    test_args: &[String],
+) -> anyhow::Result<PathBuf> {
     let out = workspace::target_dir("vm").join(&kernel.release);
+    let paths = [&out, &kernel.root]
+        .into_iter()
+        .chain(binaries.iter().flat_map(|b| [&b.path, &b.dir]))
+        .map(|path| path.to_string_lossy().into_owned());
+    for word in paths.chain(test_args.iter().cloned()) {
+        anyhow::ensure!(
+            !word.contains(|c: char| c.is_whitespace() || c == '\''),
+            "{word:?}: the guest's scripts take paths and arguments without spaces or quotes"
+        );
+    }
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;
     }
     fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?.0;
-    let config = format!("modules='{}'\nnofile={nofile}\n", kernel.root.display());
+    let config = format!(
+        "modules='{}'\nnofile={nofile}\nargs='{}'\n",
+        kernel.root.display(),
+        test_args.join(" ")
+    );
+    fs::write(out.join("guest.sh"), GUEST)?;
     fs::write(out.join("config"), config)?;
     let tests: String = binaries
         .iter()
         .map(|b| format!("{} {} {}\n", b.name, b.path.display(), b.dir.display()))
         .collect();
     fs::write(out.join("tests"), tests)?;
-    for path in [&out, &kernel.root]
-        .into_iter()
-        .chain(binaries.iter().flat_map(|b| [&b.path, &b.dir]))
-    {
-        anyhow::ensure!(
-            !path.to_string_lossy().contains(char::is_whitespace),
-            "{}: the guest's scripts take paths without spaces",
-            path.display()
-        );
-    }
     Ok(out)
 }

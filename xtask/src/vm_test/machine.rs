@@ -4,7 +4,7 @@ use std::{
     fmt,
     fs::OpenOptions,
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -86,37 +86,53 @@ fn kvm_usable() -> Result<(), String> {
     ))
 }
 
-/// Boots `kernel` with 2 vCPUs and 3 GiB, the machine's root shared
-/// read-only and `out` writable, and waits until the guest stops itself or
-/// `timeout` passes (then it is killed). The console goes to the terminal.
-pub fn boot(kernel: &Prepared, accel: Accel, out: &Path, timeout: Duration) -> anyhow::Result<()> {
-    let append = format!(
-        "console=ttyS0 panic=-1 loglevel=4 vmtest.out={0} vmtest.guest={0}/guest.sh",
-        out.display()
-    );
-    let mut qemu = Command::new("qemu-system-x86_64");
-    match accel {
-        Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
-    };
-    qemu.args(["-machine", "pc", "-smp", "2", "-m", "3G", "-no-reboot"])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel.vmlinux)
-        .arg("-initrd")
-        .arg(&kernel.initramfs)
-        .args(["-append", &append])
-        .args([
-            "-virtfs",
-            "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
-        ])
-        .arg("-virtfs")
-        .arg(format!(
-            "local,path={},mount_tag=out,security_model=none",
+/// How to run a guest.
+pub struct Vm {
+    pub accel: Accel,
+    pub cpus: u8,
+    /// How long the guest may run before it is killed.
+    pub timeout: Duration,
+}
+
+impl Vm {
+    /// Boots `kernel` with 3 GiB, the machine's root shared read-only and
+    /// `out` writable, and waits until the guest stops itself or the
+    /// timeout passes (then it is killed). The console goes to the terminal.
+    pub fn boot(&self, kernel: &Prepared, out: &Path) -> anyhow::Result<()> {
+        let append = format!(
+            "console=ttyS0 panic=-1 loglevel=4 vmtest.out={0} vmtest.guest={0}/guest.sh",
             out.display()
-        ))
-        .stdin(Stdio::null());
-    let mut child = qemu.spawn().context("starting qemu-system-x86_64")?;
+        );
+        let mut qemu = Command::new("qemu-system-x86_64");
+        match self.accel {
+            Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        };
+        qemu.args(["-machine", "pc", "-m", "3G", "-no-reboot"])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-nodefaults", "-display", "none", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&kernel.vmlinux)
+            .arg("-initrd")
+            .arg(&kernel.initramfs)
+            .args(["-append", &append])
+            .args([
+                "-virtfs",
+                "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap",
+            ])
+            .arg("-virtfs")
+            .arg(format!(
+                "local,path={},mount_tag=out,security_model=none",
+                out.display()
+            ))
+            .stdin(Stdio::null());
+        let child = qemu.spawn().context("starting qemu-system-x86_64")?;
+        wait_bounded(child, self.timeout)
+    }
+}
+
+/// Waits for QEMU to exit; kills it after `timeout`.
+fn wait_bounded(mut child: Child, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(status) = child.try_wait()? {
@@ -128,10 +144,8 @@ pub fn boot(kernel: &Prepared, accel: Accel, out: &Path, timeout: Duration) -> a
         if Instant::now() > deadline {
             child.kill()?;
             child.wait()?;
-            bail!(
-                "the VM did not finish within {} minutes and was stopped",
-                timeout.as_secs() / 60
-            );
+            let minutes = timeout.as_secs() / 60;
+            bail!("the VM did not finish within {minutes} minutes and was stopped");
         }
         thread::sleep(Duration::from_millis(200));
     }

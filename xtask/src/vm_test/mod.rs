@@ -61,6 +61,9 @@ pub struct Options {
     /// Minutes each kernel's run may take before the VM is stopped.
     #[arg(long, default_value_t = 25)]
     timeout_minutes: u64,
+    /// The VM's CPUs.
+    #[arg(long, default_value_t = 2)]
+    cpus: u8,
     /// Arguments for every test binary, after `--` (a name filter, say).
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -90,10 +93,9 @@ impl KernelChoice {
 /// test failed or any run did not finish.
 pub fn run(options: &Options) -> anyhow::Result<()> {
     let (accel, binaries, kernels) = prepare(options).context("the VM tests were NOT run")?;
-    let timeout = Duration::from_secs(options.timeout_minutes * 60);
     let runs: Vec<KernelRun> = kernels
         .iter()
-        .map(|kernel| run_one(kernel, accel, &binaries, &options.test_args, timeout))
+        .map(|kernel| run_one(options, kernel, accel, &binaries))
         .collect();
     report::print(&runs);
     report::verdict(&runs)
@@ -115,11 +117,10 @@ fn prepare(
 
 /// Boots `kernel`, runs `binaries` in it and reads back the results.
 fn run_one(
+    options: &Options,
     kernel: &kernel::Prepared,
     accel: Accel,
     binaries: &[tests::Binary],
-    test_args: &[String],
-    timeout: Duration,
 ) -> KernelRun {
     println!(
         "== vm-test: Linux {} ({}) under {accel}",
@@ -127,8 +128,14 @@ fn run_one(
     );
     let started = Instant::now();
     let outcome = (|| {
-        let out = tests::prepare_output(kernel, binaries, test_args)?;
-        machine::boot(kernel, accel, &out, timeout)?;
+        let out = tests::prepare_output(kernel, binaries, &options.test_args)?;
+        let timeout = Duration::from_secs(options.timeout_minutes * 60);
+        let vm = machine::Vm {
+            accel,
+            cpus: options.cpus,
+            timeout,
+        };
+        vm.boot(kernel, &out)?;
         report::read(&out, binaries)
     })();
     KernelRun {

@@ -56,11 +56,14 @@ pub struct Prepared {
 /// the one prepared before).
 pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
     let resolve = || packages::resolve_kernel(series.meta_package(), series.version());
-    let mut package = resolve()?;
-    if !directory(&package).join("ready").exists() {
-        packages::update_lists()?;
-        package = resolve()?;
-    }
+    // Fresh lists before a download (or when there are none yet).
+    let package = match resolve() {
+        Ok(package) if directory(&package).join("ready").exists() => package,
+        _ => {
+            packages::update_lists()?;
+            resolve()?
+        }
+    };
     let dir = directory(&package);
     let prepared = Prepared {
         release: String::new(),

@@ -1,20 +1,20 @@
 # Runs as PID 1 in the VM of `cargo xtask vm-test` (a copy in $out), on the
-# machine's root filesystem (read-only, tmpfs on /tmp, /run, /var/tmp and
-# /root). Reads $out/config (modules, nofile, args) and $out/tests (name,
-# binary, directory per line); writes each binary's output to
-# $out/<binary>.log, its exit status to $out/results, and $out/finished at
-# the end; then stops the VM.
+# machine's root filesystem (read-only, tmpfs on /tmp, /run and /var/tmp
+# unless the workspace is there). Reads $out/config (modules, nofile, args)
+# and $out/tests (name, binary, directory per line); writes each binary's
+# output to $out/<binary>.log, its exit status to $out/results, and
+# $out/finished at the end; then stops the VM.
 set -u
 out=$(sed -n 's/.* vmtest\.out=\([^ ]*\).*/\1/p' /proc/cmdline)
 . "$out/config"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root CI=true RUST_BACKTRACE=1
+export HOME=/tmp CI=true RUST_BACKTRACE=1
 
 # The kernel loads modules on demand (nf_tables for iptables, veth, ...)
 # through this helper, from the unpacked package's modules.
-printf '#!/bin/sh\nexec /usr/sbin/modprobe -d %s "$@"\n' "$modules" >/run/modprobe
-chmod +x /run/modprobe
-echo /run/modprobe >/proc/sys/kernel/modprobe
+printf '#!/bin/sh\nexec /usr/sbin/modprobe -d %s "$@"\n' "$modules" >"$out/modprobe"
+chmod +x "$out/modprobe"
+echo "$out/modprobe" >/proc/sys/kernel/modprobe
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 ulimit -n "$nofile"

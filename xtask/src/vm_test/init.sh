@@ -24,8 +24,12 @@ out=$(arg out)
 guest=$(arg guest)
 p9="trans=virtio,version=9p2000.L,msize=512000"
 $bb mount -t 9p -o "$p9,ro,cache=loose" root /newroot || fail "mounting the machine's root"
-for dir in tmp run var/tmp root; do
-    $bb mount -t tmpfs tmpfs "/newroot/$dir" || fail "tmpfs on /$dir"
+# Writable scratch space, except over the directory the workspace is in.
+for dir in tmp run var/tmp; do
+    case "$out" in
+    /$dir/*) echo "vm-test init: /$dir holds the workspace: no tmpfs there" ;;
+    *) $bb mount -t tmpfs tmpfs "/newroot/$dir" || fail "tmpfs on /$dir" ;;
+    esac
 done
 $bb mount -t proc proc /newroot/proc
 $bb mount -t sysfs sys /newroot/sys

@@ -1,7 +1,7 @@
 //! A Debian kernel ready to boot: its package unpacked under
 //! `target/vm/kernels/<package>_<version>/`, the modules indexed, the
-//! uncompressed `vmlinux` cut out of the `bzImage`, and the initramfs.
-//! Prepared once per package version; later runs reuse it.
+//! uncompressed `vmlinux` cut out of the `bzImage` (once per package
+//! version; later runs reuse them), and the initramfs (each run).
 
 use std::{
     fs,
@@ -89,11 +89,12 @@ pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
         )?;
         let image = prepared.root.join(format!("boot/vmlinuz-{release}"));
         fs::write(&prepared.vmlinux, vmlinux(&image)?)?;
-        let modules = boot_modules(&prepared.root, &release)?;
-        fs::write(&prepared.initramfs, initramfs::build(&modules)?)?;
         fs::write(&ready, &release)?;
     }
     let release = fs::read_to_string(&ready)?;
+    // Rebuilt each run (a second or two): it holds this checkout's init.sh.
+    let modules = boot_modules(&prepared.root, &release)?;
+    fs::write(&prepared.initramfs, initramfs::build(&modules)?)?;
     Ok(Prepared {
         release,
         ..prepared

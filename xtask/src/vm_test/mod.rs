@@ -11,7 +11,8 @@
 //!   `vmlinux` is cut out of the `bzImage` and booted through its PVH entry,
 //!   so no decompressor runs in the guest (seconds saved under emulation).
 //! - The guest's root filesystem is the machine's own `/`, shared read-only
-//!   over 9p, with tmpfs on `/tmp`, `/run`, `/var/tmp` and `/root`: the test
+//!   over 9p, with tmpfs on `/tmp`, `/run` and `/var/tmp` (but not over the
+//!   workspace, and `HOME` is `/tmp`): the test
 //!   binaries (built once on the machine by `cargo test --no-run`), `ip`,
 //!   `iptables`, `bpftool` and `unshare` are the machine's, at the same
 //!   paths. A small initramfs we write ourselves (static busybox, the 9p

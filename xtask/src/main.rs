@@ -4,6 +4,7 @@ mod bench;
 mod bpf_linker;
 mod build_ebpf;
 mod soak;
+mod vm_test;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +28,8 @@ enum Command {
     Bench(bench::Options),
     /// Run the soak test at full size: 100,000 short connections per backend.
     Soak(soak::Options),
+    /// Run the suite as root on Debian's Linux 6.1 and 6.12 kernels in a VM.
+    VmTest(vm_test::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::InstallBpfLinker => bpf_linker::install(),
         Command::Bench(options) => bench::run(&options),
         Command::Soak(options) => soak::run(&options),
+        Command::VmTest(options) => vm_test::run(&options),
     }
 }

@@ -99,10 +99,19 @@ fn a_burst_past_one_workers_limit_fills_each_to_the_limit(
         "{backend}: taken past the limit"
     );
     if backend == Backend::Ebpf {
-        let available: Vec<_> = (snap.workers.iter())
-            .map(|w| w.steering.expect("steered").available)
-            .collect();
-        assert_eq!(available, [false, false], "full slots are unavailable");
+        // A worker marks its slot when it finds itself full, at its next
+        // poll after the accept that filled it.
+        let available = |s: &Snapshot| -> Vec<bool> {
+            (s.workers.iter())
+                .map(|w| w.steering.expect("steered").available)
+                .collect()
+        };
+        let snap = server.wait_for(|s| available(s) == [false, false]);
+        assert_eq!(
+            available(&snap),
+            [false, false],
+            "full slots are unavailable"
+        );
     }
     let served = server.served_here(&clients);
     for worker in 0..2 {

@@ -133,16 +133,26 @@ pub fn example_command(name: &str, args: &[&str]) -> Command {
     command
 }
 
-/// Builds example `name` (once per test process) for the profile and
-/// target directory the tests were built for, and returns its path.
+/// Example `name`'s binary for the profile and target directory the tests
+/// were built for. Under cargo (`CARGO` set) it is built first, once per
+/// test process, since `cargo test --test examples` does not build
+/// examples; run directly (as `cargo xtask vm-test` runs the test binaries,
+/// with no cargo at hand), it is the one `cargo test --no-run` built.
 fn example_binary(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     // <target dir>/<profile dir>/deps/<this test>
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let mut built = BUILT.lock().unwrap();
+    let binary = profile_dir.join("examples").join(name);
+    let Ok(cargo) = std::env::var("CARGO") else {
+        assert!(binary.exists(), "{} is not built", binary.display());
+        return binary;
+    };
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !built.iter().any(|b| b == name) {
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        let mut cargo = Command::new(cargo);
         cargo
             .args(["build", "--example", name, "--manifest-path"])
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
@@ -161,7 +171,7 @@ fn example_binary(name: &str) -> PathBuf {
         assert!(status.success(), "cargo build --example {name}: {status}");
         built.push(name.to_owned());
     }
-    profile_dir.join("examples").join(name)
+    binary
 }
 
 fn forward_lines(from: impl Read + Send + 'static, to: mpsc::Sender<String>) {

@@ -54,6 +54,10 @@ async fn serve(mut stream: TcpStream, worker: usize) {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut request = httparse::Request::new(&mut headers);
             let (len, response) = match request.parse(&buf) {
+                Ok(Status::Complete(_)) if has_body(&request) => {
+                    // Unframed, its body would be read as the next request.
+                    return refuse(stream, "400 Bad Request").await;
+                }
                 Ok(Status::Complete(len)) => match request.method {
                     Some("GET") => {
                         spin(request.path.unwrap_or("/"));
@@ -71,15 +75,40 @@ async fn serve(mut stream: TcpStream, worker: usize) {
                 }
                 Err(_) => return refuse(stream, "400 Bad Request").await,
             };
+            let close = !keeps_alive(&request);
             let _ = buf.split_to(len);
-            if stream.write_all(response.as_bytes()).await.is_err() {
+            if stream.write_all(response.as_bytes()).await.is_err() || close {
                 return;
             }
+            // A /spin request held the thread: let the worker's other
+            // connections run before the next one.
+            tokio::task::yield_now().await;
         }
         match stream.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+    }
+}
+
+/// Whether the request announces a body (this responder takes none).
+fn has_body(request: &httparse::Request) -> bool {
+    request.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+    })
+}
+
+/// Whether the connection stays open after the answer: HTTP/1.1 unless the
+/// client sent `Connection: close`, HTTP/1.0 only with `keep-alive`.
+fn keeps_alive(request: &httparse::Request) -> bool {
+    let connection = (request.headers.iter())
+        .find(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value.to_ascii_lowercase());
+    match (request.version, connection.as_deref()) {
+        (_, Some(b"close")) => false,
+        (Some(0), value) => value == Some(b"keep-alive"),
+        _ => true,
     }
 }
 

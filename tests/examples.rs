@@ -171,6 +171,27 @@ fn http_answers_pipelined_requests_in_order() {
     );
 }
 
+/// A request with a body the responder does not read is refused rather
+/// than its body parsed as the next request; HTTP/1.0 and `Connection:
+/// close` get their answer and the close they ask for.
+#[test]
+fn http_frames_bodies_and_closes_when_asked() {
+    let server = ExampleServer::start("http", &["--backend", "shared", "--workers", "1"]);
+    let ok = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nX-Worker: 0\r\n\r\nok\n";
+    let smuggled = exchange(
+        server.addr,
+        b"GET / HTTP/1.1\r\nContent-Length: 31\r\n\r\nGET /spin/100000 HTTP/1.1\r\n\r\n",
+    );
+    assert!(
+        smuggled.starts_with("HTTP/1.1 400 Bad Request\r\n") && !smuggled.contains("200 OK"),
+        "{smuggled:?}"
+    );
+    // `exchange` reads to the end: these return only because the server closes.
+    assert_eq!(exchange(server.addr, b"GET / HTTP/1.0\r\n\r\n"), ok);
+    let asked = b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+    assert_eq!(exchange(server.addr, asked), ok);
+}
+
 /// The `http` example's largest request head.
 const MAX_HEAD: usize = 16 * 1024;
 

@@ -165,7 +165,8 @@ impl AdminServer {
     /// Cancelling it closes the listening socket; connections being
     /// answered finish on their own tasks.
     pub async fn serve(self) {
-        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let slots = Semaphore::new(self.limits.max_connections.min(Semaphore::MAX_PERMITS));
+        let slots = Arc::new(slots);
         let page = Arc::new(Page {
             stats: self.stats,
             drain: self.drain,
@@ -285,6 +286,9 @@ async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<Head> {
     let mut buf = vec![0; max];
     let mut len = 0;
     loop {
+        if len == max {
+            return Ok(Head::TooLarge);
+        }
         let read = stream.read(&mut buf[len..]).await?;
         if read == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());

@@ -244,7 +244,10 @@ impl Server {
     /// until the deadline, unawaited.
     pub async fn shutdown(mut self, drain_timeout: Duration) -> DrainReport {
         let started = Instant::now();
-        let deadline = started + drain_timeout;
+        // A timeout too long to add (`Duration::MAX`, "drain forever") waits
+        // a century instead of panicking and closing every connection.
+        let forever = Duration::from_secs(100 * 365 * 24 * 3600);
+        let deadline = (started.checked_add(drain_timeout)).unwrap_or(started + forever);
         let _ = self.status.inner.draining.set((started, deadline));
         let open_at_start = self.status.connections_open();
         // Fails only when every worker is done already.
@@ -305,11 +308,13 @@ where
             },
         }
     }
-    let queued = worker.close();
-    let served_from_queue = queued.len();
-    for conn in queued {
+    let mut served_from_queue = 0;
+    for conn in worker.close() {
         match conn.try_map_stream(tokio::net::TcpStream::from_std) {
-            Ok(conn) => status.spawn(index, handler(conn)),
+            Ok(conn) => {
+                served_from_queue += 1;
+                status.spawn(index, handler(conn));
+            }
             Err(error) => log::warn!("worker {index}: closing a queued connection: {error}"),
         }
     }

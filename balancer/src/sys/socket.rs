@@ -183,27 +183,34 @@ pub(crate) const PASSED_FDS_START: RawFd = 3;
 /// `count` must be below `i32::MAX - 3`.
 ///
 /// # Errors
-/// The first fd that is not open, and why (nothing is taken then).
+/// The first fd that is not open, and why; the passed fds that are open are
+/// closed then, so none is left open without an owner.
 pub(crate) fn take_passed_fds(count: usize) -> Option<Result<Vec<OwnedFd>, (RawFd, io::Error)>> {
     static TAKEN: AtomicBool = AtomicBool::new(false);
     if TAKEN.swap(true, Ordering::AcqRel) {
         return None;
     }
-    let fds: Vec<RawFd> = (PASSED_FDS_START..).take(count).collect();
-    for &fd in &fds {
+    let mut owned = Vec::with_capacity(count);
+    let mut first_error = None;
+    for fd in (PASSED_FDS_START..).take(count) {
         // SAFETY: F_GETFD only reads the fd's flags; a closed fd fails with
         // EBADF. Setting FD_CLOEXEC changes only that flag.
         let open = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })
             .and_then(|_| cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) }));
-        if let Err(error) = open {
-            return Some(Err((fd, error)));
+        match open {
+            // SAFETY: the fd is open (checked above) and was passed to this
+            // process by its service manager for it to own; the once-only
+            // flag above makes this the only place in the process that
+            // takes it.
+            Ok(_) => owned.push(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(error) => {
+                first_error.get_or_insert((fd, error));
+            }
         }
     }
-    // SAFETY: the fds are open (checked above) and were passed to this
-    // process by its service manager for it to own; the once-only flag above
-    // makes this the only place in the process that takes them.
-    Some(Ok(fds
-        .into_iter()
-        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-        .collect()))
+    // On an error, dropping `owned` closes the fds that were open.
+    Some(match first_error {
+        Some(error) => Err(error),
+        None => Ok(owned),
+    })
 }

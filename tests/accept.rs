@@ -61,8 +61,8 @@ fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
     drop((accepted, clients));
 }
 
-/// Outside any runtime, and in a runtime without its IO driver, `accept`
-/// returns an error; the worker's sockets stay open and a proper runtime
+/// Outside any runtime, and in a runtime without its IO driver or its
+/// timer, `accept` returns an error; the worker's sockets stay open and a proper runtime
 /// then accepts the connection that waited.
 #[apply(every_backend)]
 fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: Backend) {
@@ -86,6 +86,14 @@ fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: B
         .unwrap();
     let error = no_io.block_on(worker.accept()).unwrap_err();
     assert!(error.to_string().contains("IO enabled"), "{error}");
+
+    // Without a timer the accept back-off and the upkeep would panic.
+    let no_time = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let error = no_time.block_on(worker.accept()).unwrap_err();
+    assert!(error.to_string().contains("time enabled"), "{error}");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -64,7 +64,11 @@ type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// let shutdown = async { let _ = stop.await; };
 /// let mut connections = worker.connections_until(shutdown);
 /// while let Some(conn) = connections.next().await {
-///     let Ok(conn) = conn else { continue };
+///     let Ok(conn) = conn else {
+///         // An error retrying cannot help comes back at once: pause.
+///         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+///         continue;
+///     };
 ///     tokio::task::spawn_local(async move {
 ///         // ... serve `conn`; it is counted until dropped
 ///     #   drop(conn);

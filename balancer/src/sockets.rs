@@ -41,8 +41,17 @@ impl Sockets {
         tokio::runtime::Handle::try_current().map_err(|error| {
             io::Error::other(format!("Worker::accept needs a tokio runtime: {error}"))
         })?;
-        // tokio panics instead of failing when the runtime's IO driver is
-        // off; registering duplicates keeps the sockets whatever happens.
+        // tokio panics instead of failing when the runtime's timer is off
+        // (the accept back-off and the upkeep need it): check it first.
+        std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).map_err(
+            |_| {
+                io::Error::other(
+                    "Worker::accept needs a tokio runtime with time enabled (Builder::enable_time)",
+                )
+            },
+        )?;
+        // The same for the IO driver; registering duplicates keeps the
+        // sockets whatever happens.
         let registered = std::panic::catch_unwind(AssertUnwindSafe(|| {
             (sockets.iter())
                 .map(|(id, socket)| {

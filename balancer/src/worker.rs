@@ -107,7 +107,7 @@ impl Worker {
     ///
     /// # Errors
     /// Other `accept` failures; and, leaving the sockets intact, a call from
-    /// outside a tokio runtime or from a runtime without IO enabled (tokio
+    /// outside a tokio runtime or from a runtime without IO or time enabled (tokio
     /// prints its panic message for the latter before this returns).
     pub async fn accept(&mut self) -> io::Result<Connection> {
         poll_fn(|cx| self.poll_accept(cx)).await

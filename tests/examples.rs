@@ -332,6 +332,16 @@ fn assert_closed(client: &mut TcpStream) {
     assert!(matches!(read, Ok(0)) || read.is_err(), "open: {read:?}");
 }
 
+/// A framework example (axum or hyper) on `Shared` with 2 workers and a
+/// drain timeout of `drain_seconds`.
+fn framework_example(example: &str, drain_seconds: &str) -> ExampleServer {
+    let args = ["--backend", "shared", "--workers", "2"];
+    ExampleServer::start(
+        example,
+        &[&args[..], &["--drain-timeout", drain_seconds]].concat(),
+    )
+}
+
 #[rstest]
 fn a_framework_example_serves_http_and_its_admin_endpoint_counts_it(
     #[values("axum", "hyper")] example: &str,
@@ -363,17 +373,7 @@ fn a_framework_example_serves_http_and_its_admin_endpoint_counts_it(
 
 #[rstest]
 fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] example: &str) {
-    let mut server = ExampleServer::start(
-        example,
-        &[
-            "--backend",
-            "shared",
-            "--workers",
-            "2",
-            "--drain-timeout",
-            "60",
-        ],
-    );
+    let mut server = framework_example(example, "60");
     let mut idle = util::connect(server.addr);
     get_ok(&mut idle);
     let start = Instant::now();
@@ -398,17 +398,7 @@ fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] exam
 fn a_framework_example_counts_the_connections_closed_at_the_drain_deadline(
     #[values("axum", "hyper")] example: &str,
 ) {
-    let mut server = ExampleServer::start(
-        example,
-        &[
-            "--backend",
-            "shared",
-            "--workers",
-            "2",
-            "--drain-timeout",
-            "1",
-        ],
-    );
+    let mut server = framework_example(example, "1");
     let mut clients: Vec<_> = (0..2).map(|_| half_request(server.addr)).collect();
     wait_for_active(&server, 2, 2);
     server.signal(Signal::SIGTERM);
@@ -425,17 +415,7 @@ fn a_framework_example_counts_the_connections_closed_at_the_drain_deadline(
 
 #[rstest]
 fn a_second_signal_ends_a_framework_example_at_once(#[values("axum", "hyper")] example: &str) {
-    let mut server = ExampleServer::start(
-        example,
-        &[
-            "--backend",
-            "shared",
-            "--workers",
-            "2",
-            "--drain-timeout",
-            "60",
-        ],
-    );
+    let mut server = framework_example(example, "60");
     let _client = half_request(server.addr);
     wait_for_active(&server, 2, 1);
     server.signal(Signal::SIGTERM);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use balancer::{
-    bench_internals::{Counters, ExactPick},
+    internals::{Counters, ExactPick},
     steering::Steering,
     Backend, Builder,
 };

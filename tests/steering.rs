@@ -127,7 +127,7 @@ fn a_rejected_program_returns_the_verifier_log() {
     if !privileged("eBPF steering") {
         return;
     }
-    let mut object = balancer::bench_internals::steering_object().to_vec();
+    let mut object = balancer::internals::steering_object().to_vec();
     let section = {
         use object::{Object, ObjectSection};
         let elf = object::File::parse(&*object).expect("the embedded object is ELF");
@@ -138,7 +138,7 @@ fn a_rejected_program_returns_the_verifier_log() {
     };
     // r0 = *(u64 *)(r9 + 0): r9 is never written before.
     object[section..section + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
-    let error = balancer::bench_internals::load_steering_object(&object, 2)
+    let error = balancer::internals::load_steering_object(&object, 2)
         .expect_err("the verifier must refuse it");
     let log = error
         .verifier_log()

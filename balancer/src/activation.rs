@@ -15,7 +15,7 @@
 
 use std::{net::TcpListener, os::fd::AsRawFd};
 
-use crate::{socket, sys};
+use crate::{builder::socket_options, sys};
 
 /// Why the passed sockets could not be taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -89,7 +89,7 @@ pub fn listen_fds() -> Result<Vec<TcpListener>, ActivationError> {
         reason: error.to_string(),
     })?;
     (fds.into_iter().map(TcpListener::from))
-        .map(|listener| match socket::check_listener(&listener) {
+        .map(|listener| match socket_options::check_listener(&listener) {
             Ok(_) => Ok(listener),
             Err(reason) => Err(ActivationError::NotATcpListener {
                 fd: listener.as_raw_fd(),

@@ -35,62 +35,42 @@
 //! ```
 //!
 //! # Where things are
-//! - [`Builder`] (`builder/`) validates and binds; [`BalancedListener`]
-//!   (`listener.rs`) holds the bound workers; [`Worker`] (`worker.rs`)
-//!   accepts and stops; [`BindError`] (`error.rs`).
-//! - Each backend's behaviour is one file under `backend/`.
-//! - [`Connection`] (`stream.rs`) is what `accept` returns; [`Connections`]
-//!   (`connections.rs`) stops a worker losslessly under a server such as
-//!   hyper, axum (feature `axum`) or tonic (feature `tonic`), see
-//!   `integrations/`.
-//! - Moving a connection between workers is a *transfer* (`transfer.rs`);
-//!   moving its attribution between listeners is a *hand-off*
-//!   ([`ConnectionGuard::hand_off`], [`original_dst`]).
-//! - [`BalancedListener::serve`] runs every worker with one handler until a
-//!   graceful [`Server::shutdown`] (`shutdown.rs`); [`admin`] serves the
-//!   stats over HTTP (feature `admin`, on by default).
-//! - [`stats`] holds the counters and their renderings; [`steering`] the
-//!   eBPF program's loader and maps; `sys/` every system call.
+//! Folders follow a connection's life: `builder/` binds ([`Builder`],
+//! [`BindError`]); `backend/` holds what each [`Backend`] does, one file
+//! each; `worker/` runs a worker ([`Worker`]: accept, transfer, stop,
+//! [`Connections`]); `connection/` serves a connection ([`Connection`], its
+//! [`ConnectionGuard`], hand-off routing); `server/` runs every worker with
+//! one handler until a graceful [`Server::shutdown`]; [`stats`] counts and
+//! renders; [`admin`] serves the stats over HTTP (feature `admin`, on by
+//! default); `steering/` loads and feeds the eBPF program; `sys/` makes
+//! every system call.
 #![deny(missing_docs, missing_debug_implementations)]
 
 pub mod activation;
 #[cfg(feature = "admin")]
 pub mod admin;
 mod backend;
-mod backoff;
 mod builder;
 mod connection;
-mod connections;
-mod error;
-mod first_read;
-mod group;
 mod integrations;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod listener;
 pub mod original_dst;
-mod requested;
-pub mod shutdown;
-mod socket;
-mod sockets;
+mod server;
 pub mod stats;
 pub mod steering;
-mod stream;
 mod sys;
-mod transfer;
 mod worker;
 
-#[cfg(feature = "bench-internals")]
-#[doc(hidden)]
-pub mod bench_internals;
-
 pub use backend::{Backend, UnknownBackend};
-pub use builder::Builder;
-pub use connection::{Accepted, ConnectionGuard, ListenerId};
-pub use connections::Connections;
-pub use error::BindError;
-pub use listener::BalancedListener;
-pub use shutdown::{DrainReport, Server};
+pub use builder::{BindError, Builder};
+pub use connection::{Accepted, Connection, ConnectionGuard};
+pub use listener::{BalancedListener, ListenerId};
+pub use server::{DrainReport, DrainStatus, Server};
 /// The socket2 version whose types [`Builder::socket_options`] and
 /// [`Builder::tcp_keepalive`] take.
 pub use socket2;
-pub use stream::Connection;
-pub use worker::Worker;
+pub use steering::SteeringError;
+pub use worker::{Connections, Worker};

@@ -1,14 +1,32 @@
-//! The bound listener set: every worker's handle, ready to run.
+//! [`BalancedListener`]: the bound listener set, every worker's handle
+//! ready to run; and [`ListenerId`], which names one of its listeners.
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc, thread::JoinHandle};
 
-use crate::{backend::Backend, connection::ListenerId, group::Group, stats::Stats, worker::Worker};
+use crate::{
+    backend::Backend,
+    stats::Stats,
+    worker::{Worker, WorkerSet},
+};
+
+/// Identifies a listener of a [`BalancedListener`](crate::BalancedListener):
+/// its position in the order listeners were added to the
+/// [`Builder`](crate::Builder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(pub(crate) usize);
+
+impl ListenerId {
+    /// The listener's position in the builder, from 0.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
 
 /// Every worker's handle, bound and ready. Dropping it (or the workers it
 /// yields) closes the sockets.
 pub struct BalancedListener {
     workers: Vec<Worker>,
-    group: Arc<Group>,
+    set: Arc<WorkerSet>,
 }
 
 impl std::fmt::Debug for BalancedListener {
@@ -23,36 +41,36 @@ impl std::fmt::Debug for BalancedListener {
 }
 
 impl BalancedListener {
-    pub(crate) fn new(workers: Vec<Worker>, group: Arc<Group>) -> Self {
-        Self { workers, group }
+    pub(crate) fn new(workers: Vec<Worker>, set: Arc<WorkerSet>) -> Self {
+        Self { workers, set }
     }
 
     /// The backend in effect: the one asked for, or `ReusePort` after an
     /// opted-in eBPF fallback.
     pub fn backend(&self) -> Backend {
-        self.group.strategy.backend()
+        self.set.strategy.backend()
     }
 
     /// The counters of every worker and listener.
     pub fn stats(&self) -> Stats {
-        self.group.stats.clone()
+        self.set.stats.clone()
     }
 
     /// The address listener `id` is bound to (with the real port when 0 was
     /// asked for), or a handoff target's configured address.
     pub fn local_addr(&self, id: ListenerId) -> Option<SocketAddr> {
-        self.group.listeners.get(id.0).map(|l| l.addr)
+        self.set.listeners.addr(id)
     }
 
     /// Every listener's id and address (bound address, or a handoff
     /// target's configured one), in the order they were added.
     pub fn listeners(&self) -> impl Iterator<Item = (ListenerId, SocketAddr)> + '_ {
-        (self.group.listeners.iter().enumerate()).map(|(i, l)| (ListenerId(i), l.addr))
+        self.set.listeners.iter()
     }
 
     /// The listener whose Envoy-style stats name (`127.0.0.1_8080`) is `name`.
     pub fn listener_id(&self, name: &str) -> Option<ListenerId> {
-        self.group
+        self.set
             .stats
             .listener_names()
             .position(|n| n == name)

@@ -1,11 +1,11 @@
-//! Original destination of a NAT-redirected connection, and the matching of
-//! that destination against handoff targets.
+//! Original destination of a NAT-redirected connection.
 //!
 //! With `iptables -t nat ... -j REDIRECT --to-ports 15001`, a connection to
 //! `10.0.0.5:8080` is accepted on the proxy's port 15001; the kernel keeps the
 //! address the client asked for, readable with `SO_ORIGINAL_DST`. A *virtual*
 //! listener (Envoy's `virtualOutbound`) uses it to hand each connection to the
-//! listener registered for that destination (`0.0.0.0_8080`).
+//! listener registered for that destination (`0.0.0.0_8080`): see
+//! `connection/handoff.rs`.
 
 use std::{
     io,
@@ -73,29 +73,4 @@ pub fn original_destination(socket: &impl AsFd) -> Result<SocketAddr, OriginalDs
         Some(libc::ENOENT) => OriginalDstError::NotRedirected,
         _ => OriginalDstError::Read { option, source },
     })
-}
-
-/// Whether a handoff target registered at `target` should receive a
-/// connection whose original destination was `dst`: same port, and the same
-/// IP or a wildcard IP (`0.0.0.0`, `::`) of the same family.
-pub(crate) fn matches(target: SocketAddr, dst: SocketAddr) -> bool {
-    target.port() == dst.port()
-        && target.is_ipv4() == dst.is_ipv4()
-        && (target.ip().is_unspecified() || target.ip() == dst.ip())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::matches;
-
-    #[test]
-    fn wildcard_matches_any_ip_of_its_family_on_its_port() {
-        let m = |t: &str, d: &str| matches(t.parse().unwrap(), d.parse().unwrap());
-        assert!(m("0.0.0.0:8080", "10.1.2.3:8080"));
-        assert!(m("10.1.2.3:8080", "10.1.2.3:8080"));
-        assert!(!m("10.1.2.4:8080", "10.1.2.3:8080"));
-        assert!(!m("0.0.0.0:8081", "10.1.2.3:8080"));
-        assert!(!m("[::]:8080", "10.1.2.3:8080"));
-        assert!(m("[::]:8080", "[::1]:8080"));
-    }
 }

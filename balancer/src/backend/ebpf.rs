@@ -78,13 +78,12 @@ use std::{
 
 use balancer_common::{Load, MAX_WORKERS};
 
-use super::{Backend, Strategy};
+use super::{Backend, Layout, Strategy};
 use crate::{
     connection::Incoming,
-    socket::Layout,
     steering::{LoadMap, LoadSlot, ProgramView, Steering, SteeringError, SteeringOptions},
     sys,
-    transfer::{LiveWorkers, Placement},
+    worker::transfer::{LiveWorkers, Placement},
 };
 
 /// How often a waiting worker repairs its slot.

@@ -11,11 +11,10 @@
 
 use std::io;
 
-use super::{Backend, Strategy};
+use super::{Backend, Layout, Strategy};
 use crate::{
     connection::Incoming,
-    socket::Layout,
-    transfer::{LiveWorkers, Placement},
+    worker::transfer::{LiveWorkers, Placement},
 };
 
 pub(super) struct Exact;

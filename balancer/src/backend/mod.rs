@@ -32,11 +32,19 @@ use std::{fmt, io, net::TcpListener, os::fd::BorrowedFd, time::Duration};
 
 pub use kind::{Backend, UnknownBackend};
 
+/// How a backend's workers share a listener's sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One socket; every worker accepts from a duplicate of it.
+    Shared,
+    /// One socket per worker, all in one `SO_REUSEPORT` group.
+    PerWorker,
+}
+
 use crate::{
     connection::Incoming,
-    socket::Layout,
     steering::{LoadSlot, ProgramView, SteeringError, SteeringOptions},
-    transfer::{LiveWorkers, Placement},
+    worker::transfer::{LiveWorkers, Placement},
 };
 
 impl Backend {

@@ -6,8 +6,7 @@
 //! least-loaded live worker; a handshake that completes between that drain
 //! and the close is reset unless `net.ipv4.tcp_migrate_req = 1`.
 
-use super::{Backend, Strategy};
-use crate::socket::Layout;
+use super::{Backend, Layout, Strategy};
 
 pub(super) struct ReusePort;
 

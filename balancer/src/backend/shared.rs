@@ -4,8 +4,7 @@
 //! stopping worker leaves the queue to the others, in whose hands the socket
 //! stays open (only the last one drains it).
 
-use super::{Backend, Strategy};
-use crate::socket::Layout;
+use super::{Backend, Layout, Strategy};
 
 pub(super) struct Shared;
 

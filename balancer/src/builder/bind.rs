@@ -1,6 +1,6 @@
 //! Turns a checked [`Builder`] into bound sockets (one per worker where
 //! the backend needs it), the backend attached to them, and one [`Worker`]
-//! per worker thread sharing one [`Group`].
+//! per worker thread sharing one [`WorkerSet`].
 
 use std::{
     net::{SocketAddr, TcpListener},
@@ -9,18 +9,17 @@ use std::{
 };
 
 use super::Builder;
-use crate::{
-    backend::{Backend, Strategy},
-    connection::ListenerId,
+use super::{
     error::BindError,
-    group::{Group, ListenerSpec, Role},
-    listener::BalancedListener,
     requested::{Requested, Source},
-    socket::{self, Layout, SocketError},
-    sockets::Sockets,
+    socket_options::{self, SocketError},
+};
+use crate::{
+    backend::{Backend, Layout, Strategy},
+    connection::{ListenerSpec, Listeners, Role},
+    listener::{BalancedListener, ListenerId},
     stats::{Stats, WorkerCounters},
-    transfer::LiveWorkers,
-    worker::Worker,
+    worker::{transfer::LiveWorkers, Sockets, Worker, WorkerSet},
 };
 
 impl Builder {
@@ -38,8 +37,8 @@ impl Builder {
             .map(|(requested, candidates)| self.bind_listener(&*strategy, requested, candidates))
             .collect::<Result<Vec<_>, _>>()?;
         let listeners = (self.listeners.iter().zip(addrs).zip(&sockets))
-            .map(|((requested, candidates), group)| {
-                bound_spec(requested.role, candidates[0], group)
+            .map(|((requested, candidates), bound)| {
+                bound_spec(requested.role, candidates[0], bound)
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.attach_all(&mut *strategy, &listeners, &sockets)?;
@@ -57,9 +56,9 @@ impl Builder {
         let backends = (self.backend, strategy.backend());
         let stats = Stats::new(counters.clone(), names, program, backends);
         let (live, queues) = LiveWorkers::new(counters);
-        let group = Arc::new(Group {
+        let set = Arc::new(WorkerSet {
             stats,
-            listeners,
+            listeners: Listeners::new(listeners),
             strategy,
             live,
             pin_to_cores: self.pin_to_cores,
@@ -70,10 +69,10 @@ impl Builder {
             .zip(queues)
             .enumerate())
         .map(|(index, (sockets, queue))| {
-            Worker::new(index, Arc::clone(&group), Sockets::new(sockets), queue)
+            Worker::new(index, Arc::clone(&set), Sockets::new(sockets), queue)
         })
         .collect();
-        Ok(BalancedListener::new(workers, group))
+        Ok(BalancedListener::new(workers, set))
     }
 
     /// Attaches what the backend needs to every bound listener, then starts
@@ -90,9 +89,9 @@ impl Builder {
                 source: Box::new(source),
             }
         };
-        for (spec, group) in listeners.iter().zip(sockets) {
-            if !group.is_empty() {
-                strategy.attach(group).map_err(failed(spec.addr))?;
+        for (spec, bound) in listeners.iter().zip(sockets) {
+            if !bound.is_empty() {
+                strategy.attach(bound).map_err(failed(spec.addr))?;
             }
         }
         strategy.activate().map_err(failed(listeners[0].addr))
@@ -116,7 +115,8 @@ impl Builder {
                 let socket = socket
                     .try_clone()
                     .map_err(|e| BindError::from_bind(addr, e))?;
-                socket::adopt(layout, socket, self.workers, &self.socket).map_err(failed(addr))
+                socket_options::adopt(layout, socket, self.workers, &self.socket)
+                    .map_err(failed(addr))
             }
             _ => {
                 // `resolve` gives every listener at least one address.
@@ -137,9 +137,9 @@ impl Builder {
     /// listens there (unless taking over).
     fn bind_at(&self, layout: Layout, addr: SocketAddr) -> Result<Vec<TcpListener>, SocketError> {
         if !self.take_over {
-            socket::ensure_unused(addr, self.socket.only_v6)?;
+            socket_options::ensure_unused(addr, self.socket.only_v6)?;
         }
-        socket::bind(layout, addr, self.workers, &self.socket)
+        socket_options::bind(layout, addr, self.workers, &self.socket)
     }
 }
 
@@ -165,8 +165,8 @@ fn per_worker(
     workers: usize,
 ) -> Vec<Vec<(ListenerId, TcpListener)>> {
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for (listener, group) in sockets.into_iter().enumerate() {
-        for (worker, socket) in group.into_iter().enumerate() {
+    for (listener, bound) in sockets.into_iter().enumerate() {
+        for (worker, socket) in bound.into_iter().enumerate() {
             per_worker[worker].push((ListenerId(listener), socket));
         }
     }

@@ -1,8 +1,13 @@
-//! Configures and binds a [`BalancedListener`]: the [`Builder`]'s options
-//! here, their checks in `validate.rs`, and turning them into sockets, an
-//! attached backend and workers in `bind.rs`.
+//! Building a balanced listener: the [`Builder`]'s options (this file),
+//! their checks (`validate.rs`), the listeners as asked for
+//! (`requested.rs`), the options of every listening socket and how sockets
+//! are made or adopted (`socket_options.rs`), binding them into workers
+//! (`bind.rs`), and why binding failed ([`BindError`], `error.rs`).
 
 mod bind;
+mod error;
+mod requested;
+pub(crate) mod socket_options;
 mod validate;
 
 use std::{
@@ -14,10 +19,11 @@ use std::{
 
 use socket2::{Socket, TcpKeepalive};
 
+use self::{requested::Requested, socket_options::SocketConfig};
 use crate::{
-    backend::Backend, error::BindError, group::Role, listener::BalancedListener,
-    requested::Requested, socket::SocketConfig, steering::SteeringOptions,
+    backend::Backend, connection::Role, listener::BalancedListener, steering::SteeringOptions,
 };
+pub use error::BindError;
 
 /// Configures and binds a [`BalancedListener`].
 ///

@@ -4,8 +4,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::Builder;
-use crate::{error::BindError, group::Role};
+use super::{error::BindError, Builder};
+use crate::connection::Role;
 
 impl Builder {
     pub(super) fn validate(&self, addrs: &[Vec<SocketAddr>]) -> Result<(), BindError> {

@@ -11,7 +11,7 @@
 
 use std::{io, net::SocketAddr, time::Duration};
 
-use crate::{connections::Connections, stream::Connection};
+use crate::{connection::Connection, worker::Connections};
 
 /// How long `accept` pauses after an error it cannot retry at once, as
 /// axum's own listener does.

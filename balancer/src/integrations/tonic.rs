@@ -16,7 +16,7 @@
 
 use ::tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::stream::Connection;
+use crate::connection::Connection;
 
 /// The same information tonic gives for its own TCP streams (so
 /// `Request::remote_addr` works), at the cost of one `getsockname` per

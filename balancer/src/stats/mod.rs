@@ -24,7 +24,7 @@ use std::sync::Arc;
 pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
 pub use prometheus_options::{PrometheusOptions, PrometheusOptionsError};
 
-use crate::{backend::kind::Backend, steering::ProgramView};
+use crate::{backend::Backend, steering::ProgramView};
 
 /// A listener's name (Envoy style, e.g. `127.0.0.1_8080`) and its counters
 /// on each worker.

@@ -1,50 +1,13 @@
-//! A connection on its way through a worker: [`Incoming`] before it is
-//! counted, then the [`ConnectionGuard`] that keeps it counted, and
-//! [`Accepted`], the split form of a [`Connection`](crate::Connection).
+//! [`ConnectionGuard`], what keeps a connection counted against its worker
+//! and listener, and [`Accepted`], a [`Connection`](crate::Connection) split
+//! into its stream and guard.
 
-use std::{io, net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
-use crate::stats::{ListenerAttribution, Stats, WorkerLoad};
-
-/// Identifies a listener of a [`BalancedListener`](crate::BalancedListener):
-/// its position in the order listeners were added to the
-/// [`Builder`](crate::Builder).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListenerId(pub(crate) usize);
-
-impl ListenerId {
-    /// The listener's position in the builder, from 0.
-    pub fn index(self) -> usize {
-        self.0
-    }
-}
-
-/// A connection just accepted, before it is counted: registered with the
-/// accepting worker's event loop (`S` = tokio's stream) or detached from it
-/// on its way to another worker (`S` = std's).
-#[derive(Debug)]
-pub(crate) struct Incoming<S = tokio::net::TcpStream> {
-    pub(crate) stream: S,
-    pub(crate) peer: SocketAddr,
-    pub(crate) listener: ListenerId,
-    /// Read at accept, for connections of virtual listeners only.
-    pub(crate) original_dst: Option<SocketAddr>,
-}
-
-impl<S> Incoming<S> {
-    /// The same connection with its stream converted by `convert`.
-    pub(crate) fn try_map_stream<T>(
-        self,
-        convert: impl FnOnce(S) -> io::Result<T>,
-    ) -> io::Result<Incoming<T>> {
-        Ok(Incoming {
-            stream: convert(self.stream)?,
-            peer: self.peer,
-            listener: self.listener,
-            original_dst: self.original_dst,
-        })
-    }
-}
+use crate::{
+    listener::ListenerId,
+    stats::{ListenerAttribution, Stats, WorkerLoad},
+};
 
 /// A [`Connection`](crate::Connection) split into its stream and the guard
 /// that counts it ([`Connection::into_parts`](crate::Connection::into_parts)):

@@ -14,7 +14,7 @@ use std::{
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::{listener::BalancedListener, stream::Connection, worker::Worker};
+use crate::{connection::Connection, listener::BalancedListener, worker::Worker};
 
 /// Every worker of a [`BalancedListener`] serving connections with one
 /// handler, each on its own thread, until [`Server::shutdown`]; started by

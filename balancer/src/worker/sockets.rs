@@ -10,7 +10,10 @@ use std::{
     task::{Context, Poll},
 };
 
-use crate::{connection::Incoming, connection::ListenerId, group::Group};
+use crate::{
+    connection::{Incoming, Listeners},
+    listener::ListenerId,
+};
 
 type StdSocket = (ListenerId, std::net::TcpListener);
 type TokioSocket = (ListenerId, tokio::net::TcpListener);
@@ -97,7 +100,11 @@ impl Sockets {
 
     /// Accepts, without blocking, every connection queued on these sockets
     /// (worker `index`'s).
-    pub(crate) fn drain(&self, group: &Group, index: usize) -> Vec<Incoming<std::net::TcpStream>> {
+    pub(crate) fn drain(
+        &self,
+        listeners: &Listeners,
+        index: usize,
+    ) -> Vec<Incoming<std::net::TcpStream>> {
         let mut drained = Vec::new();
         for (listener, fd) in self.listener_fds() {
             let socket = socket2::SockRef::from(&fd);
@@ -112,7 +119,7 @@ impl Sockets {
                     }
                 };
                 match detach(stream, peer.as_socket()) {
-                    Ok((stream, peer)) => drained.push(group.incoming(stream, peer, listener)),
+                    Ok((stream, peer)) => drained.push(listeners.incoming(stream, peer, listener)),
                     Err(error) => {
                         log::warn!("worker {index}: dropping a drained connection: {error}")
                     }

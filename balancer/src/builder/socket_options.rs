@@ -14,14 +14,7 @@ use std::{
 
 use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 
-/// How a backend's workers share a listener's sockets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Layout {
-    /// One socket; every worker accepts from a duplicate of it.
-    Shared,
-    /// One socket per worker, all in one `SO_REUSEPORT` group.
-    PerWorker,
-}
+use crate::backend::Layout;
 
 /// A user's function that sets options on each listening socket.
 pub(crate) type Configure = Arc<dyn Fn(&Socket) -> io::Result<()> + Send + Sync>;

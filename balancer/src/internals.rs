@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::{
     stats::{WorkerCounters, WorkerLoad},
     steering::{LoadSlot, Steering, SteeringError, SteeringOptions},
-    transfer::LiveWorkers,
+    worker::transfer::LiveWorkers,
 };
 
 /// The embedded steering object, for tests that load a modified copy.

@@ -110,7 +110,7 @@ impl LiveWorkers {
 
     /// Counts one connection against the least-loaded live worker (or `me`
     /// if none is live) under the lock, as `dispatch` does, without a socket.
-    #[cfg(feature = "bench-internals")]
+    #[cfg(feature = "internals")]
     pub(crate) fn pick(&self, me: usize) -> WorkerLoad {
         let locked = self.lock();
         let target = locked.least_loaded().unwrap_or(me);

@@ -9,7 +9,8 @@ use std::{
     sync::Arc,
 };
 
-use crate::{error::BindError, group::Role, socket};
+use super::{error::BindError, socket_options};
+use crate::connection::Role;
 
 /// A listener as asked for.
 #[derive(Clone, Debug)]
@@ -87,7 +88,7 @@ impl Requested {
                 address: address.clone(),
                 source: io::Error::new(*kind, message.clone()),
             }),
-            Source::Adopted(socket) => socket::check_listener(socket)
+            Source::Adopted(socket) => socket_options::check_listener(socket)
                 .map(|addr| vec![addr])
                 .map_err(|reason| BindError::NotAListener {
                     fd: socket.as_raw_fd(),

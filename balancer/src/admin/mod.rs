@@ -15,7 +15,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{backoff::Backoff, shutdown::DrainStatus, stats::Stats};
+use crate::{server::DrainStatus, stats::Stats, worker::backoff::Backoff};
 
 /// The most headers a request may have.
 const MAX_HEADERS: usize = 32;
@@ -138,7 +138,7 @@ impl AdminServer {
         }
     }
 
-    /// Reports `status` (see [`Server::drain_status`](crate::shutdown::Server::drain_status)).
+    /// Reports `status` (see [`Server::drain_status`](crate::Server::drain_status)).
     pub fn drain_status(mut self, status: DrainStatus) -> Self {
         self.drain = Some(status);
         self

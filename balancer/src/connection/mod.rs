@@ -1,5 +1,17 @@
-//! [`Connection`]: an accepted connection as one stream that carries its
-//! count, so the count cannot be lost by moving the stream alone.
+//! Serving a connection: [`Connection`], an accepted connection as one
+//! stream that carries its count, so the count cannot be lost by moving the
+//! stream alone; the [`ConnectionGuard`] inside it; [`Incoming`], a
+//! connection before it is counted; and hand-off routing (`handoff.rs`).
+
+mod first_read;
+mod guard;
+mod handoff;
+mod incoming;
+
+pub(crate) use first_read::{FirstRead, Unread};
+pub use guard::{Accepted, ConnectionGuard};
+pub(crate) use handoff::{ListenerSpec, Listeners, Role};
+pub(crate) use incoming::Incoming;
 
 use std::{
     io,
@@ -11,10 +23,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::{
-    connection::{Accepted, ListenerId},
-    first_read::FirstRead,
-};
+use crate::listener::ListenerId;
 
 /// A connection accepted by a [`Worker`](crate::Worker), counted against its
 /// worker (the load `Exact` and `Ebpf` balance on) and its listener for

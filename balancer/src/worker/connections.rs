@@ -14,7 +14,8 @@ use std::{
 
 use tokio::sync::watch;
 
-use crate::{first_read::Unread, stream::Connection, worker::Worker};
+use super::Worker;
+use crate::connection::{Connection, Unread};
 
 impl Worker {
     /// This worker's connections as one stream that ends losslessly: it

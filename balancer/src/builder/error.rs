@@ -2,7 +2,8 @@
 
 use std::{io, net::SocketAddr, os::fd::RawFd};
 
-use crate::{backend::Backend, socket::SocketError, steering::SteeringError};
+use super::socket_options::SocketError;
+use crate::{backend::Backend, steering::SteeringError};
 
 /// Why [`Builder::bind`](crate::Builder::bind) failed. Nothing is left bound
 /// when it does.

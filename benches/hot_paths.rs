@@ -13,8 +13,7 @@ use std::{
 };
 
 use balancer::{
-    internals::{Counters, ExactPick},
-    steering::Steering,
+    internals::{BareSteering, Counters, ExactPick},
     Backend, Builder,
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -31,7 +30,7 @@ fn counter_update(c: &mut Criterion) {
         b.iter(|| counters.count_and_release())
     });
     if is_root() {
-        let steering = Steering::load(4).expect("load the steering program");
+        let steering = BareSteering::load(4).expect("load the steering program");
         let steered = Counters::steered(&steering, 1);
         c.bench_function("counter/ebpf_count_and_release", |b| {
             b.iter(|| steered.count_and_release())

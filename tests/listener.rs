@@ -5,7 +5,7 @@ mod util;
 
 use std::net::SocketAddr;
 
-use balancer::{steering::SteeringError, Backend, BalancedListener, BindError, Builder};
+use balancer::{Backend, BalancedListener, BindError, Builder, SteeringError};
 use rstest_reuse::{self, apply};
 use util::echo::{spread, EchoServer, Guard};
 use util::{every_backend, least_loaded_backends};
@@ -170,6 +170,31 @@ fn more_workers_than_the_maps_hold_is_a_typed_error() {
         err.to_string(),
         "65 workers is more than the ebpf backend supports (at most 64)"
     );
+}
+
+/// `ebpf_slots` that cannot hold the set's workers, or that the program does
+/// not have, fails before anything is loaded: no silent clamp.
+#[test]
+fn ebpf_slots_out_of_range_are_a_typed_error() {
+    for (slots, workers) in [(0, 1), (3, 4), (65, 4), (1000, 4)] {
+        let err = Builder::new(Backend::Ebpf)
+            .workers(workers)
+            .ebpf_slots(slots)
+            .listen(loopback())
+            .bind()
+            .unwrap_err();
+        assert!(
+            matches!(err, BindError::EbpfSlots { slots: s, workers: w, max: 64 } if s == slots && w == workers),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "ebpf_slots({slots}) is out of range: the program's slots must hold this set's \
+                 {workers} workers, and it has at most 64"
+            )
+        );
+    }
 }
 
 /// Another server on the port, whether or not it shares it: a plain

@@ -3,7 +3,7 @@
 
 mod util;
 
-use balancer::steering::{Steering, SteeringError};
+use balancer::{internals::BareSteering, SteeringError};
 use util::{connect, drain_counts, privileged, reuseport_group};
 
 const CONNECTIONS: usize = 20;
@@ -17,10 +17,9 @@ fn split(addr: std::net::SocketAddr, listeners: &[std::net::TcpListener]) -> Vec
 }
 
 /// Loads and in-flight counts per worker.
-fn loads(steering: &Steering, workers: usize) -> (Vec<i64>, Vec<i64>) {
-    let loads = steering.loads();
+fn loads(steering: &BareSteering, workers: usize) -> (Vec<i64>, Vec<i64>) {
     (0..workers)
-        .map(|w| (loads.get(w), loads.in_flight(w)))
+        .map(|w| (steering.total(w), steering.in_flight(w)))
         .unzip()
 }
 
@@ -30,11 +29,11 @@ fn each_connection_goes_to_the_least_loaded_worker_and_counts_there_at_once() {
         return;
     }
     let (addr, listeners) = reuseport_group(4);
-    let mut steering = Steering::load(4).expect("load the embedded program");
+    let mut steering = BareSteering::load(4).expect("load the embedded program");
     steering.attach(&listeners).expect("attach to the group");
 
     for (worker, load) in [7, 3, 1, 9].into_iter().enumerate() {
-        steering.loads().set(worker, load);
+        steering.set_load(worker, load);
     }
     // Counted at the choice, 20 connections fill the lowest first: every
     // worker ends at 10. Nothing accepts through the balancer here, so the
@@ -43,12 +42,12 @@ fn each_connection_goes_to_the_least_loaded_worker_and_counts_there_at_once() {
     println!("loads [7, 3, 1, 9] + {CONNECTIONS} -> split {counts:?}");
     assert_eq!(counts, [3, 7, 9, 1]);
     assert_eq!(loads(&steering, 4), (vec![10; 4], vec![3, 7, 9, 1]));
-    let selections: Vec<u64> = (0..4).map(|w| steering.loads().selections(w)).collect();
+    let selections: Vec<u64> = (0..4).map(|w| steering.selections(w)).collect();
     assert_eq!(selections, [3, 7, 9, 1]);
 
     // New loads (in flight reset): every connection to the one far lower.
     for (worker, load) in [0, 50, 50, 50].into_iter().enumerate() {
-        steering.loads().set(worker, load);
+        steering.set_load(worker, load);
     }
     let counts = split(addr, &listeners);
     println!("loads [0, 50, 50, 50] -> split {counts:?}");
@@ -61,14 +60,14 @@ fn equal_loads_spread_exactly_and_unavailable_workers_are_skipped() {
         return;
     }
     let (addr, listeners) = reuseport_group(4);
-    let mut steering = Steering::load(4).expect("load the embedded program");
+    let mut steering = BareSteering::load(4).expect("load the embedded program");
     steering.attach(&listeners).expect("attach to the group");
 
     let counts = split(addr, &listeners);
     println!("equal loads -> split {counts:?}");
     assert_eq!(counts, [CONNECTIONS / 4; 4]);
 
-    steering.loads().set_available(1, false);
+    steering.set_available(1, false);
     let counts = split(addr, &listeners);
     println!("worker 1 unavailable -> split {counts:?}");
     assert_eq!(counts[1], 0, "{counts:?}");
@@ -84,10 +83,10 @@ fn listeners_on_one_program_share_each_workers_load() {
     }
     let (addr_a, group_a) = reuseport_group(2);
     let (addr_b, group_b) = reuseport_group(2);
-    let mut steering = Steering::load(2).expect("load the embedded program");
+    let mut steering = BareSteering::load(2).expect("load the embedded program");
     steering.attach(&group_a).expect("attach listener a");
     steering.attach(&group_b).expect("attach listener b");
-    steering.loads().set(0, 6);
+    steering.set_load(0, 6);
 
     let a = split(addr_a, &group_a);
     let b = split(addr_b, &group_b);
@@ -105,16 +104,11 @@ fn debug_log_build_of_the_program_passes_the_verifier() {
     if !privileged("eBPF steering") {
         return;
     }
-    let options = {
-        let mut options = balancer::steering::SteeringOptions::default();
-        options.debug_log = true;
-        options
-    };
     let (addr, listeners) = reuseport_group(2);
-    let mut steering =
-        Steering::load_with(2, &options).unwrap_or_else(|err| panic!("load with logging: {err:?}"));
+    let mut steering = BareSteering::load_with_debug_log(2)
+        .unwrap_or_else(|err| panic!("load with logging: {err:?}"));
     steering.attach(&listeners).expect("attach to the group");
-    steering.loads().set(0, 4);
+    steering.set_load(0, 4);
     let counts = split(addr, &listeners);
     assert_eq!(counts, [8, 12]);
 }
@@ -138,8 +132,8 @@ fn a_rejected_program_returns_the_verifier_log() {
     };
     // r0 = *(u64 *)(r9 + 0): r9 is never written before.
     object[section..section + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
-    let error = balancer::internals::load_steering_object(&object, 2)
-        .expect_err("the verifier must refuse it");
+    let error =
+        BareSteering::load_object(&object, 2, false).expect_err("the verifier must refuse it");
     let log = error
         .verifier_log()
         .unwrap_or_else(|| panic!("no verifier log in {error:?}"));

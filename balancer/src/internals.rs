@@ -1,26 +1,93 @@
-//! Hot paths exposed for the criterion benches, and the steering loader for
-//! a modified object for the tests (feature `bench-internals`); not part of
-//! the public API.
+//! Hooks for this workspace's own tests and benches (feature `internals`):
+//! the hot paths on their own, and the steering program without a
+//! [`Builder`](crate::Builder). Not a public API: no stability promise.
 
-use std::sync::Arc;
+use std::{os::fd::AsFd, sync::Arc};
 
 use crate::{
     stats::{WorkerCounters, WorkerLoad},
-    steering::{LoadSlot, Steering, SteeringError, SteeringOptions},
+    steering::{LoadSlot, Steering, SteeringError, SteeringOptions, PROGRAM_OBJECT},
     worker::transfer::LiveWorkers,
 };
 
 /// The embedded steering object, for tests that load a modified copy.
 pub fn steering_object() -> &'static [u8] {
-    crate::steering::PROGRAM_OBJECT
+    PROGRAM_OBJECT
 }
 
-/// Loads `object` exactly as [`Steering::load`] loads the embedded one.
-///
-/// # Errors
-/// As [`Steering::load`].
-pub fn load_steering_object(object: &[u8], workers: usize) -> Result<Steering, SteeringError> {
-    Steering::load_object(object, workers, &SteeringOptions::default())
+/// The steering program for `workers` workers in slots `0..workers`,
+/// loaded without a builder: tests attach it to sockets of their own and
+/// write loads by hand (what a worker's upkeep would repair).
+#[derive(Debug)]
+pub struct BareSteering(Steering);
+
+impl BareSteering {
+    /// Loads the embedded program.
+    ///
+    /// # Errors
+    /// As [`Builder::bind`](crate::Builder::bind) for `Ebpf`.
+    pub fn load(workers: usize) -> Result<Self, SteeringError> {
+        Self::load_object(PROGRAM_OBJECT, workers, false)
+    }
+
+    /// Loads the embedded program with its debug log forwarded
+    /// ([`Builder::ebpf_debug_log`](crate::Builder::ebpf_debug_log)).
+    ///
+    /// # Errors
+    /// As [`BareSteering::load`].
+    pub fn load_with_debug_log(workers: usize) -> Result<Self, SteeringError> {
+        Self::load_object(PROGRAM_OBJECT, workers, true)
+    }
+
+    /// Loads `object` exactly as the embedded one is loaded.
+    ///
+    /// # Errors
+    /// As [`BareSteering::load`].
+    pub fn load_object(
+        object: &[u8],
+        workers: usize,
+        debug_log: bool,
+    ) -> Result<Self, SteeringError> {
+        let options = SteeringOptions {
+            debug_log,
+            slots: None,
+        };
+        Steering::load_object(object, workers, &options).map(Self)
+    }
+
+    /// Attaches the program to one listener's `SO_REUSEPORT` group, worker
+    /// `i`'s socket at index `i`.
+    ///
+    /// # Errors
+    /// If the kernel refuses a socket or the attachment.
+    pub fn attach<S: AsFd>(&mut self, sockets: &[S]) -> Result<(), SteeringError> {
+        self.0.attach(sockets)
+    }
+
+    /// Sets worker `worker`'s active count, with nothing in flight.
+    pub fn set_load(&self, worker: usize, active: u64) {
+        self.0.loads().set(self.0.slot(worker), active);
+    }
+
+    /// What the program compares for worker `worker`: active plus in flight.
+    pub fn total(&self, worker: usize) -> i64 {
+        self.0.loads().total(self.0.slot(worker))
+    }
+
+    /// Worker `worker`'s in-flight count.
+    pub fn in_flight(&self, worker: usize) -> i64 {
+        self.0.loads().in_flight(self.0.slot(worker))
+    }
+
+    /// Connections the program counted against worker `worker`.
+    pub fn selections(&self, worker: usize) -> u64 {
+        self.0.loads().selections(self.0.slot(worker))
+    }
+
+    /// Lets the program choose worker `worker`, or not.
+    pub fn set_available(&self, worker: usize, available: bool) {
+        self.0.loads().set_available(self.0.slot(worker), available);
+    }
 }
 
 /// One worker's counters, as a connection's guard updates them.
@@ -35,8 +102,8 @@ impl Counters {
 
     /// Counters mirrored into worker `worker`'s slot of `steering`'s load
     /// map, as with `Backend::Ebpf`.
-    pub fn steered(steering: &Steering, worker: usize) -> Self {
-        let slot = LoadSlot::new(Arc::clone(steering.loads()), worker);
+    pub fn steered(steering: &BareSteering, worker: usize) -> Self {
+        let slot = LoadSlot::new(Arc::clone(steering.0.loads()), steering.0.slot(worker));
         Self(Arc::new(WorkerCounters::new(Some(slot))))
     }
 

@@ -60,7 +60,7 @@ mod listener;
 pub mod original_dst;
 mod server;
 pub mod stats;
-pub mod steering;
+mod steering;
 mod sys;
 mod worker;
 

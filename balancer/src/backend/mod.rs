@@ -14,7 +14,7 @@
 //! | `shared.rs` | nothing but its socket layout: one socket, every worker accepts |
 //! | `reuseport.rs` | a stopping worker drains its own accept queue |
 //! | `exact.rs` | every accepted connection is placed by the exact balancer |
-//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots, makes a full worker's slot unavailable, 64 workers at most |
+//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots (the arithmetic: `repair.rs`), makes a full worker's slot unavailable, 64 workers at most |
 //!
 //! One `match`, in [`Backend::strategy`], chooses the implementation; worker
 //! code only calls the trait. A trait object rather than an enum with a
@@ -24,7 +24,8 @@
 
 mod ebpf;
 mod exact;
-pub(crate) mod kind;
+mod kind;
+mod repair;
 mod reuseport;
 mod shared;
 

@@ -30,7 +30,8 @@ impl Builder {
     ) -> Result<BalancedListener, BindError> {
         let mut steering = self.steering.clone();
         // Room for a successor of the same size to join (see take_over).
-        steering.slots = steering.slots.or(Some(2 * self.workers));
+        let room = (2 * self.workers).min(Backend::Ebpf.max_workers());
+        steering.slots = steering.slots.or(Some(room));
         let mut strategy = backend.strategy(steering, self.take_over);
         // sockets[listener][worker]; empty for handoff targets.
         let sockets = (self.listeners.iter().zip(addrs))

@@ -23,6 +23,20 @@ pub enum BindError {
         /// Its limit, [`Backend::max_workers`].
         max: usize,
     },
+    /// [`Builder::ebpf_slots`](crate::Builder::ebpf_slots) cannot hold this
+    /// set's workers, or is more than the program has.
+    #[error(
+        "ebpf_slots({slots}) is out of range: the program's slots must hold this set's \
+         {workers} workers, and it has at most {max}"
+    )]
+    EbpfSlots {
+        /// The slots asked for.
+        slots: usize,
+        /// This set's workers.
+        workers: usize,
+        /// The most slots the program has.
+        max: usize,
+    },
     /// `max_connections(0)`: no worker could accept anything.
     #[error("max_connections must be at least 1")]
     ZeroMaxConnections,

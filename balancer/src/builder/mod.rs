@@ -274,8 +274,10 @@ impl Builder {
 
     /// For `Backend::Ebpf`: the worker slots the steering program serves,
     /// over every listener set that will share it (see
-    /// [`Builder::take_over`]). Default: twice this set's workers (room for
-    /// a successor of the same size), at most 64. Each slot costs the
+    /// [`Builder::take_over`]): at least this set's workers, at most
+    /// [`Backend::max_workers`] (64), else `bind` fails with
+    /// [`BindError::EbpfSlots`]. Default: twice this set's workers (room
+    /// for a successor of the same size), at most 64. Each slot costs the
     /// program about 3.5 ns per new connection.
     pub fn ebpf_slots(mut self, slots: usize) -> Self {
         self.steering.slots = Some(slots);
@@ -283,7 +285,11 @@ impl Builder {
     }
 
     /// For `Backend::Ebpf`: log each steering decision from the kernel at
-    /// debug level (see [`SteeringOptions`]).
+    /// debug level through the [`log`] crate (target `balancer_ebpf`). Off
+    /// by default: when off, the verifier removes the logging code from the
+    /// program, so it costs nothing per connection; when on, each decision
+    /// costs a ring-buffer write in the kernel and a thread forwards the
+    /// records.
     pub fn ebpf_debug_log(mut self, on: bool) -> Self {
         self.steering.debug_log = on;
         self

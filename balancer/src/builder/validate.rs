@@ -1,11 +1,11 @@
 //! Checks a [`Builder`]'s configuration before anything is bound: the
-//! worker count and limit, at least one listener, addresses a TCP listener
+//! worker count and limit, the eBPF slots, at least one listener, addresses a TCP listener
 //! can use and no two alike, handoff targets a virtual listener can receive.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{error::BindError, Builder};
-use crate::connection::Role;
+use crate::{backend::Backend, connection::Role};
 
 impl Builder {
     pub(super) fn validate(&self, addrs: &[Vec<SocketAddr>]) -> Result<(), BindError> {
@@ -26,6 +26,17 @@ impl Builder {
         }
         if self.max_connections == Some(0) {
             return Err(BindError::ZeroMaxConnections);
+        }
+        if let Some(slots) = self.steering.slots {
+            let max = Backend::Ebpf.max_workers();
+            if slots < self.workers || slots > max {
+                let workers = self.workers;
+                return Err(BindError::EbpfSlots {
+                    slots,
+                    workers,
+                    max,
+                });
+            }
         }
         for (i, (requested, candidates)) in self.listeners.iter().zip(addrs).enumerate() {
             for &addr in candidates {

@@ -33,40 +33,29 @@ pub enum SteeringError {
         #[source]
         source: io::Error,
     },
-    /// The worker count is outside `1..=max`.
-    #[error("eBPF steering supports 1 to {max} workers here, not {workers}")]
-    WorkerCount {
-        /// The requested worker count.
-        workers: usize,
-        /// The slots the program serves (at most 64, the size of its maps).
-        max: u32,
-    },
-    /// `attach` got a different number of sockets than there are workers.
-    #[error("attach needs one socket per worker: {workers} workers, {sockets} sockets")]
-    SocketCount {
-        /// Workers configured at load.
-        workers: usize,
-        /// Sockets passed to attach.
-        sockets: usize,
-    },
     /// More listeners than the program's maps hold.
     #[error("eBPF steering supports at most {max} listeners")]
     ListenerCount {
         /// The most the program's maps hold.
         max: u32,
     },
-    /// Reading a socket's address or cookie failed.
-    #[error("{operation} failed")]
-    Socket {
-        /// What was being read.
-        operation: &'static str,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
+    /// Reading a listening socket's bound address failed.
+    #[error("reading a listener's address failed")]
+    ListenerAddress(#[source] io::Error),
+    /// Reading a listening socket's cookie (`SO_COOKIE`), which the program
+    /// finds a closing socket's worker by, failed.
+    #[error("reading a listener's socket cookie (SO_COOKIE) failed")]
+    SocketCookie(#[source] io::Error),
+    /// Reading the kernel id of the program or a map (for the stats)
+    /// failed.
+    #[error("reading the kernel id of a BPF object failed")]
+    ObjectId(#[source] io::Error),
+    /// Duplicating the fd of the program or a map failed (fds exhausted).
+    #[error("duplicating a BPF object's fd failed")]
+    DuplicateFd(#[source] io::Error),
     /// A running program has fewer free worker slots than this set has
-    /// workers (see [`SteeringOptions::slots`](super::SteeringOptions::slots)
-    /// of the set that loaded it).
+    /// workers (see [`Builder::ebpf_slots`](crate::Builder::ebpf_slots) of
+    /// the set that loaded it).
     #[error("the running eBPF steering has {free} free worker slots of {slots}, not {wanted}: give the set that loads it more slots (Builder::ebpf_slots)")]
     NoFreeSlots {
         /// Workers that need a slot.
@@ -108,7 +97,7 @@ pub enum SteeringError {
     },
     /// Writing or freezing a data section's map failed.
     #[error("initializing map {map} failed")]
-    Data {
+    InitMap {
         /// The map's name.
         map: String,
         /// The `bpf` system call's error.
@@ -126,7 +115,7 @@ pub enum SteeringError {
         #[source]
         source: MapError,
     },
-    /// Mapping the load array into memory failed.
+    /// Mapping the load array into memory (`mmap`) failed.
     #[error("mapping the load array into memory failed")]
     MapLoads(#[source] io::Error),
     /// Starting the thread that forwards the program's debug log failed.

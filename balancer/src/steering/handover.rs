@@ -18,7 +18,7 @@ use std::{
     io,
     net::SocketAddr,
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::AsFd,
         linux::net::SocketAddrExt,
         unix::net::{self, UnixListener, UnixStream},
     },
@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use super::{background::Background, loads::LoadMap, maps::SHARED_FDS, SteeringError};
+use super::{background::Background, maps::SharedFds, LoadMap, SteeringError};
 use crate::sys;
 
 /// What a handover sends before its fds: a version, so a successor built
@@ -48,7 +48,7 @@ fn name(addr: SocketAddr) -> io::Result<net::SocketAddr> {
 /// # Errors
 /// [`SteeringError::Handover`] if a server answers but the handover fails
 /// (another version, a refused peer, a broken message).
-pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, Vec<OwnedFd>)>, SteeringError> {
+pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, SharedFds)>, SteeringError> {
     for &addr in addrs {
         let stream = match UnixStream::connect_addr(&name(addr).map_err(SteeringError::Handover)?) {
             Ok(stream) => stream,
@@ -66,15 +66,16 @@ pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, Vec<OwnedFd>)>,
             .set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(SteeringError::Handover)?;
         let mut greeting = [0; 64];
-        let (len, fds) = sys::socket::recv_with_fds(stream.as_fd(), &mut greeting, SHARED_FDS)
-            .map_err(SteeringError::Handover)?;
+        let (len, fds) =
+            sys::socket::recv_with_fds(stream.as_fd(), &mut greeting, SharedFds::COUNT)
+                .map_err(SteeringError::Handover)?;
         let text = String::from_utf8_lossy(&greeting[..len]);
         let slots = text.strip_prefix(GREETING).and_then(|n| n.parse().ok());
-        return match slots {
-            Some(slots) if fds.len() == SHARED_FDS => Ok(Some((slots, fds))),
+        let received = fds.len();
+        return match (slots, SharedFds::from_vec(fds)) {
+            (Some(slots), Some(fds)) => Ok(Some((slots, fds))),
             _ => Err(SteeringError::Handover(io::Error::other(format!(
-                "the steering for {addr} answered {text:?} with {} fds: another version, or refused",
-                fds.len()
+                "the steering for {addr} answered {text:?} with {received} fds: another version, or refused"
             )))),
         };
     }
@@ -86,10 +87,10 @@ pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, Vec<OwnedFd>)>,
 /// returned handle drops.
 pub(super) fn serve(
     addrs: Vec<SocketAddr>,
-    fds: Vec<OwnedFd>,
+    fds: SharedFds,
     loads: Arc<LoadMap>,
 ) -> Result<Background, SteeringError> {
-    let greeting = format!("{GREETING}{}", loads.workers());
+    let greeting = format!("{GREETING}{}", loads.slots());
     let mut listeners: Vec<Option<UnixListener>> = addrs.iter().map(|_| None).collect();
     Background::spawn("balancer-steering", move || {
         for (listener, &addr) in listeners.iter_mut().zip(&addrs) {
@@ -118,12 +119,10 @@ fn bind(addr: SocketAddr) -> Option<UnixListener> {
 
 /// Sends the greeting and fds to every peer waiting on `listener` that may
 /// have them.
-fn answer(listener: &UnixListener, greeting: &[u8], fds: &[OwnedFd]) {
+fn answer(listener: &UnixListener, greeting: &[u8], fds: &SharedFds) {
     while let Ok((stream, _)) = listener.accept() {
-        let result = allowed(&stream).and_then(|()| {
-            let fds: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            sys::socket::send_with_fds(stream.as_fd(), greeting, &fds)
-        });
+        let result = allowed(&stream)
+            .and_then(|()| sys::socket::send_with_fds(stream.as_fd(), greeting, &fds.as_fds()));
         if let Err(error) = result {
             log::warn!("steering: refused a handover: {error}");
         }

@@ -105,7 +105,7 @@ fn load_program(obj: &Object, name: &str) -> Result<OwnedFd, SteeringError> {
 }
 
 fn data_error(map: &str, source: std::io::Error) -> SteeringError {
-    SteeringError::Data {
+    SteeringError::InitMap {
         map: map.to_owned(),
         source,
     }

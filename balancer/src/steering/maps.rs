@@ -2,7 +2,6 @@
 //! process loaded, or from the fds another process handed over.
 
 use std::{
-    io,
     net::SocketAddr,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
 };
@@ -13,29 +12,144 @@ use balancer_common::{
     RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
-use super::{loader::Loaded, loads::LoadMap, SteeringError};
+use super::{loader::Loaded, Slot, SteeringError};
 use crate::sys;
 
-/// The maps handed over, in order, after the program's fd.
-const SHARED_MAPS: [&str; 6] = [
-    SOCKETS_MAP,
-    LISTENERS_MAP,
-    SOCKET_SLOTS_MAP,
-    LOADS_MAP,
-    RODATA_MAP,
-    PENDING_MAP,
-];
+/// One value per map the processes sharing the program share, by name.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PerMap<T> {
+    pub(super) sockets: T,
+    pub(super) listeners: T,
+    pub(super) socket_slots: T,
+    pub(super) loads: T,
+    /// The frozen read-only globals: the program's configuration.
+    pub(super) config: T,
+    pub(super) pending: T,
+}
 
-/// How many fds a handover carries: the program and its maps.
-pub(super) const SHARED_FDS: usize = 1 + SHARED_MAPS.len();
+impl PerMap<&'static str> {
+    /// The maps' names in the object.
+    pub(super) const NAMES: Self = Self {
+        sockets: SOCKETS_MAP,
+        listeners: LISTENERS_MAP,
+        socket_slots: SOCKET_SLOTS_MAP,
+        loads: LOADS_MAP,
+        config: RODATA_MAP,
+        pending: PENDING_MAP,
+    };
+}
+
+/// How many maps the processes sharing the program share.
+const SHARED_MAPS: usize = 6;
+
+impl<T> PerMap<T> {
+    /// Each value with its map's name through `f`, in handover order.
+    pub(super) fn try_map<U, E>(
+        self,
+        mut f: impl FnMut(&'static str, T) -> Result<U, E>,
+    ) -> Result<PerMap<U>, E> {
+        let names = PerMap::NAMES;
+        Ok(PerMap {
+            sockets: f(names.sockets, self.sockets)?,
+            listeners: f(names.listeners, self.listeners)?,
+            socket_slots: f(names.socket_slots, self.socket_slots)?,
+            loads: f(names.loads, self.loads)?,
+            config: f(names.config, self.config)?,
+            pending: f(names.pending, self.pending)?,
+        })
+    }
+
+    /// The values in handover order.
+    pub(super) fn as_array(&self) -> [&T; SHARED_MAPS] {
+        [
+            &self.sockets,
+            &self.listeners,
+            &self.socket_slots,
+            &self.loads,
+            &self.config,
+            &self.pending,
+        ]
+    }
+
+    /// Values given in handover order.
+    pub(super) fn from_array(values: [T; SHARED_MAPS]) -> Self {
+        let [sockets, listeners, socket_slots, loads, config, pending] = values;
+        Self {
+            sockets,
+            listeners,
+            socket_slots,
+            loads,
+            config,
+            pending,
+        }
+    }
+}
+
+/// The program's and its shared maps' fds: what a handover carries, the
+/// program first, then the maps in [`PerMap`] order.
+pub(super) struct SharedFds {
+    pub(super) program: OwnedFd,
+    pub(super) maps: PerMap<OwnedFd>,
+}
+
+impl SharedFds {
+    /// How many fds a handover carries.
+    pub(super) const COUNT: usize = 1 + SHARED_MAPS;
+
+    /// The fds in handover order.
+    pub(super) fn as_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let maps = self.maps.as_array().map(AsFd::as_fd);
+        std::iter::once(self.program.as_fd()).chain(maps).collect()
+    }
+
+    /// Duplicates of every fd, e.g. to hand over from another thread.
+    pub(super) fn try_clone(&self) -> Result<Self, SteeringError> {
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(SteeringError::DuplicateFd);
+        Ok(Self {
+            program: dup(&self.program)?,
+            maps: PerMap::from_array(self.maps.as_array()).try_map(|_, fd| dup(fd))?,
+        })
+    }
+
+    /// The fds as received, in handover order; `None` unless there are
+    /// exactly [`SharedFds::COUNT`].
+    pub(super) fn from_vec(mut fds: Vec<OwnedFd>) -> Option<Self> {
+        if fds.len() != Self::COUNT {
+            return None;
+        }
+        let maps = <[OwnedFd; SHARED_MAPS]>::try_from(fds.split_off(1)).ok()?;
+        Some(Self {
+            program: fds.pop()?,
+            maps: PerMap::from_array(maps),
+        })
+    }
+
+    /// The kernel ids of the program, the load map and the config map.
+    pub(super) fn ids(&self) -> Result<ObjectIds, SteeringError> {
+        let id = |fd: &OwnedFd| sys::bpf::object_id(fd.as_fd()).map_err(SteeringError::ObjectId);
+        Ok(ObjectIds {
+            program: id(&self.program)?,
+            loads: id(&self.maps.loads)?,
+            config: id(&self.maps.config)?,
+        })
+    }
+}
+
+/// The kernel ids of the program and the maps `/stats` names.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ObjectIds {
+    pub(crate) program: u32,
+    pub(crate) loads: u32,
+    pub(crate) config: u32,
+}
 
 /// The program's maps this process writes, and every shared fd.
 pub(super) struct Maps {
     sockets: ReusePortSockArray<MapData>,
     listeners: HashMap<MapData, ListenAddr, u32>,
     socket_slots: HashMap<MapData, u64, SocketSlot>,
-    /// The program, then [`SHARED_MAPS`]: what a handover sends.
-    shared: Vec<OwnedFd>,
+    /// What a handover sends.
+    shared: SharedFds,
 }
 
 impl Maps {
@@ -43,47 +157,41 @@ impl Maps {
     /// the load map's data.
     pub(super) fn from_loaded(loaded: Loaded) -> Result<(Self, MapData), SteeringError> {
         let Loaded { program, mut maps } = loaded;
-        let data = SHARED_MAPS
-            .iter()
-            .map(|&name| {
-                maps.remove(name).ok_or_else(|| {
-                    let source = MapError::InvalidName {
-                        name: name.to_owned(),
-                    };
-                    SteeringError::map("finding", name, source)
-                })
+        let data = PerMap::NAMES.try_map(|name, _| {
+            maps.remove(name).ok_or_else(|| {
+                let source = MapError::InvalidName {
+                    name: name.to_owned(),
+                };
+                SteeringError::map("finding", name, source)
             })
-            .collect::<Result<Vec<_>, _>>()?;
+        })?;
         Self::open(program, data)
     }
 
-    /// Opens handed-over fds: the program, then [`SHARED_MAPS`].
-    pub(super) fn from_fds(mut fds: Vec<OwnedFd>) -> Result<(Self, MapData), SteeringError> {
-        if fds.len() != SHARED_FDS {
-            return Err(SteeringError::Handover(io::Error::other(format!(
-                "expected {SHARED_FDS} fds, got {}",
-                fds.len()
-            ))));
-        }
-        let maps = fds.split_off(1);
-        let data = (SHARED_MAPS.iter().zip(maps))
-            .map(|(&name, fd)| {
-                MapData::from_fd(fd).map_err(|source| SteeringError::map("opening", name, source))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let program = fds.pop().expect("one fd is left: the program");
-        Self::open(program, data)
+    /// Opens handed-over fds.
+    pub(super) fn from_fds(fds: SharedFds) -> Result<(Self, MapData), SteeringError> {
+        let data = (fds.maps).try_map(|name, fd| {
+            MapData::from_fd(fd).map_err(|source| SteeringError::map("opening", name, source))
+        })?;
+        Self::open(fds.program, data)
     }
 
-    /// `data` in [`SHARED_MAPS`] order. Returns the maps, then the load
-    /// map's data.
-    fn open(program: OwnedFd, data: Vec<MapData>) -> Result<(Self, MapData), SteeringError> {
-        let mut shared = vec![program];
-        for map in &data {
-            shared.push(dup(map.fd().as_fd())?);
-        }
-        let [sockets, listeners, socket_slots, loads, _rodata, _pending] =
-            <[MapData; 6]>::try_from(data).map_err(|_| unreachable_count())?;
+    /// Returns the maps, then the load map's data.
+    fn open(program: OwnedFd, data: PerMap<MapData>) -> Result<(Self, MapData), SteeringError> {
+        let dup = |_, map: &MapData| map.fd().as_fd().try_clone_to_owned();
+        let shared = SharedFds {
+            program,
+            maps: PerMap::from_array(data.as_array())
+                .try_map(dup)
+                .map_err(SteeringError::DuplicateFd)?,
+        };
+        let PerMap {
+            sockets,
+            listeners,
+            socket_slots,
+            loads,
+            ..
+        } = data;
         let maps = Self {
             sockets: typed(sockets, SOCKETS_MAP, |m| {
                 ReusePortSockArray::try_from(Map::ReusePortSockArray(m))
@@ -101,27 +209,12 @@ impl Maps {
 
     /// The program's fd.
     pub(super) fn program(&self) -> BorrowedFd<'_> {
-        self.shared[0].as_fd()
+        self.shared.program.as_fd()
     }
 
-    /// The kernel ids of the program, the load map and the config map.
-    pub(super) fn ids(&self) -> Result<[u32; 3], SteeringError> {
-        let id = |index: usize| {
-            sys::bpf::object_id(self.shared[index].as_fd()).map_err(|source| {
-                SteeringError::Socket {
-                    operation: "reading a BPF object's id",
-                    source,
-                }
-            })
-        };
-        // The program, then SHARED_MAPS: LOADS is 4th, the read-only
-        // globals 5th.
-        Ok([id(0)?, id(4)?, id(5)?])
-    }
-
-    /// What a handover sends: the program, then the maps.
-    pub(super) fn shared(&self) -> Vec<BorrowedFd<'_>> {
-        self.shared.iter().map(AsFd::as_fd).collect()
+    /// The program's and maps' fds, for a handover and the ids.
+    pub(super) fn shared(&self) -> &SharedFds {
+        &self.shared
     }
 
     /// The row of the listener bound at `addr`: the one another process
@@ -146,33 +239,23 @@ impl Maps {
     pub(super) fn insert_socket(
         &mut self,
         row: u32,
-        slot: u32,
+        slot: Slot,
         socket: BorrowedFd<'_>,
     ) -> Result<(), SteeringError> {
-        let operation = || format!("inserting slot {slot}'s socket of listener {row}");
+        let operation = || format!("inserting {slot}'s socket of listener {row}");
         self.sockets
-            .set(socket_index(row, slot), &socket, 0)
+            .set(socket_index(row, slot.index()), &socket, 0)
             .map_err(|source| SteeringError::map(operation(), SOCKETS_MAP, source))?;
         let cookie =
-            socket2::SockRef::from(&socket)
-                .cookie()
-                .map_err(|source| SteeringError::Socket {
-                    operation: "reading a socket's cookie (SO_COOKIE)",
-                    source,
-                })?;
+            (socket2::SockRef::from(&socket).cookie()).map_err(SteeringError::SocketCookie)?;
         let value = SocketSlot {
             listener: row,
-            worker: slot,
+            worker: slot.index(),
         };
         self.socket_slots
             .insert(cookie, value, 0)
             .map_err(|source| SteeringError::map(operation(), SOCKET_SLOTS_MAP, source))
     }
-}
-
-/// The load map over `loads`, scanning `slots` slots.
-pub(super) fn load_map(loads: MapData, slots: u32) -> Result<LoadMap, SteeringError> {
-    LoadMap::new(loads, slots as usize)
 }
 
 /// The listener key the program reads off a listening socket bound to
@@ -202,16 +285,4 @@ fn typed<T>(
     open: impl FnOnce(MapData) -> Result<T, MapError>,
 ) -> Result<T, SteeringError> {
     open(data).map_err(|source| SteeringError::map("opening", name, source))
-}
-
-fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SteeringError> {
-    fd.try_clone_to_owned()
-        .map_err(|source| SteeringError::Socket {
-            operation: "duplicating a map fd",
-            source,
-        })
-}
-
-fn unreachable_count() -> SteeringError {
-    SteeringError::Handover(io::Error::other("wrong number of maps"))
 }

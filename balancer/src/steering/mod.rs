@@ -1,15 +1,18 @@
 //! eBPF steering: the embedded `steering` sk_reuseport program, its maps,
-//! and the load values the workers keep current.
+//! and the load values the workers keep current. Private: users reach it
+//! through [`Backend::Ebpf`](crate::Backend::Ebpf) and the
+//! [`Builder`](crate::Builder)'s `ebpf_*` options.
 //!
-//! [`Steering::load`] loads the program that ships inside this crate (built by
-//! `cargo xtask build-ebpf` from `balancer-ebpf`, so users need neither
+//! [`Steering::load`] loads the program that ships inside this crate (built
+//! by `cargo xtask build-ebpf` from `balancer-ebpf`, so users need neither
 //! nightly nor bpf-linker). Each [`Steering::attach`] adds one listener: its
-//! sockets, worker `i`'s in worker `i`'s slot of the listener's row of the
-//! program's socket array, and the program attached to their `SO_REUSEPORT`
-//! group. From then on the kernel runs the program for every new connection
-//! to any attached listener and hands it to the socket whose worker has the
-//! lowest load in the [`LoadMap`]: active plus in-flight connections, over
-//! every listener, the chosen worker's in-flight count rising at once.
+//! sockets, worker `i`'s in worker `i`'s [`Slot`] of the listener's row of
+//! the program's socket array, and the program attached to their
+//! `SO_REUSEPORT` group. From then on the kernel runs the program for every
+//! new connection to any attached listener and hands it to the socket whose
+//! worker has the lowest load in the [`LoadMap`]: active plus in-flight
+//! connections, over every listener, the chosen worker's in-flight count
+//! rising at once.
 //!
 //! The load map is a `BPF_F_MMAPABLE` array mapped into this process, so
 //! updating a worker's load is one atomic add on shared memory: no system
@@ -18,51 +21,54 @@
 //! A listener set that takes over a running one joins its program instead
 //! of loading another (see [`Builder::take_over`](crate::Builder::take_over)):
 //! the running set hands the program and maps over a Unix socket, the new
-//! set claims free worker slots in them, and the group keeps one program
-//! whichever set stops first.
+//! set claims free slots in them, and the group keeps one program whichever
+//! set stops first.
+//!
+//! | file | holds |
+//! | --- | --- |
+//! | `probe.rs` | the privilege and kernel checks, before any `bpf` call |
+//! | `loader.rs` | loading the embedded object |
+//! | `maps.rs` | the program's maps, and the fds a handover carries |
+//! | `load_map.rs`, `slot.rs`, `owner.rs` | the mapped loads, a worker's [`Slot`] in them, who owns a slot |
+//! | `handover.rs` | sharing the program with another process |
+//! | `debug_log.rs`, `background.rs` | the kernel's log records, the threads that serve |
 
 mod background;
 mod debug_log;
 mod error;
 mod handover;
+mod load_map;
 mod loader;
-mod loads;
 mod maps;
+mod owner;
 mod probe;
+mod slot;
 
-use std::{
-    io,
-    net::SocketAddr,
-    os::fd::{AsFd, OwnedFd},
-    sync::Arc,
-};
+use std::{net::SocketAddr, os::fd::AsFd, sync::Arc};
 
 use balancer_common::{MAX_WORKERS, PROGRAM, SLOTS_GLOBAL};
 
 pub use error::SteeringError;
-pub use loads::LoadMap;
-pub(crate) use loads::LoadSlot;
-use maps::Maps;
+pub(crate) use load_map::LoadMap;
+use maps::{Maps, ObjectIds};
+pub(crate) use slot::{LoadSlot, Slot};
 
 /// The `steering` object built by `cargo xtask build-ebpf`.
 pub(crate) static PROGRAM_OBJECT: &[u8] = aya::include_bytes_aligned!("../../bpf/steering.bpf.o");
 
-/// Options for [`Steering::load_with`].
+/// How a [`Steering`] is loaded: what the [`Builder`](crate::Builder)'s
+/// `ebpf_*` options set.
 #[derive(Clone, Debug, Default)]
-#[non_exhaustive]
-pub struct SteeringOptions {
-    /// Log every steering decision from the kernel at debug level through the
-    /// [`log`] crate (target `balancer_ebpf`). Off by default: when off, the
-    /// verifier removes the logging code from the program, so it costs
-    /// nothing per connection; when on, each decision costs a ring-buffer
-    /// write in the kernel and a thread here forwards the records.
-    pub debug_log: bool,
+pub(crate) struct SteeringOptions {
+    /// Log every steering decision from the kernel at debug level through
+    /// the [`log`] crate (target `balancer_ebpf`). When off, the verifier
+    /// removes the logging code from the program, so it costs nothing per
+    /// connection; when on, each decision costs a ring-buffer write in the
+    /// kernel and a thread here forwards the records.
+    pub(crate) debug_log: bool,
     /// Worker slots the program serves, over every listener set that will
-    /// share it (a successor taking over, prefork processes): the loading
-    /// set's workers plus room for the others. `None`: the workers of the
-    /// loading set only. At most 64; the program scans every slot per
-    /// connection (about 3.5 ns each).
-    pub slots: Option<usize>,
+    /// share it; `None`: the loading set's workers only.
+    pub(crate) slots: Option<usize>,
 }
 
 /// The loaded `steering` program and its maps, for one set of workers and
@@ -72,13 +78,11 @@ pub struct SteeringOptions {
 /// attached to: the kernel keeps it (and its maps) until the groups' last
 /// sockets close, but loads written after the drop are no longer seen. Keep
 /// the `Steering` alive as long as the listening sockets.
-#[doc(alias = "SO_ATTACH_REUSEPORT_EBPF")]
-#[doc(alias = "sk_reuseport")]
-pub struct Steering {
+pub(crate) struct Steering {
     maps: Maps,
     loads: Arc<LoadMap>,
     /// Worker `i`'s slot.
-    slots: Vec<usize>,
+    slots: Vec<Slot>,
     /// The listeners attached here, by address.
     attached: Vec<SocketAddr>,
     handover: Option<background::Background>,
@@ -96,16 +100,8 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Loads the embedded program for `workers` workers with default options.
-    ///
-    /// # Errors
-    /// See [`Steering::load_with`].
-    pub fn load(workers: usize) -> Result<Self, SteeringError> {
-        Self::load_with(workers, &SteeringOptions::default())
-    }
-
     /// Loads the embedded program for `workers` workers, in slots
-    /// `0..workers`.
+    /// `0..workers`, scanning `options.slots` (at least `workers`).
     ///
     /// Needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) and Linux 5.14 or
     /// later (sk_reuseport programs that may migrate requests, and
@@ -113,32 +109,25 @@ impl Steering {
     /// zero.
     ///
     /// # Errors
-    /// [`SteeringError::WorkerCount`] unless `1 <= workers <= slots <= 64`;
     /// [`SteeringError::MissingCapability`] or
     /// [`SteeringError::UnsupportedKernel`] naming what is missing;
     /// [`SteeringError::Verifier`] with the verifier log if the kernel refuses
     /// the program.
-    ///
-    /// # Example
-    /// ```no_run
-    /// let steering = balancer::steering::Steering::load(4)?;
-    /// # Ok::<(), balancer::steering::SteeringError>(())
-    /// ```
-    pub fn load_with(workers: usize, options: &SteeringOptions) -> Result<Self, SteeringError> {
+    pub(crate) fn load(workers: usize, options: &SteeringOptions) -> Result<Self, SteeringError> {
         Self::load_object(PROGRAM_OBJECT, workers, options)
     }
 
-    /// [`Steering::load_with`] for `object` instead of the embedded one.
+    /// [`Steering::load`] for `object` instead of the embedded one.
     pub(crate) fn load_object(
         object: &[u8],
         workers: usize,
         options: &SteeringOptions,
     ) -> Result<Self, SteeringError> {
-        let slots = options.slots.unwrap_or(workers).min(MAX_WORKERS as usize);
-        if workers == 0 || workers > slots {
-            let max = slots as u32;
-            return Err(SteeringError::WorkerCount { workers, max });
-        }
+        let slots = options.slots.unwrap_or(workers).max(workers);
+        assert!(
+            (1..=MAX_WORKERS as usize).contains(&slots),
+            "the builder checks the slot count: {slots}"
+        );
         probe::check_capabilities()?;
         probe::check_kernel()?;
         let level: u8 = if options.debug_log {
@@ -146,7 +135,8 @@ impl Steering {
         } else {
             0
         };
-        let slots_global = (slots as u32).to_ne_bytes();
+        let slots = slots as u32;
+        let slots_global = slots.to_ne_bytes();
         let globals = [
             ("AYA_LOG_LEVEL", std::slice::from_ref(&level)),
             (SLOTS_GLOBAL, &slots_global[..]),
@@ -154,11 +144,11 @@ impl Steering {
         let loaded = loader::load(object, PROGRAM, &globals)?;
         let (maps, loads) = Maps::from_loaded(loaded)?;
         let log = if options.debug_log {
-            Some(debug_log::forward(maps.ids()?[0])?)
+            Some(debug_log::forward(maps.shared().ids()?.program)?)
         } else {
             None
         };
-        let mut loads = maps::load_map(loads, slots as u32)?;
+        let mut loads = LoadMap::new(loads, slots)?;
         loads.reset();
         let claimed = loads.claim(workers, true)?;
         Ok(Self::new(maps, loads, claimed, log))
@@ -181,7 +171,7 @@ impl Steering {
             return Ok(None);
         };
         let (maps, loads) = Maps::from_fds(fds)?;
-        let mut loads = maps::load_map(loads, slots)?;
+        let mut loads = LoadMap::new(loads, slots)?;
         let claimed = loads.claim(workers, false)?;
         Ok(Some(Self::new(maps, loads, claimed, None)))
     }
@@ -189,7 +179,7 @@ impl Steering {
     fn new(
         maps: Maps,
         loads: LoadMap,
-        slots: Vec<usize>,
+        slots: Vec<Slot>,
         log: Option<background::Background>,
     ) -> Self {
         Self {
@@ -214,22 +204,16 @@ impl Steering {
     /// socket stay there.
     ///
     /// # Errors
-    /// [`SteeringError::SocketCount`] if there is not one socket per worker;
     /// [`SteeringError::ListenerCount`] beyond 64 listeners;
     /// [`SteeringError::Map`] if the kernel refuses a socket (not listening,
     /// or not in a reuseport group); [`SteeringError::Attach`] if attaching
     /// fails.
-    pub fn attach<S: AsFd>(&mut self, sockets: &[S]) -> Result<(), SteeringError> {
-        if sockets.len() != self.slots.len() {
-            return Err(SteeringError::SocketCount {
-                workers: self.slots.len(),
-                sockets: sockets.len(),
-            });
-        }
+    pub(crate) fn attach<S: AsFd>(&mut self, sockets: &[S]) -> Result<(), SteeringError> {
+        assert_eq!(sockets.len(), self.slots.len(), "one socket per worker");
         let addr = local_addr(sockets[0].as_fd())?;
         let row = self.maps.listener_row(addr)?;
         for (&slot, socket) in self.slots.iter().zip(sockets) {
-            self.maps.insert_socket(row, slot as u32, socket.as_fd())?;
+            self.maps.insert_socket(row, slot, socket.as_fd())?;
         }
         crate::sys::socket::attach_reuseport_program(sockets[0].as_fd(), self.maps.program())
             .map_err(SteeringError::Attach)?;
@@ -244,28 +228,22 @@ impl Steering {
         for &slot in &self.slots {
             self.loads.set_available(slot, true);
         }
-        let fds = (self.maps.shared().into_iter())
-            .map(|fd| fd.try_clone_to_owned())
-            .collect::<io::Result<Vec<OwnedFd>>>()
-            .map_err(SteeringError::Handover)?;
+        let fds = self.maps.shared().try_clone()?;
         let server = handover::serve(self.attached.clone(), fds, Arc::clone(&self.loads))?;
         self.handover = Some(server);
         Ok(())
     }
 
     /// The per-worker loads the program steers by.
-    pub fn loads(&self) -> &Arc<LoadMap> {
+    pub(crate) fn loads(&self) -> &Arc<LoadMap> {
         &self.loads
     }
 
     /// The program as a whole, as the stats report it.
     pub(crate) fn view(&self) -> Result<ProgramView, SteeringError> {
-        let [program_id, loads_map_id, config_map_id] = self.maps.ids()?;
         Ok(ProgramView {
             loads: Arc::clone(&self.loads),
-            program_id,
-            loads_map_id,
-            config_map_id,
+            ids: self.maps.shared().ids()?,
         })
     }
 
@@ -273,7 +251,7 @@ impl Steering {
     ///
     /// # Panics
     /// If `worker` is not one of this set's workers.
-    pub fn slot(&self, worker: usize) -> usize {
+    pub(crate) fn slot(&self, worker: usize) -> Slot {
         self.slots[worker]
     }
 }
@@ -282,30 +260,26 @@ impl Steering {
 #[derive(Debug)]
 pub(crate) struct ProgramView {
     loads: Arc<LoadMap>,
-    program_id: u32,
-    loads_map_id: u32,
-    config_map_id: u32,
+    ids: ObjectIds,
 }
 
 impl ProgramView {
     /// The kernel ids of the program, its load map and its config map.
     pub(crate) fn ids(&self) -> [u32; 3] {
-        [self.program_id, self.loads_map_id, self.config_map_id]
+        [self.ids.program, self.ids.loads, self.ids.config]
     }
 
     /// All slots, those this process owns, those other processes own.
     pub(crate) fn slots(&self) -> [usize; 3] {
         let (here, elsewhere) = self.loads.owners();
-        [self.loads.workers(), here, elsewhere]
+        [self.loads.slots(), here, elsewhere]
     }
 }
 
 fn local_addr(socket: std::os::fd::BorrowedFd<'_>) -> Result<SocketAddr, SteeringError> {
-    socket2::SockRef::from(&socket)
+    let addr = socket2::SockRef::from(&socket)
         .local_addr()
-        .and_then(|addr| (addr.as_socket()).ok_or_else(|| io::Error::other("not an IP socket")))
-        .map_err(|source| SteeringError::Socket {
-            operation: "reading a listener's address",
-            source,
-        })
+        .map_err(SteeringError::ListenerAddress)?;
+    let not_ip = || SteeringError::ListenerAddress(std::io::Error::other("not an IP socket"));
+    addr.as_socket().ok_or_else(not_ip)
 }

@@ -176,7 +176,9 @@ impl AdminServer {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    if let Err(error) = backoff.wait(error).await {
+                    let waited = backoff.failed(error);
+                    std::future::poll_fn(|cx| backoff.poll_waited(cx)).await;
+                    if let Err(error) = waited {
                         log::error!("admin: accept: {error}; retrying in 1 s");
                         tokio::time::sleep(UNEXPECTED_ERROR_WAIT).await;
                     }

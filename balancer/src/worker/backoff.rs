@@ -59,19 +59,62 @@ impl Backoff {
         Poll::Ready(())
     }
 
-    /// [`Backoff::failed`], then the wait it started.
-    ///
-    /// # Cancel safety
-    /// Cancelling it leaves the wait in progress for the next
-    /// [`Backoff::poll_waited`].
-    pub(crate) async fn wait(&mut self, error: io::Error) -> io::Result<()> {
-        self.failed(error)?;
-        std::future::poll_fn(|cx| self.poll_waited(cx)).await;
-        Ok(())
-    }
-
     /// An accept succeeded: the next failure retries quickly again.
     pub(crate) fn succeeded(&mut self) {
         self.delay = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    fn error(code: i32) -> io::Error {
+        io::Error::from_raw_os_error(code)
+    }
+
+    /// The wait `failed` started, or zero.
+    fn waiting(backoff: &Backoff) -> Duration {
+        backoff
+            .delay
+            .filter(|_| backoff.wait.is_some())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exhaustion_waits_10ms_doubling_to_1s_and_success_starts_over() {
+        let mut backoff = Backoff::default();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            backoff.failed(error(libc::EMFILE)).unwrap();
+            waits.push(waiting(&backoff).as_millis());
+            std::future::poll_fn(|cx| backoff.poll_waited(cx)).await;
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        backoff.succeeded();
+        backoff.failed(error(libc::ENFILE)).unwrap();
+        assert_eq!(waiting(&backoff), FIRST);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_passes_only_after_its_delay() {
+        let mut backoff = Backoff::default();
+        backoff.failed(error(libc::ENOBUFS)).unwrap();
+        let started = tokio::time::Instant::now();
+        std::future::poll_fn(|cx| backoff.poll_waited(cx)).await;
+        assert_eq!(started.elapsed(), FIRST);
+    }
+
+    #[test]
+    fn connection_errors_retry_at_once_and_others_are_returned() {
+        let mut backoff = Backoff::default();
+        for code in [libc::ECONNABORTED, libc::EINTR, libc::EPROTO, libc::EPERM] {
+            backoff.failed(error(code)).unwrap();
+            assert!(backoff.wait.is_none(), "errno {code} waits");
+        }
+        let returned = backoff.failed(error(libc::EBADF)).unwrap_err();
+        assert_eq!(returned.raw_os_error(), Some(libc::EBADF));
     }
 }

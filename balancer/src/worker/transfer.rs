@@ -167,16 +167,11 @@ impl LiveWorkers {
 impl Locked<'_> {
     /// The live worker with the fewest active connections, preferring those
     /// below their connection limit; ties go to the lowest index (as
-    /// Envoy's exact balancer: `min_by_key` keeps the first minimum).
+    /// Envoy's exact balancer).
     fn least_loaded(&self) -> Option<usize> {
-        // One integer key, full workers above all others: a tuple key with
-        // a bool compiled to stack shuffles that made a pick 4x slower.
-        let key =
-            |c: &WorkerCounters| (u64::from(c.is_full()) << 63) | c.active().min(u64::MAX >> 1);
-        (self.counters.iter().zip(self.queues.iter()).enumerate())
-            .filter(|(_, (_, queue))| queue.is_some())
-            .min_by_key(|(_, (c, _))| key(c))
-            .map(|(index, _)| index)
+        let keys = (self.counters.iter().zip(self.queues.iter()))
+            .map(|(c, queue)| queue.is_some().then(|| pick_key(c.active(), c.is_full())));
+        least_loaded(keys)
     }
 
     /// Counts `connection` against live worker `target` and queues it there,
@@ -194,5 +189,55 @@ impl Locked<'_> {
         if let Some(tx) = &self.queues[target] {
             let _ = tx.send(transfer);
         }
+    }
+}
+
+/// The exact balancer's order over workers, as one integer (lower is
+/// picked first): full workers above all others, then by active
+/// connections. One integer, not a tuple: a tuple key with a bool compiled
+/// to stack shuffles that made a pick 4x slower.
+fn pick_key(active: u64, full: bool) -> u64 {
+    (u64::from(full) << 63) | active.min(u64::MAX >> 1)
+}
+
+/// The index of the lowest key, the first one among equals; `None` keys
+/// (retired workers) are never picked, and `None` comes back if every key
+/// is.
+fn least_loaded(keys: impl Iterator<Item = Option<u64>>) -> Option<usize> {
+    (keys.enumerate())
+        .filter_map(|(index, key)| Some((index, key?)))
+        .min_by_key(|&(_, key)| key)
+        .map(|(index, _)| index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{least_loaded, pick_key};
+
+    #[test]
+    fn the_fewest_active_wins_and_ties_go_to_the_lowest_index() {
+        let pick = |active: &[u64]| least_loaded(active.iter().map(|&a| Some(pick_key(a, false))));
+        assert_eq!(pick(&[3, 1, 2, 1]), Some(1));
+        assert_eq!(pick(&[0, 0, 0]), Some(0));
+        assert_eq!(pick(&[u64::MAX, 5]), Some(1));
+    }
+
+    #[test]
+    fn a_full_worker_is_picked_only_when_every_live_worker_is_full() {
+        let full_but_idle = Some(pick_key(0, true));
+        let busy = Some(pick_key(1_000_000, false));
+        assert_eq!(least_loaded([full_but_idle, busy].into_iter()), Some(1));
+        let all_full = [Some(pick_key(9, true)), Some(pick_key(2, true))];
+        assert_eq!(least_loaded(all_full.into_iter()), Some(1));
+        assert!(pick_key(u64::MAX, false) < pick_key(0, true));
+    }
+
+    #[test]
+    fn retired_workers_are_never_picked() {
+        assert_eq!(
+            least_loaded([None, Some(pick_key(7, false))].into_iter()),
+            Some(1)
+        );
+        assert_eq!(least_loaded([None, None].into_iter()), None);
     }
 }

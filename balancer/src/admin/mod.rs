@@ -1,24 +1,29 @@
 //! An admin endpoint, as Envoy's: `GET /stats` (Envoy's text),
 //! `GET /stats/prometheus` and `GET /ready`, built to stay up under hostile
-//! or broken clients and while the data plane drains.
+//! or broken clients and while the data plane drains. The server and its
+//! limits are here; the HTTP it speaks is in `http.rs`, what it answers in
+//! `page.rs`.
 
-use std::{
-    io::{self, Write},
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+mod http;
+mod page;
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
 
-use crate::{server::DrainStatus, stats::Stats, worker::backoff::Backoff};
-
-/// The most headers a request may have.
-const MAX_HEADERS: usize = 32;
+use self::{
+    http::{read_head, refuse, Head, Response},
+    page::Page,
+};
+use crate::{
+    server::DrainStatus,
+    stats::{PrometheusOptions, Stats},
+    worker::backoff::Backoff,
+};
 /// The wait after an accept failure the back-off rule does not cover.
 const UNEXPECTED_ERROR_WAIT: Duration = Duration::from_secs(1);
 
@@ -100,6 +105,7 @@ pub struct AdminServer {
     stats: Stats,
     drain: Option<DrainStatus>,
     limits: Limits,
+    prometheus: PrometheusOptions,
 }
 
 impl AdminServer {
@@ -135,12 +141,20 @@ impl AdminServer {
             stats,
             drain: None,
             limits: Limits::default(),
+            prometheus: PrometheusOptions::default(),
         }
     }
 
     /// Reports `status` (see [`Server::drain_status`](crate::Server::drain_status)).
     pub fn drain_status(mut self, status: DrainStatus) -> Self {
         self.drain = Some(status);
+        self
+    }
+
+    /// Names and labels `/stats/prometheus` as `options` say (the server's
+    /// drain state too); [`PrometheusOptions::default`] otherwise.
+    pub fn prometheus_options(mut self, options: PrometheusOptions) -> Self {
+        self.prometheus = options;
         self
     }
 
@@ -170,6 +184,7 @@ impl AdminServer {
         let page = Arc::new(Page {
             stats: self.stats,
             drain: self.drain,
+            prometheus: self.prometheus,
         });
         let mut backoff = Backoff::default();
         loop {
@@ -199,60 +214,6 @@ impl AdminServer {
     }
 }
 
-/// What the endpoint renders.
-struct Page {
-    stats: Stats,
-    drain: Option<DrainStatus>,
-}
-
-/// A response: status line, content type, body, and whether to send the
-/// body (not for HEAD).
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    body: String,
-    with_body: bool,
-}
-
-impl Response {
-    fn text(status: &'static str, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain",
-            body: body.into(),
-            with_body: true,
-        }
-    }
-
-    fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128 + self.body.len());
-        let _ = write!(
-            out,
-            "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        );
-        if self.status.starts_with("405") {
-            out.extend_from_slice(b"Allow: GET, HEAD\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        if self.with_body {
-            out.extend_from_slice(self.body.as_bytes());
-        }
-        out
-    }
-}
-
-/// Over the connection cap: a `503` written without waiting (a fresh
-/// socket's send buffer has room), then closed.
-fn refuse(stream: TcpStream) {
-    if let Ok(mut stream) = stream.into_std() {
-        let response = Response::text("503 Service Unavailable", "too many admin connections\n");
-        let _ = stream.write(&response.to_bytes());
-    }
-}
-
 /// Reads one request head within the limits and answers it.
 async fn answer(mut stream: TcpStream, page: &Page, limits: Limits) {
     let head = tokio::time::timeout(
@@ -274,106 +235,4 @@ async fn answer(mut stream: TcpStream, page: &Page, limits: Limits) {
         stream.shutdown().await
     };
     let _ = tokio::time::timeout(limits.header_timeout, write).await;
-}
-
-/// A request head as read.
-enum Head {
-    Request { method: String, path: String },
-    TooLarge,
-    Malformed,
-}
-
-/// Reads until a complete request head, at most `max` bytes.
-async fn read_head(stream: &mut TcpStream, max: usize) -> io::Result<Head> {
-    let mut buf = vec![0; max];
-    let mut len = 0;
-    loop {
-        if len == max {
-            return Ok(Head::TooLarge);
-        }
-        let read = stream.read(&mut buf[len..]).await?;
-        if read == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        len += read;
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                return Ok(Head::Request {
-                    method: request.method.unwrap_or_default().to_owned(),
-                    path: request.path.unwrap_or_default().to_owned(),
-                })
-            }
-            Ok(httparse::Status::Partial) if len == max => return Ok(Head::TooLarge),
-            Ok(httparse::Status::Partial) => {}
-            Err(httparse::Error::TooManyHeaders) => return Ok(Head::TooLarge),
-            Err(_) => return Ok(Head::Malformed),
-        }
-    }
-}
-
-impl Page {
-    fn respond(&self, method: &str, path: &str) -> Response {
-        let with_body = match method {
-            "GET" => true,
-            "HEAD" => false,
-            _ => return Response::text("405 Method Not Allowed", "only GET and HEAD\n"),
-        };
-        let path = path.split('?').next().unwrap_or_default();
-        let response = match path {
-            "/stats" => Response::text("200 OK", self.envoy_text()),
-            "/stats/prometheus" => Response {
-                content_type: "text/plain; version=0.0.4",
-                ..Response::text("200 OK", self.prometheus())
-            },
-            "/ready" if self.draining() => Response::text("503 Service Unavailable", "DRAINING\n"),
-            "/ready" => Response::text("200 OK", "LIVE\n"),
-            _ => Response::text("404 Not Found", "try /stats, /stats/prometheus or /ready\n"),
-        };
-        Response {
-            with_body,
-            ..response
-        }
-    }
-
-    fn draining(&self) -> bool {
-        self.drain.as_ref().is_some_and(DrainStatus::is_draining)
-    }
-
-    /// The server's state, open connections and drain time left, if known.
-    fn server_state(&self) -> Option<(u8, usize, f64)> {
-        let drain = self.drain.as_ref()?;
-        let left = drain.time_left().unwrap_or_default().as_secs_f64();
-        Some((
-            u8::from(drain.is_draining()),
-            drain.connections_open(),
-            left,
-        ))
-    }
-
-    fn envoy_text(&self) -> String {
-        let mut text = self.stats.snapshot().to_envoy_text();
-        if let Some((state, open, left)) = self.server_state() {
-            text.push_str(&format!(
-                "server.state: {state}\nserver.connections_open: {open}\nserver.drain_seconds_left: {left:.3}\n"
-            ));
-        }
-        text
-    }
-
-    fn prometheus(&self) -> String {
-        let mut text = self.stats.snapshot().to_prometheus();
-        if let Some((state, open, left)) = self.server_state() {
-            text.push_str(&format!(
-                "# HELP balancer_server_state 0 while serving, 1 once draining (Envoy's server.state).\n\
-                 # TYPE balancer_server_state gauge\nbalancer_server_state {state}\n\
-                 # HELP balancer_server_connections_open Connections whose handler runs.\n\
-                 # TYPE balancer_server_connections_open gauge\nbalancer_server_connections_open {open}\n\
-                 # HELP balancer_server_drain_seconds_left Time until open connections are closed.\n\
-                 # TYPE balancer_server_drain_seconds_left gauge\nbalancer_server_drain_seconds_left {left:.3}\n"
-            ));
-        }
-        text
-    }
 }

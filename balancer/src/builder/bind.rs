@@ -23,6 +23,35 @@ use crate::{
 };
 
 impl Builder {
+    /// Binds every listener and returns the workers' handles.
+    ///
+    /// # Errors
+    /// [`BindError`] for a bad worker count, a missing listener, an address
+    /// that does not resolve, a handoff target that can never match, an
+    /// address in use, a socket option that cannot be set, an adopted
+    /// socket that cannot serve the backend, or (for `Ebpf`) a steering
+    /// failure naming the missing capability or kernel feature.
+    pub fn bind(self) -> Result<BalancedListener, BindError> {
+        let addrs = self.resolve()?;
+        self.validate(&addrs)?;
+        match self.bind_with(self.backend, &addrs) {
+            Err(BindError::Steering { addr, source })
+                if self.fallback_to_reuseport && source.is_unavailable() =>
+            {
+                log::warn!(
+                    "eBPF steering unavailable on {addr} ({source}); falling back to reuseport"
+                );
+                self.bind_with(Backend::ReusePort, &addrs)
+            }
+            result => result,
+        }
+    }
+
+    /// Each listener's candidate addresses, in order.
+    fn resolve(&self) -> Result<Vec<Vec<SocketAddr>>, BindError> {
+        self.listeners.iter().map(Requested::candidates).collect()
+    }
+
     pub(super) fn bind_with(
         &self,
         backend: Backend,

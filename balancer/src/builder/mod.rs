@@ -20,12 +20,10 @@ use std::{
 use socket2::{Socket, TcpKeepalive};
 
 use self::{requested::Requested, socket_options::SocketConfig};
-use crate::{
-    backend::Backend, connection::Role, listener::BalancedListener, steering::SteeringOptions,
-};
+use crate::{backend::Backend, connection::Role, steering::SteeringOptions};
 pub use error::BindError;
 
-/// Configures and binds a [`BalancedListener`].
+/// Configures and binds a [`BalancedListener`](crate::BalancedListener).
 ///
 /// ```no_run
 /// use balancer::{Backend, Builder};
@@ -257,7 +255,7 @@ impl Builder {
     }
 
     /// Pins worker `i`'s thread to core `i mod cores` when started with
-    /// [`BalancedListener::spawn`] (or by [`Worker::pin_current_thread`](crate::Worker::pin_current_thread)).
+    /// [`BalancedListener::spawn`](crate::BalancedListener::spawn) (or by [`Worker::pin_current_thread`](crate::Worker::pin_current_thread)).
     pub fn pin_to_cores(mut self, pin: bool) -> Self {
         self.pin_to_cores = pin;
         self
@@ -265,7 +263,7 @@ impl Builder {
 
     /// For `Backend::Ebpf` only: if the program cannot be loaded for lack of
     /// privilege or kernel support, bind with `ReusePort` instead (logged at
-    /// warn level; [`BalancedListener::backend`] reports it). Off by default:
+    /// warn level; [`BalancedListener::backend`](crate::BalancedListener::backend) reports it). Off by default:
     /// without it such a failure is an error.
     pub fn fallback_to_reuseport(mut self, fallback: bool) -> Self {
         self.fallback_to_reuseport = fallback;
@@ -320,35 +318,6 @@ impl Builder {
     fn add(mut self, addr: SocketAddr, role: Role) -> Self {
         self.listeners.push(Requested::at(addr, role));
         self
-    }
-
-    /// Binds every listener and returns the workers' handles.
-    ///
-    /// # Errors
-    /// [`BindError`] for a bad worker count, a missing listener, an address
-    /// that does not resolve, a handoff target that can never match, an
-    /// address in use, a socket option that cannot be set, an adopted
-    /// socket that cannot serve the backend, or (for `Ebpf`) a steering
-    /// failure naming the missing capability or kernel feature.
-    pub fn bind(self) -> Result<BalancedListener, BindError> {
-        let addrs = self.resolve()?;
-        self.validate(&addrs)?;
-        match self.bind_with(self.backend, &addrs) {
-            Err(BindError::Steering { addr, source })
-                if self.fallback_to_reuseport && source.is_unavailable() =>
-            {
-                log::warn!(
-                    "eBPF steering unavailable on {addr} ({source}); falling back to reuseport"
-                );
-                self.bind_with(Backend::ReusePort, &addrs)
-            }
-            result => result,
-        }
-    }
-
-    /// Each listener's candidate addresses, in order.
-    fn resolve(&self) -> Result<Vec<Vec<SocketAddr>>, BindError> {
-        self.listeners.iter().map(Requested::candidates).collect()
     }
 }
 

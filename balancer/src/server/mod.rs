@@ -1,20 +1,20 @@
 //! Serving every worker with one connection handler, then a graceful
 //! shutdown: stop accepting, close the workers without losing a connection
-//! the kernel accepted, and give open connections until a deadline.
+//! the kernel accepted, and give open connections until a deadline. The
+//! drain's state and report are in `drain.rs`.
+
+mod drain;
 
 use std::{
     future::Future,
     io,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, OnceLock,
-    },
     time::{Duration, Instant},
 };
 
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 use crate::{connection::Connection, listener::BalancedListener, worker::Worker};
+pub use drain::{DrainReport, DrainStatus};
 
 /// Every worker of a [`BalancedListener`] serving connections with one
 /// handler, each on its own thread, until [`Server::shutdown`]; started by
@@ -46,112 +46,6 @@ impl std::fmt::Debug for Server {
 struct WorkerReport {
     served_from_queue: usize,
     closed_at_deadline: usize,
-}
-
-/// How a [`Server::shutdown`] went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DrainReport {
-    /// Connections whose handler was running when the drain started.
-    pub open_at_start: usize,
-    /// Connections still queued in the kernel when the last worker closed,
-    /// which it accepted and served during the drain.
-    pub served_from_queue: usize,
-    /// Connections whose handler was still running at the deadline: they
-    /// were closed then, unfinished.
-    pub closed_at_deadline: usize,
-    /// Workers whose thread panicked (or could not start its runtime);
-    /// their connections were closed then and are not counted above.
-    pub workers_panicked: usize,
-    /// From the start of the drain until every worker's thread was done.
-    pub elapsed: Duration,
-}
-
-/// Whether a [`Server`] is draining, and how many connections it still
-/// serves: what an admin endpoint reports during a shutdown.
-///
-/// Cheap to clone (an `Arc`); reading it is a few atomic loads.
-#[derive(Clone, Debug)]
-pub struct DrainStatus {
-    inner: Arc<DrainInner>,
-}
-
-#[derive(Debug)]
-struct DrainInner {
-    /// Per worker: handlers running.
-    open: Vec<AtomicUsize>,
-    /// Per worker: woken when its last handler ends.
-    idle: Vec<Notify>,
-    /// When the drain started, and its deadline.
-    draining: OnceLock<(Instant, Instant)>,
-}
-
-impl DrainStatus {
-    fn new(workers: usize) -> Self {
-        Self {
-            inner: Arc::new(DrainInner {
-                open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
-                idle: (0..workers).map(|_| Notify::new()).collect(),
-                draining: OnceLock::new(),
-            }),
-        }
-    }
-
-    /// Connections whose handler is running, over every worker. While
-    /// draining, the connections left.
-    pub fn connections_open(&self) -> usize {
-        (self.inner.open.iter())
-            .map(|open| open.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Whether [`Server::shutdown`] has started.
-    pub fn is_draining(&self) -> bool {
-        self.inner.draining.get().is_some()
-    }
-
-    /// While draining, the time until connections still open are closed;
-    /// `None` before the drain starts.
-    pub fn time_left(&self) -> Option<Duration> {
-        let (_, deadline) = self.inner.draining.get()?;
-        Some(deadline.saturating_duration_since(Instant::now()))
-    }
-
-    /// Runs `handler` on the current worker's `LocalSet`, counted as open on
-    /// `worker` until it ends (or is dropped, panicking included).
-    fn spawn(&self, worker: usize, handler: impl Future<Output = ()> + 'static) {
-        self.inner.open[worker].fetch_add(1, Ordering::Relaxed);
-        let open = OpenHandler {
-            status: self.clone(),
-            worker,
-        };
-        tokio::task::spawn_local(async move {
-            let _open = open;
-            handler.await;
-        });
-    }
-
-    /// Returns once no handler of `worker` runs.
-    async fn idle(&self, worker: usize) {
-        while self.inner.open[worker].load(Ordering::Acquire) > 0 {
-            self.inner.idle[worker].notified().await;
-        }
-    }
-}
-
-/// Counts one handler as open until dropped.
-struct OpenHandler {
-    status: DrainStatus,
-    worker: usize,
-}
-
-impl Drop for OpenHandler {
-    fn drop(&mut self) {
-        let inner = &self.status.inner;
-        if inner.open[self.worker].fetch_sub(1, Ordering::AcqRel) == 1 {
-            inner.idle[self.worker].notify_one();
-        }
-    }
 }
 
 impl BalancedListener {
@@ -248,7 +142,7 @@ impl Server {
         // a century instead of panicking and closing every connection.
         let forever = Duration::from_secs(100 * 365 * 24 * 3600);
         let deadline = (started.checked_add(drain_timeout)).unwrap_or(started + forever);
-        let _ = self.status.inner.draining.set((started, deadline));
+        self.status.start(started, deadline);
         let open_at_start = self.status.connections_open();
         // Fails only when every worker is done already.
         let _ = self.stop.send(Some(deadline));
@@ -326,6 +220,6 @@ where
     let _ = tokio::time::timeout_at(deadline.into(), status.idle(index)).await;
     WorkerReport {
         served_from_queue,
-        closed_at_deadline: status.inner.open[index].load(Ordering::Acquire),
+        closed_at_deadline: status.open_on(index),
     }
 }

@@ -2,13 +2,19 @@
 
 use std::fmt::{Display, Write as _};
 
-use super::{CountSnapshot, Snapshot};
+use super::{CountSnapshot, ServerState, Snapshot};
 
 impl Snapshot {
     /// Envoy's `/stats` text: one `name: value` line per counter, e.g.
     /// `listener.127.0.0.1_8080.worker_0.downstream_cx_active: 20`, so
     /// `grep _cx_active` reads as it does against Envoy's admin endpoint.
     pub fn to_envoy_text(&self) -> String {
+        self.render_envoy(None)
+    }
+
+    /// [`Snapshot::to_envoy_text`], then a server's drain state as Envoy
+    /// names it (`server.state`, 0 live and 1 draining).
+    pub(crate) fn render_envoy(&self, server: Option<&ServerState>) -> String {
         let mut out = String::new();
         for listener in &self.listeners {
             let prefix = format!("listener.{}", listener.name);
@@ -49,6 +55,15 @@ impl Snapshot {
                 ];
                 lines(&mut out, &format!("{prefix}.steering"), &values);
             }
+        }
+        if let Some(server) = server {
+            let left = format!("{:.3}", server.drain_seconds_left);
+            let values: [(&str, &dyn Display); 3] = [
+                ("state", &u8::from(server.draining)),
+                ("connections_open", &server.connections_open),
+                ("drain_seconds_left", &left),
+            ];
+            lines(&mut out, "server", &values);
         }
         out
     }

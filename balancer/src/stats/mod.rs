@@ -17,12 +17,11 @@
 mod counters;
 mod envoy;
 mod prometheus;
-mod prometheus_options;
 
 use std::sync::Arc;
 
 pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
-pub use prometheus_options::{PrometheusOptions, PrometheusOptionsError};
+pub use prometheus::{PrometheusOptions, PrometheusOptionsError};
 
 use crate::{backend::Backend, steering::ProgramView};
 
@@ -123,6 +122,19 @@ impl Stats {
             program,
         }
     }
+}
+
+/// A server's drain state, as an admin endpoint renders it after the
+/// counters (Envoy's `server.state` and kin).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct ServerState {
+    /// A graceful shutdown has started.
+    pub(crate) draining: bool,
+    /// Connections whose handler runs.
+    pub(crate) connections_open: usize,
+    /// Time until the connections still open are closed (0 before the
+    /// drain).
+    pub(crate) drain_seconds_left: f64,
 }
 
 /// A point-in-time copy of every counter.

@@ -1,105 +1,41 @@
 //! Prometheus text exposition of a [`Snapshot`], named and labelled as
-//! [`PrometheusOptions`] say.
+//! [`PrometheusOptions`] say (`options.rs`); the families it writes are
+//! tables in `families.rs`.
+
+mod families;
+mod options;
 
 use std::fmt::{Display, Write as _};
 
-use super::{CountSnapshot, PrometheusOptions, Snapshot, SteeringSnapshot, WorkerSnapshot};
+use families::{LISTENER_FAMILIES, STEERING_FAMILIES, WORKER_FAMILIES};
+pub use options::{PrometheusOptions, PrometheusOptionsError};
 
-/// A metric family: name after the prefix, type, help text, and how to read
-/// a sample from a snapshot.
-struct Family<T> {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    value: fn(&T) -> u64,
+use super::{ServerState, Snapshot};
+
+/// The label names the rendering puts on its own samples: a constant label
+/// ([`PrometheusOptions::label`]) may not take one.
+pub(super) mod label {
+    pub(crate) const LISTENER: &str = "listener";
+    pub(crate) const WORKER: &str = "worker";
+    pub(crate) const OWNER: &str = "owner";
+    pub(crate) const REQUESTED: &str = "requested";
+    pub(crate) const EFFECTIVE: &str = "effective";
+    pub(crate) const PROGRAM_ID: &str = "program_id";
+    pub(crate) const LOADS_MAP_ID: &str = "loads_map_id";
+    pub(crate) const CONFIG_MAP_ID: &str = "config_map_id";
+
+    /// Every one of them.
+    pub(crate) const ALL: [&str; 8] = [
+        LISTENER,
+        WORKER,
+        OWNER,
+        REQUESTED,
+        EFFECTIVE,
+        PROGRAM_ID,
+        LOADS_MAP_ID,
+        CONFIG_MAP_ID,
+    ];
 }
-
-const LISTENER_FAMILIES: [Family<CountSnapshot>; 2] = [
-    Family {
-        name: "listener_downstream_cx_active",
-        kind: "gauge",
-        help: "Connections attributed to the listener on the worker now.",
-        value: |c| c.downstream_cx_active,
-    },
-    Family {
-        name: "listener_downstream_cx_total",
-        kind: "counter",
-        help: "Connections attributed to the listener on the worker since bind.",
-        value: |c| c.downstream_cx_total,
-    },
-];
-
-const WORKER_FAMILIES: [Family<WorkerSnapshot>; 7] = [
-    Family {
-        name: "worker_downstream_cx_active",
-        kind: "gauge",
-        help: "Connections the worker owns now, over all listeners: the load the balancer sees.",
-        value: |w| w.downstream_cx_active,
-    },
-    Family {
-        name: "worker_downstream_cx_total",
-        kind: "counter",
-        help: "Connections the worker has taken since bind.",
-        value: |w| w.downstream_cx_total,
-    },
-    Family {
-        name: "worker_transfers_in_total",
-        kind: "counter",
-        help: "Connections another worker accepted and transferred to this one.",
-        value: |w| w.transfers_in,
-    },
-    Family {
-        name: "worker_transfers_out_total",
-        kind: "counter",
-        help: "Connections this worker accepted and transferred to another.",
-        value: |w| w.transfers_out,
-    },
-    Family {
-        name: "worker_accept_errors_total",
-        kind: "counter",
-        help: "Failed accept calls (aborted handshakes, fd or memory exhaustion).",
-        value: |w| w.accept_errors,
-    },
-    Family {
-        name: "worker_live",
-        kind: "gauge",
-        help: "1 while the worker takes connections, else 0.",
-        value: WorkerSnapshot::live,
-    },
-    Family {
-        name: "worker_panicked",
-        kind: "gauge",
-        help: "1 if the worker's thread panicked, else 0.",
-        value: WorkerSnapshot::panicked,
-    },
-];
-
-const STEERING_FAMILIES: [Family<SteeringSnapshot>; 4] = [
-    Family {
-        name: "worker_steering_active",
-        kind: "gauge",
-        help: "The worker's active connections as the steering program sees them.",
-        value: |k| k.active.max(0) as u64,
-    },
-    Family {
-        name: "worker_steering_in_flight",
-        kind: "gauge",
-        help: "Connections the steering program chose the worker for, not yet accepted.",
-        value: |k| k.in_flight.max(0) as u64,
-    },
-    Family {
-        name: "worker_steering_selections_total",
-        kind: "counter",
-        help: "Connections the steering program has counted against the worker.",
-        value: |k| k.selections,
-    },
-    Family {
-        name: "worker_steering_available",
-        kind: "gauge",
-        help: "1 if the steering program may choose the worker, else 0.",
-        value: |k| u64::from(k.available),
-    },
-];
 
 impl Snapshot {
     /// Prometheus text exposition (version 0.0.4) with the default
@@ -116,6 +52,15 @@ impl Snapshot {
     /// was asked for and which is in effect (they differ after an opted-in
     /// eBPF fallback). Costs one allocation per sample.
     pub fn to_prometheus_with(&self, options: &PrometheusOptions) -> String {
+        self.render_prometheus(options, None)
+    }
+
+    /// [`Snapshot::to_prometheus_with`], then a server's drain state.
+    pub(crate) fn render_prometheus(
+        &self,
+        options: &PrometheusOptions,
+        server: Option<&ServerState>,
+    ) -> String {
         let mut out = Exposition::new(options);
         out.family(
             "backend_info",
@@ -123,14 +68,20 @@ impl Snapshot {
             "The backend asked for and the one in effect; always 1.",
         );
         let (requested, effective) = (self.requested_backend.name(), self.backend.name());
-        out.sample(&[("requested", &requested), ("effective", &effective)], 1);
+        out.sample(
+            &[
+                (label::REQUESTED, &requested),
+                (label::EFFECTIVE, &effective),
+            ],
+            1,
+        );
         for family in &LISTENER_FAMILIES {
             out.family(family.name, family.kind, family.help);
             for listener in &self.listeners {
                 let name = escape_label(&listener.name);
                 for (worker, c) in listener.workers.iter().enumerate() {
                     out.sample(
-                        &[("listener", &name), ("worker", &worker)],
+                        &[(label::LISTENER, &name), (label::WORKER, &worker)],
                         (family.value)(c),
                     );
                 }
@@ -139,7 +90,7 @@ impl Snapshot {
         for family in &WORKER_FAMILIES {
             out.family(family.name, family.kind, family.help);
             for w in &self.workers {
-                out.sample(&[("worker", &w.worker)], (family.value)(w));
+                out.sample(&[(label::WORKER, &w.worker)], (family.value)(w));
             }
         }
         let limited: Vec<_> = (self.workers.iter())
@@ -152,7 +103,7 @@ impl Snapshot {
                 "The most connections the worker serves at once; it stops accepting there.",
             );
             for (worker, limit) in &limited {
-                out.sample(&[("worker", worker)], *limit);
+                out.sample(&[(label::WORKER, worker)], *limit);
             }
         }
         if let Some(p) = &self.program {
@@ -162,9 +113,9 @@ impl Snapshot {
                 "The steering program's and its maps' kernel ids; always 1.",
             );
             let ids: [(&str, &dyn Display); 3] = [
-                ("program_id", &p.program_id),
-                ("loads_map_id", &p.loads_map_id),
-                ("config_map_id", &p.config_map_id),
+                (label::PROGRAM_ID, &p.program_id),
+                (label::LOADS_MAP_ID, &p.loads_map_id),
+                (label::CONFIG_MAP_ID, &p.config_map_id),
             ];
             out.sample(&ids, 1);
             out.family(
@@ -178,7 +129,7 @@ impl Snapshot {
                 ("elsewhere", p.slots_elsewhere),
                 ("free", free),
             ] {
-                out.sample(&[("owner", &owner)], n as u64);
+                out.sample(&[(label::OWNER, &owner)], n);
             }
         }
         let steered: Vec<_> = (self.workers.iter())
@@ -187,8 +138,11 @@ impl Snapshot {
         for family in STEERING_FAMILIES.iter().filter(|_| !steered.is_empty()) {
             out.family(family.name, family.kind, family.help);
             for (worker, k) in &steered {
-                out.sample(&[("worker", worker)], (family.value)(k));
+                out.sample(&[(label::WORKER, worker)], (family.value)(k));
             }
+        }
+        if let Some(server) = server {
+            server_families(&mut out, server);
         }
         out.text
     }
@@ -226,7 +180,7 @@ impl Exposition {
 
     /// One sample of the current family, constant labels first. Label
     /// values are escaped by the caller where they can hold user text.
-    fn sample(&mut self, labels: &[(&str, &dyn Display)], value: u64) {
+    fn sample(&mut self, labels: &[(&str, &dyn Display)], value: impl Display) {
         let mut all = self.constant.clone();
         for (name, label_value) in labels {
             let sep = if all.is_empty() { "" } else { "," };
@@ -238,6 +192,28 @@ impl Exposition {
             writeln!(self.text, "{}{{{all}}} {value}", self.name)
         };
     }
+}
+
+/// A server's drain state (Envoy's `server.*`).
+fn server_families(out: &mut Exposition, server: &ServerState) {
+    out.family(
+        "server_state",
+        "gauge",
+        "0 while serving, 1 once draining (Envoy's server.state).",
+    );
+    out.sample(&[], u8::from(server.draining));
+    out.family(
+        "server_connections_open",
+        "gauge",
+        "Connections whose handler runs.",
+    );
+    out.sample(&[], server.connections_open);
+    out.family(
+        "server_drain_seconds_left",
+        "gauge",
+        "Time until open connections are closed.",
+    );
+    out.sample(&[], format_args!("{:.3}", server.drain_seconds_left));
 }
 
 /// Escapes a Prometheus label value (backslash, quote, newline).
@@ -253,7 +229,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::{escape_label, PrometheusOptions};
-    use crate::stats::{tests::stats, WorkerLoad};
+    use crate::stats::{tests::stats, ServerState, WorkerLoad};
 
     #[test]
     fn prometheus_has_typed_helped_labelled_samples() {
@@ -296,5 +272,28 @@ mod tests {
             text.contains("edge_worker_live{set=\"a\\\"b\",zone=\"z1\",worker=\"0\"} 1\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_server_state_takes_the_prefix_and_constant_labels() {
+        let options = (PrometheusOptions::new().prefix("edge").unwrap())
+            .label("set", "a")
+            .unwrap();
+        let server = ServerState {
+            draining: true,
+            connections_open: 3,
+            drain_seconds_left: 1.5,
+        };
+        let text = stats()
+            .snapshot()
+            .render_prometheus(&options, Some(&server));
+        for expected in [
+            "# TYPE edge_server_state gauge\nedge_server_state{set=\"a\"} 1\n",
+            "edge_server_connections_open{set=\"a\"} 3\n",
+            "edge_server_drain_seconds_left{set=\"a\"} 1.500\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in {text}");
+        }
+        assert!(!text.contains("balancer_"), "{text}");
     }
 }

@@ -1,20 +1,9 @@
 //! How the Prometheus rendering names and labels its metrics: a prefix and
 //! constant labels, checked against Prometheus' naming rules.
 
-/// Label names the renderings use themselves; a constant label may not
-/// take one.
-const RESERVED_LABELS: [&str; 8] = [
-    "listener",
-    "worker",
-    "owner",
-    "requested",
-    "effective",
-    "program_id",
-    "loads_map_id",
-    "config_map_id",
-];
+use super::label;
 
-/// How [`Snapshot::to_prometheus_with`](super::Snapshot::to_prometheus_with) names and labels its metrics: a
+/// How [`Snapshot::to_prometheus_with`](crate::stats::Snapshot::to_prometheus_with) names and labels its metrics: a
 /// prefix for every family name and constant labels on every sample, so
 /// that several listener sets in one process (or several processes behind
 /// one scrape) can be told apart.
@@ -31,13 +20,13 @@ const RESERVED_LABELS: [&str; 8] = [
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrometheusOptions {
-    pub(super) prefix: String,
-    pub(super) labels: Vec<(String, String)>,
+    pub(crate) prefix: String,
+    pub(crate) labels: Vec<(String, String)>,
 }
 
 impl Default for PrometheusOptions {
     /// Prefix `balancer`, no constant labels: what
-    /// [`Snapshot::to_prometheus`](super::Snapshot::to_prometheus) renders.
+    /// [`Snapshot::to_prometheus`](crate::stats::Snapshot::to_prometheus) renders.
     fn default() -> Self {
         Self {
             prefix: "balancer".to_owned(),
@@ -79,7 +68,7 @@ impl PrometheusOptions {
     pub fn label(mut self, name: &str, value: &str) -> Result<Self, PrometheusOptionsError> {
         let error = if !is_name(name, false) || name.starts_with("__") {
             PrometheusOptionsError::InvalidLabelName
-        } else if RESERVED_LABELS.contains(&name) {
+        } else if label::ALL.contains(&name) {
             PrometheusOptionsError::ReservedLabel
         } else if self.labels.iter().any(|(n, _)| n == name) {
             PrometheusOptionsError::DuplicateLabel

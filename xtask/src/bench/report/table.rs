@@ -1,0 +1,304 @@
+//! The text tables printed on stdout (and quoted at the end of report.md):
+//! one section per scenario, each a heading line, column names and a line
+//! per row.
+
+use std::fmt::Write as _;
+
+use super::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow};
+use crate::bench::{costs::CostRow, program_cost::ProgramCostRow, seed::Seed};
+
+impl Report {
+    /// All tables as plain text.
+    pub fn table(&self) -> String {
+        let mut t = format!("{} cores, kernel {}\n\n", self.cores, self.kernel);
+        t.push_str(&keep_alive(&self.keep_alive));
+        t.push_str(&churn(&self.churn));
+        t.push_str(&program_cost(&self.program_cost));
+        t.push_str(&skew(&self.skew));
+        t.push_str(&handoff(&self.handoff));
+        t.push_str(&anchors(&self.anchors));
+        if let Some(seed) = &self.seed {
+            t.push_str(&seed_table(seed));
+        }
+        if !self.costs.is_empty() {
+            t.push_str(&costs(&self.costs));
+        }
+        t
+    }
+}
+
+fn keep_alive(rows: &[KeepAliveRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "keep-alive: {} connections, request/response",
+        crate::bench::CONNECTIONS
+    );
+    let _ = writeln!(
+        t,
+        "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5}  {:>9} {:>7} {:>7} {:>8}",
+        "backend", "w", "opened", "split", "max", "min", "cv", "req/s", "p50us", "p99us", "p99.9us"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5.2}  {:>9.0} {:>7} {:>7} {:>8}",
+            r.backend,
+            r.workers,
+            r.open.name(),
+            format!("{:?}", r.split),
+            r.spread.max,
+            r.spread.min,
+            r.spread.cv,
+            r.requests_per_sec,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us
+        );
+    }
+    t
+}
+
+fn churn(rows: &[ChurnRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "\nchurn: a new connection per request, 8 concurrent");
+    let _ = writeln!(
+        t,
+        "{:<10} {:>2}  {:>10} {:>18}",
+        "backend", "w", "conn/s", "cost vs reuseport"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<10} {:>2}  {:>10.0} {:>17.2}x",
+            r.backend, r.workers, r.connections_per_sec, r.cost_vs_reuseport
+        );
+    }
+    t
+}
+
+fn program_cost(rows: &[ProgramCostRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nsteering program (ebpf): kernel-measured time per run over the churn"
+    );
+    let _ = writeln!(t, "{:>2}  {:>8} {:>10}", "w", "runs", "ns/run");
+    for r in rows {
+        let _ = writeln!(t, "{:>2}  {:>8} {:>10.0}", r.workers, r.runs, r.ns_per_run);
+    }
+    t
+}
+
+fn skew(rows: &[SkewRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nskew: connections {:?} of 40 request {} (2 ms CPU each); latency of the light ones",
+        crate::bench::HEAVY,
+        crate::bench::HEAVY_PATH
+    );
+    let _ = writeln!(
+        t,
+        "{:<10} {:>2}  {:<28} {:>9} {:>8} {:>9}",
+        "backend", "w", "split", "light/s", "p99us", "p99.9us"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<10} {:>2}  {:<28} {:>9.0} {:>8} {:>9}",
+            r.backend,
+            r.workers,
+            format!("{:?}", r.split),
+            r.light_requests_per_sec,
+            r.light_p99_us,
+            r.light_p999_us
+        );
+    }
+    t
+}
+
+fn handoff(rows: &[HandoffRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "\nhandoff: iptables REDIRECT :8080 -> virtual listener :15001 -> target 0.0.0.0_8080, 2 workers");
+    let _ = writeln!(
+        t,
+        "{:<8} {:<36} {:<12} {:<14} {:>9}",
+        "backend", "counter", "served", "balancer saw", "req/s"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<8} {:<36} {:<12} {:<14} {:>9.0}",
+            r.backend,
+            r.counter,
+            format!("{:?}", r.split),
+            format!("{:?}", r.counted),
+            r.requests_per_sec
+        );
+    }
+    t
+}
+
+fn anchors(rows: &[AnchorRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nanchors: wrk -t2 -c{}; split is responses per worker, largest first",
+        crate::bench::CONNECTIONS
+    );
+    let _ = writeln!(
+        t,
+        "{:<20} {:>2}  {:>9} {:>8} {:>7} {:>8} {:>6}  split",
+        "server", "w", "req/s", "vs nginx", "p99us", "p99 vs", "errors"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<20} {:>2}  {:>9.0} {:>7.2}x {:>7} {:>7.2}x {:>6}  {:?}",
+            r.server,
+            r.workers,
+            r.requests_per_sec,
+            r.rps_vs_nginx,
+            r.p99_us,
+            r.p99_vs_nginx,
+            r.errors,
+            r.split
+        );
+    }
+    t
+}
+
+/// The seed scenario's settings and rows as text.
+fn seed_table(seed: &Seed) -> String {
+    let s = &seed.settings;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nseed: {} connections opened in one burst, {} us CPU per request in the handler; \
+         each server's workers together capped at {} CPU ({}): {}",
+        s.connections,
+        s.cost_us,
+        s.total_cpus,
+        s.mechanism.controller,
+        (s.bandwidth.iter())
+            .map(|(w, quota, period)| format!("x{w} {quota}/{period} us"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        t,
+        "closed loop {:.0} s; open loop {:.0} s at {:.0}% of the capped capacity, latency from the scheduled send time",
+        s.closed_secs,
+        s.open_secs,
+        s.load_fraction * 100.0
+    );
+    for c in &seed.calibration {
+        let _ = writeln!(
+            t,
+            "one worker at {} CPU: {:<16} {:>7.0} req/s using {:.0}% of its cap, {:.1} us CPU per request: limit {:.0} req/s",
+            s.total_cpus,
+            c.server,
+            c.requests_per_sec,
+            c.cap_used * 100.0,
+            c.cpu_us_per_request,
+            c.limit_per_sec
+        );
+    }
+    let _ = writeln!(
+        t,
+        "eff: req/s / limit; cpu: CPU the workers used / their caps (closed loop); \
+         thrott: periods a worker's group was throttled; split: connections per worker"
+    );
+    let _ = writeln!(
+        t,
+        "{:<16} {:>2}  {:<26} {:>8} {:>5} {:>5}  {:>8} {:>8} {:>7} {:>7} {:>8} {:>6}",
+        "server",
+        "w",
+        "split",
+        "req/s",
+        "eff",
+        "cpu",
+        "offered",
+        "achieved",
+        "p50us",
+        "p99us",
+        "p99.9us",
+        "thrott"
+    );
+    for r in &seed.rows {
+        let _ = writeln!(
+            t,
+            "{:<16} {:>2}  {:<26} {:>8.0} {:>5.2} {:>5.2}  {:>8.0} {:>8.0} {:>7} {:>7} {:>8} {:>6}",
+            r.server,
+            r.workers,
+            format!("{:?}", r.split),
+            r.requests_per_sec,
+            r.efficiency,
+            r.cap_used,
+            r.offered_per_sec,
+            r.achieved_per_sec,
+            r.p50_us,
+            r.p99_us,
+            r.p999_us,
+            r.throttled
+        );
+    }
+    if let Some(line) = seed_ratios(seed, 4) {
+        let _ = writeln!(t, "{line}");
+    }
+    t
+}
+
+fn costs(rows: &[CostRow]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\ncosts (strace): system calls per connection over {} short connections, all server threads; from bind() and from execve to a worker's first accept (median of 5)",
+        crate::bench::costs::CONNECTIONS
+    );
+    let _ = writeln!(
+        t,
+        "{:<10} {:>2}  {:>9} {:>14} {:>14} {:>10}  largest",
+        "backend", "w", "calls", "bind->accept", "exec->accept", "bpf()"
+    );
+    for r in rows {
+        let top: Vec<String> = (r.by_call.iter())
+            .filter(|(_, n)| **n >= 0.1)
+            .map(|(name, n)| format!("{name} {n:.1}"))
+            .collect();
+        let _ = writeln!(
+            t,
+            "{:<10} {:>2}  {:>9.1} {:>11.1} ms {:>11.1} ms {:>7.1} ms  {}",
+            r.backend,
+            r.workers,
+            r.syscalls_per_connection,
+            r.bind_to_accept_ms,
+            r.exec_to_accept_ms,
+            r.bpf_ms,
+            top.join(", ")
+        );
+    }
+    t
+}
+
+/// `ebpf` against `shared`, `reuseport` and `exact` at `workers` workers.
+pub(super) fn seed_ratios(seed: &Seed, workers: usize) -> Option<String> {
+    let row = |name: &str| (seed.rows.iter()).find(|r| r.server == name && r.workers == workers);
+    let ebpf = row("ebpf")?;
+    let against: Vec<String> = ["shared", "reuseport", "exact"]
+        .iter()
+        .filter_map(|name| {
+            let other = row(name)?;
+            Some(format!(
+                "{name} {:.2}x req/s, {:.2}x p99",
+                ebpf.requests_per_sec / other.requests_per_sec,
+                ebpf.p99_us as f64 / other.p99_us.max(1) as f64
+            ))
+        })
+        .collect();
+    Some(format!(
+        "At {workers} workers, ebpf against {}.",
+        against.join("; ")
+    ))
+}

@@ -65,7 +65,7 @@ fn seed_markdown(seed: &Seed) -> String {
          connections gets more than its share of the requests, falls behind its cap, and its \
          queue shows here even where the closed loop kept every worker busy.\n\n",
     );
-    if let Some(line) = seed_ratios(seed, 4) {
+    if let Some(line) = seed_ratios(seed) {
         let _ = writeln!(m, "{line}\n");
     }
     m

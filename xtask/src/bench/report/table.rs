@@ -5,7 +5,18 @@
 use std::fmt::Write as _;
 
 use super::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow};
-use crate::bench::{costs::CostRow, program_cost::ProgramCostRow, seed::Seed};
+use crate::bench::{
+    costs::{self, CostRow},
+    heavy_path,
+    program_cost::ProgramCostRow,
+    seed::Seed,
+    wrk, CHURN_CONCURRENCY, CONNECTIONS, HANDOFF_PORT, HANDOFF_WORKERS, HEAVY, HEAVY_COST_US,
+    VIRTUAL_LISTENER_PORT,
+};
+
+/// The worker count at which the seed section compares `ebpf` with the
+/// other backends.
+const RATIOS_AT_WORKERS: usize = 4;
 
 impl Report {
     /// All tables as plain text.
@@ -29,11 +40,7 @@ impl Report {
 
 fn keep_alive(rows: &[KeepAliveRow]) -> String {
     let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "keep-alive: {} connections, request/response",
-        crate::bench::CONNECTIONS
-    );
+    let _ = writeln!(t, "keep-alive: {CONNECTIONS} connections, request/response");
     let _ = writeln!(
         t,
         "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5}  {:>9} {:>7} {:>7} {:>8}",
@@ -61,7 +68,10 @@ fn keep_alive(rows: &[KeepAliveRow]) -> String {
 
 fn churn(rows: &[ChurnRow]) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "\nchurn: a new connection per request, 8 concurrent");
+    let _ = writeln!(
+        t,
+        "\nchurn: a new connection per request, {CHURN_CONCURRENCY} concurrent"
+    );
     let _ = writeln!(
         t,
         "{:<10} {:>2}  {:>10} {:>18}",
@@ -94,9 +104,9 @@ fn skew(rows: &[SkewRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\nskew: connections {:?} of 40 request {} (2 ms CPU each); latency of the light ones",
-        crate::bench::HEAVY,
-        crate::bench::HEAVY_PATH
+        "\nskew: connections {HEAVY:?} of {CONNECTIONS} request {} ({} ms CPU each); latency of the light ones",
+        heavy_path(),
+        HEAVY_COST_US as f64 / 1000.0
     );
     let _ = writeln!(
         t,
@@ -120,7 +130,11 @@ fn skew(rows: &[SkewRow]) -> String {
 
 fn handoff(rows: &[HandoffRow]) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "\nhandoff: iptables REDIRECT :8080 -> virtual listener :15001 -> target 0.0.0.0_8080, 2 workers");
+    let _ = writeln!(
+        t,
+        "\nhandoff: iptables REDIRECT :{HANDOFF_PORT} -> virtual listener :{VIRTUAL_LISTENER_PORT} \
+         -> target 0.0.0.0_{HANDOFF_PORT}, {HANDOFF_WORKERS} workers"
+    );
     let _ = writeln!(
         t,
         "{:<8} {:<36} {:<12} {:<14} {:>9}",
@@ -144,8 +158,8 @@ fn anchors(rows: &[AnchorRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\nanchors: wrk -t2 -c{}; split is responses per worker, largest first",
-        crate::bench::CONNECTIONS
+        "\nanchors: wrk -t{} -c{CONNECTIONS}; split is responses per worker, largest first",
+        wrk::THREADS
     );
     let _ = writeln!(
         t,
@@ -244,7 +258,7 @@ fn seed_table(seed: &Seed) -> String {
             r.throttled
         );
     }
-    if let Some(line) = seed_ratios(seed, 4) {
+    if let Some(line) = seed_ratios(seed) {
         let _ = writeln!(t, "{line}");
     }
     t
@@ -254,8 +268,9 @@ fn costs(rows: &[CostRow]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\ncosts (strace): system calls per connection over {} short connections, all server threads; from bind() and from execve to a worker's first accept (median of 5)",
-        crate::bench::costs::CONNECTIONS
+        "\ncosts (strace): system calls per connection over {} short connections, all server threads; from bind() and from execve to a worker's first accept (median of {})",
+        costs::CONNECTIONS,
+        costs::STARTS
     );
     let _ = writeln!(
         t,
@@ -282,8 +297,10 @@ fn costs(rows: &[CostRow]) -> String {
     t
 }
 
-/// `ebpf` against `shared`, `reuseport` and `exact` at `workers` workers.
-pub(super) fn seed_ratios(seed: &Seed, workers: usize) -> Option<String> {
+/// `ebpf` against `shared`, `reuseport` and `exact` at `RATIOS_AT_WORKERS`
+/// workers.
+pub(super) fn seed_ratios(seed: &Seed) -> Option<String> {
+    let workers = RATIOS_AT_WORKERS;
     let row = |name: &str| (seed.rows.iter()).find(|r| r.server == name && r.workers == workers);
     let ebpf = row("ebpf")?;
     let against: Vec<String> = ["shared", "reuseport", "exact"]

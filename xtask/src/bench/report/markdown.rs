@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{table::seed_ratios, Report};
+use super::{seed_table::seed_ratios, Report};
 use crate::bench::seed::Seed;
 
 impl Report {

@@ -1,11 +1,12 @@
 //! The bench's figures: a row per measurement (`rows`), the text tables on
-//! stdout (`table`), `bench.json`, and `report.md` (`markdown`) with SVG
-//! charts (`charts`, drawn with `bars`).
+//! stdout (`table`, the seed scenario's in `seed_table`), `bench.json`, and
+//! `report.md` (`markdown`) with SVG charts (`charts`, drawn with `bars`).
 
 mod bars;
 mod charts;
 mod markdown;
 mod rows;
+mod seed_table;
 mod table;
 
 use std::path::Path;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use super::{bars::Bars, Report};
-use crate::bench::{load::Open, seed::Seed};
+use crate::bench::{load::Open, seed::Seed, CONNECTIONS};
 
 impl Report {
     /// Writes the charts of the scenarios that ran into `out`.
@@ -19,14 +19,20 @@ impl Report {
         Ok(())
     }
 
-    fn keep_alive_charts(&self, out: &Path) -> anyhow::Result<()> {
-        let workers = self
-            .keep_alive
-            .iter()
+    /// The worker count split.svg shows: the most up to 4 (more bars per
+    /// group would not read), 2 when no row has 4 or fewer.
+    pub(super) fn split_chart_workers(&self) -> usize {
+        (self.keep_alive.iter())
             .map(|r| r.workers)
             .filter(|&w| w <= 4)
             .max()
-            .unwrap_or(2);
+            .unwrap_or(2)
+    }
+
+    /// split.svg and rps.svg, both from the rows whose connections were
+    /// opened in one burst.
+    fn keep_alive_charts(&self, out: &Path) -> anyhow::Result<()> {
+        let workers = self.split_chart_workers();
         let burst = || self.keep_alive.iter().filter(|r| r.open == Open::Burst);
         let split: Vec<(String, Vec<f64>)> = burst()
             .filter(|r| r.workers == workers)
@@ -40,7 +46,7 @@ impl Report {
         let series: Vec<String> = (0..workers).map(|w| format!("worker {w}")).collect();
         Bars {
             title: &format!(
-                "keep-alive: connections per worker ({workers} workers, 40 opened in a burst)"
+                "keep-alive: connections per worker ({workers} workers, {CONNECTIONS} opened in a burst)"
             ),
             x_title: "backend",
             y_title: "connections",
@@ -57,7 +63,9 @@ impl Report {
         });
         let series: Vec<String> = sizes.iter().map(|w| format!("{w} workers")).collect();
         Bars {
-            title: "keep-alive: requests per second (40 connections, uncapped)",
+            title: &format!(
+                "keep-alive: requests per second ({CONNECTIONS} connections, uncapped)"
+            ),
             x_title: "backend",
             y_title: "requests per second",
             groups: &rps,

@@ -8,6 +8,8 @@ mod markdown;
 mod rows;
 mod seed_table;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
 

@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 
+use super::table::section;
 use crate::bench::seed::Seed;
 
 /// The worker count at which the seed section compares `ebpf` with the
@@ -46,45 +47,43 @@ pub(super) fn seed_table(seed: &Seed) -> String {
             c.limit_per_sec
         );
     }
-    let _ = writeln!(
-        t,
+    t.push_str(&section(
         "eff: req/s / limit; cpu: CPU the workers used / their caps (closed loop); \
-         thrott: periods a worker's group was throttled; split: connections per worker"
-    );
-    let _ = writeln!(
-        t,
-        "{:<16} {:>2}  {:<26} {:>8} {:>5} {:>5}  {:>8} {:>8} {:>7} {:>7} {:>8} {:>6}",
-        "server",
-        "w",
-        "split",
-        "req/s",
-        "eff",
-        "cpu",
-        "offered",
-        "achieved",
-        "p50us",
-        "p99us",
-        "p99.9us",
-        "thrott"
-    );
-    for r in &seed.rows {
-        let _ = writeln!(
-            t,
-            "{:<16} {:>2}  {:<26} {:>8.0} {:>5.2} {:>5.2}  {:>8.0} {:>8.0} {:>7} {:>7} {:>8} {:>6}",
-            r.server,
-            r.workers,
-            format!("{:?}", r.split),
-            r.requests_per_sec,
-            r.efficiency,
-            r.cap_used,
-            r.offered_per_sec,
-            r.achieved_per_sec,
-            r.p50_us,
-            r.p99_us,
-            r.p999_us,
-            r.throttled
-        );
-    }
+         thrott: periods a worker's group was throttled; split: connections per worker",
+        &format!(
+            "{:<16} {:>2}  {:<26} {:>8} {:>5} {:>5}  {:>8} {:>8} {:>7} {:>7} {:>8} {:>6}",
+            "server",
+            "w",
+            "split",
+            "req/s",
+            "eff",
+            "cpu",
+            "offered",
+            "achieved",
+            "p50us",
+            "p99us",
+            "p99.9us",
+            "thrott"
+        ),
+        &seed.rows,
+        |r| {
+            format!(
+                "{:<16} {:>2}  {:<26} {:>8.0} {:>5.2} {:>5.2}  {:>8.0} {:>8.0} {:>7} {:>7} {:>8} {:>6}",
+                r.server,
+                r.workers,
+                format!("{:?}", r.split),
+                r.requests_per_sec,
+                r.efficiency,
+                r.cap_used,
+                r.offered_per_sec,
+                r.achieved_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us,
+                r.throttled
+            )
+        },
+    ));
     if let Some(line) = seed_ratios(seed) {
         let _ = writeln!(t, "{line}");
     }

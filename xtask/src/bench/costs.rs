@@ -20,7 +20,7 @@ use super::{cgroup, free_port, load, Bench, BACKENDS};
 pub const CONNECTIONS: u64 = 2000;
 const WORKERS: usize = 4;
 /// Start-ups per backend; the median is reported.
-const STARTS: usize = 5;
+pub const STARTS: usize = 5;
 
 #[derive(Debug, Serialize)]
 pub struct CostRow {

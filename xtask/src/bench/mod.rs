@@ -50,10 +50,25 @@ use crate::workspace;
 
 const BACKENDS: [&str; 4] = ["shared", "reuseport", "exact", "ebpf"];
 const CONNECTIONS: usize = 40;
-/// Connections (of 40) that send CPU-heavy requests in the skew scenario,
-/// chosen once by hand to mix positions and parities.
+/// Connections (of `CONNECTIONS`) that send CPU-heavy requests in the skew
+/// scenario, chosen once by hand to mix positions and parities.
 const HEAVY: [usize; 4] = [3, 17, 24, 38];
-const HEAVY_PATH: &str = "/spin/2000";
+/// CPU time each of their requests burns in the handler (`/spin/<us>`).
+const HEAVY_COST_US: u64 = 2000;
+/// Connections opened and closed at once in the churn (and in the churn
+/// that the steering program's cost is measured over).
+const CHURN_CONCURRENCY: usize = 8;
+/// The handoff scenario: clients dial `HANDOFF_PORT`, iptables redirects
+/// them to the virtual listener, which hands them to the listener whose
+/// target is `0.0.0.0:HANDOFF_PORT`; at `HANDOFF_WORKERS` workers.
+const HANDOFF_PORT: u16 = 8080;
+const VIRTUAL_LISTENER_PORT: u16 = 15001;
+const HANDOFF_WORKERS: usize = 2;
+
+/// The path of a skew scenario's heavy request.
+fn heavy_path() -> String {
+    format!("/spin/{HEAVY_COST_US}")
+}
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -301,7 +316,7 @@ impl Bench {
             for backend in BACKENDS {
                 self.progress(&format!("churn {backend} x{workers}"));
                 let server = self.ours(backend, workers).start()?;
-                let per_sec = load::churn(server.addr, 8, plan.churn)?;
+                let per_sec = load::churn(server.addr, CHURN_CONCURRENCY, plan.churn)?;
                 rows.push(ChurnRow::new(backend, workers, per_sec));
             }
         }
@@ -319,7 +334,7 @@ impl Bench {
             let ours = self.ours("ebpf", workers);
             let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
             let server = ours.start()?;
-            let churn = || load::churn(server.addr, 8, plan.churn);
+            let churn = || load::churn(server.addr, CHURN_CONCURRENCY, plan.churn);
             rows.push(program_cost::measure(workers, admin, churn)?);
         }
         Ok(rows)
@@ -334,7 +349,7 @@ impl Bench {
                 let heavy = |i: usize| HEAVY.contains(&i);
                 let path = |i: usize| {
                     if heavy(i) {
-                        HEAVY_PATH.into()
+                        heavy_path()
                     } else {
                         "/".into()
                     }
@@ -356,7 +371,7 @@ impl Bench {
 
     fn handoff(&mut self, plan: &Plan) -> anyhow::Result<Vec<HandoffRow>> {
         let mut rows = Vec::new();
-        let workers = 2;
+        let workers = HANDOFF_WORKERS;
         for backend in ["exact", "ebpf"] {
             for released in [false, true] {
                 let counter = if released {
@@ -366,26 +381,26 @@ impl Bench {
                 };
                 self.progress(&format!("handoff {backend}, {counter}"));
                 let ns = netns::Netns::create(&format!("balancer-bench-{}", std::process::id()))?;
-                netns::run_in(&ns.name, || balancer_testkit::redirect(8080, 15001))??;
+                netns::run_in(&ns.name, || {
+                    balancer_testkit::redirect(HANDOFF_PORT, VIRTUAL_LISTENER_PORT)
+                })??;
                 let mut ours = self.ours(backend, workers);
                 ours.port = 18080;
                 ours.admin_port = 15000;
                 ours.netns = Some(&ns.name);
-                ours.extra = [
-                    "--virtual-listener",
-                    "127.0.0.1:15001",
-                    "--target",
-                    "0.0.0.0:8080",
-                ]
-                .map(String::from)
-                .to_vec();
+                ours.extra = vec![
+                    "--virtual-listener".into(),
+                    format!("127.0.0.1:{VIRTUAL_LISTENER_PORT}"),
+                    "--target".into(),
+                    format!("0.0.0.0:{HANDOFF_PORT}"),
+                ];
                 if released {
                     ours.extra.push("--release-at-handoff".into());
                 }
                 let server = ours.start()?;
                 let duration = plan.handoff;
                 let run = netns::run_in(&ns.name, move || {
-                    let dst: SocketAddr = "127.0.0.1:8080".parse().expect("literal address");
+                    let dst = SocketAddr::from(([127, 0, 0, 1], HANDOFF_PORT));
                     let admin: SocketAddr = "127.0.0.1:15000".parse().expect("literal address");
                     load::keep_alive(
                         dst,

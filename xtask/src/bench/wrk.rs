@@ -53,7 +53,11 @@ impl WrkResult {
     }
 }
 
-/// Runs wrk with `connections` connections on 2 threads for `duration`.
+/// wrk's threads (`-t`).
+pub const THREADS: usize = 2;
+
+/// Runs wrk with `connections` connections on `THREADS` threads for
+/// `duration`.
 pub fn run(
     dir: &Path,
     addr: SocketAddr,
@@ -63,7 +67,7 @@ pub fn run(
     let script = dir.join("split.lua");
     std::fs::write(&script, SCRIPT)?;
     let out = Command::new("wrk")
-        .args(["-t", "2", "-c", &connections.to_string()])
+        .args(["-t", &THREADS.to_string(), "-c", &connections.to_string()])
         .args(["-d", &format!("{}s", duration.as_secs().max(1))])
         .arg("-s")
         .arg(&script)

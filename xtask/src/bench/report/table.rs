@@ -1,0 +1,223 @@
+//! The text tables printed on stdout (and quoted at the end of report.md):
+//! one section per scenario, each a heading line, column names and a line
+//! per row.
+
+use super::{
+    seed_table::seed_table, AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow,
+};
+use crate::bench::{
+    costs::{self, CostRow},
+    heavy_path,
+    program_cost::ProgramCostRow,
+    wrk, CHURN_CONCURRENCY, CONNECTIONS, HANDOFF_PORT, HANDOFF_WORKERS, HEAVY, HEAVY_COST_US,
+    VIRTUAL_LISTENER_PORT,
+};
+
+impl Report {
+    /// All tables as plain text.
+    pub fn table(&self) -> String {
+        let mut t = format!("{} cores, kernel {}\n\n", self.cores, self.kernel);
+        t.push_str(&keep_alive(&self.keep_alive));
+        t.push_str(&churn(&self.churn));
+        t.push_str(&program_cost(&self.program_cost));
+        t.push_str(&skew(&self.skew));
+        t.push_str(&handoff(&self.handoff));
+        t.push_str(&anchors(&self.anchors));
+        if let Some(seed) = &self.seed {
+            t.push_str(&seed_table(seed));
+        }
+        if !self.costs.is_empty() {
+            t.push_str(&costs(&self.costs));
+        }
+        t
+    }
+}
+
+fn keep_alive(rows: &[KeepAliveRow]) -> String {
+    section(
+        &format!("keep-alive: {CONNECTIONS} connections, request/response"),
+        &format!(
+            "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5}  {:>9} {:>7} {:>7} {:>8}",
+            "backend",
+            "w",
+            "opened",
+            "split",
+            "max",
+            "min",
+            "cv",
+            "req/s",
+            "p50us",
+            "p99us",
+            "p99.9us"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<10} {:>2} {:<10}  {:<28} {:>4} {:>4} {:>5.2}  {:>9.0} {:>7} {:>7} {:>8}",
+                r.backend,
+                r.workers,
+                r.open.name(),
+                format!("{:?}", r.split),
+                r.spread.max,
+                r.spread.min,
+                r.spread.cv,
+                r.requests_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.p999_us
+            )
+        },
+    )
+}
+
+fn churn(rows: &[ChurnRow]) -> String {
+    section(
+        &format!("\nchurn: a new connection per request, {CHURN_CONCURRENCY} concurrent"),
+        &format!(
+            "{:<10} {:>2}  {:>10} {:>18}",
+            "backend", "w", "conn/s", "cost vs reuseport"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<10} {:>2}  {:>10.0} {:>17.2}x",
+                r.backend, r.workers, r.connections_per_sec, r.cost_vs_reuseport
+            )
+        },
+    )
+}
+
+fn program_cost(rows: &[ProgramCostRow]) -> String {
+    section(
+        "\nsteering program (ebpf): kernel-measured time per run over the churn",
+        &format!("{:>2}  {:>8} {:>10}", "w", "runs", "ns/run"),
+        rows,
+        |r| format!("{:>2}  {:>8} {:>10.0}", r.workers, r.runs, r.ns_per_run),
+    )
+}
+
+fn skew(rows: &[SkewRow]) -> String {
+    section(
+        &format!(
+            "\nskew: connections {HEAVY:?} of {CONNECTIONS} request {} ({} ms CPU each); \
+             latency of the light ones",
+            heavy_path(),
+            HEAVY_COST_US as f64 / 1000.0
+        ),
+        &format!(
+            "{:<10} {:>2}  {:<28} {:>9} {:>8} {:>9}",
+            "backend", "w", "split", "light/s", "p99us", "p99.9us"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<10} {:>2}  {:<28} {:>9.0} {:>8} {:>9}",
+                r.backend,
+                r.workers,
+                format!("{:?}", r.split),
+                r.light_requests_per_sec,
+                r.light_p99_us,
+                r.light_p999_us
+            )
+        },
+    )
+}
+
+fn handoff(rows: &[HandoffRow]) -> String {
+    section(
+        &format!(
+            "\nhandoff: iptables REDIRECT :{HANDOFF_PORT} -> virtual listener \
+             :{VIRTUAL_LISTENER_PORT} -> target 0.0.0.0_{HANDOFF_PORT}, {HANDOFF_WORKERS} workers"
+        ),
+        &format!(
+            "{:<8} {:<36} {:<12} {:<14} {:>9}",
+            "backend", "counter", "served", "balancer saw", "req/s"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<8} {:<36} {:<12} {:<14} {:>9.0}",
+                r.backend,
+                r.counter,
+                format!("{:?}", r.split),
+                format!("{:?}", r.counted),
+                r.requests_per_sec
+            )
+        },
+    )
+}
+
+fn anchors(rows: &[AnchorRow]) -> String {
+    section(
+        &format!(
+            "\nanchors: wrk -t{} -c{CONNECTIONS}; split is responses per worker, largest first",
+            wrk::THREADS
+        ),
+        &format!(
+            "{:<20} {:>2}  {:>9} {:>8} {:>7} {:>8} {:>6}  split",
+            "server", "w", "req/s", "vs nginx", "p99us", "p99 vs", "errors"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<20} {:>2}  {:>9.0} {:>7.2}x {:>7} {:>7.2}x {:>6}  {:?}",
+                r.server,
+                r.workers,
+                r.requests_per_sec,
+                r.rps_vs_nginx,
+                r.p99_us,
+                r.p99_vs_nginx,
+                r.errors,
+                r.split
+            )
+        },
+    )
+}
+
+fn costs(rows: &[CostRow]) -> String {
+    section(
+        &format!(
+            "\ncosts (strace): system calls per connection over {} short connections, all server \
+             threads; from bind() and from execve to a worker's first accept (median of {})",
+            costs::CONNECTIONS,
+            costs::STARTS
+        ),
+        &format!(
+            "{:<10} {:>2}  {:>9} {:>14} {:>14} {:>10}  largest",
+            "backend", "w", "calls", "bind->accept", "exec->accept", "bpf()"
+        ),
+        rows,
+        |r| {
+            let top: Vec<String> = (r.by_call.iter())
+                .filter(|(_, n)| **n >= 0.1)
+                .map(|(name, n)| format!("{name} {n:.1}"))
+                .collect();
+            format!(
+                "{:<10} {:>2}  {:>9.1} {:>11.1} ms {:>11.1} ms {:>7.1} ms  {}",
+                r.backend,
+                r.workers,
+                r.syscalls_per_connection,
+                r.bind_to_accept_ms,
+                r.exec_to_accept_ms,
+                r.bpf_ms,
+                top.join(", ")
+            )
+        },
+    )
+}
+
+/// A section of the table: its heading, the column names, then `line` of
+/// each row, each on a line of its own.
+pub(super) fn section<R>(
+    heading: &str,
+    columns: &str,
+    rows: &[R],
+    line: impl Fn(&R) -> String,
+) -> String {
+    let mut t = format!("{heading}\n{columns}\n");
+    for r in rows {
+        t.push_str(&line(r));
+        t.push('\n');
+    }
+    t
+}

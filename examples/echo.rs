@@ -15,9 +15,10 @@ fn main() -> Result<(), common::Report> {
     let args = common::args();
     let listener = common::bind(&args)?;
     common::run(listener, &args, |conn| async move {
-        let (mut rd, mut wr) = conn.stream.into_split();
+        // Both halves share the connection, and its count: it is released
+        // when the second half drops.
+        let (mut rd, mut wr) = tokio::io::split(conn);
         let _ = tokio::io::copy(&mut rd, &mut wr).await;
         let _ = wr.shutdown().await;
-        drop(conn.guard);
     })
 }

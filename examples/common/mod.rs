@@ -4,11 +4,13 @@
 
 #![allow(dead_code, reason = "each example uses a part of it")]
 
+pub mod http;
+
 use std::{future::Future, net::SocketAddr, pin::Pin, thread::JoinHandle, time::Duration};
 
 use balancer::{
-    admin::AdminServer, stats::Stats, Backend, BalancedListener, BindError, Builder,
-    ConnectionGuard, Server, Worker,
+    admin::AdminServer, stats::Stats, Backend, BalancedListener, BindError, Builder, Connection,
+    Server, Worker,
 };
 use clap::Parser;
 use tokio::{
@@ -49,10 +51,6 @@ pub struct Args {
     /// A handoff target for the virtual listener, e.g. 0.0.0.0:8080 (repeatable).
     #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<SocketAddr>,
-    /// Reproduce Envoy's old counter for comparison: release each connection's
-    /// count as soon as it is accepted (the balancer then sees idle workers).
-    #[arg(long)]
-    pub release_at_handoff: bool,
     /// Take the port over from a running instance (restart): join its
     /// SO_REUSEPORT group; then SIGTERM the old one. Give a free --admin.
     #[arg(long)]
@@ -103,41 +101,17 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
     Ok(listener)
 }
 
-/// A connection handed to an example's handler.
-pub struct Conn {
-    pub stream: tokio::net::TcpStream,
-    /// The worker serving it.
-    pub worker: usize,
-    /// Keeps it counted; drop when the connection ends. `None` under
-    /// `--release-at-handoff`.
-    pub guard: Option<ConnectionGuard>,
-}
-
 /// Serves every worker with `handle`, on the library's [`Server`], and the
 /// admin endpoint, until SIGINT/SIGTERM; then drains as [`run_workers`]
-/// says, the admin endpoint reporting the drain.
+/// says, the admin endpoint reporting the drain. Each [`Connection`] stays
+/// counted against its worker until `handle` drops it.
 pub fn run<H, Fut>(listener: BalancedListener, args: &Args, handle: H) -> Result<(), Report>
 where
-    H: Fn(Conn) -> Fut + Send + Sync + 'static,
+    H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let release = args.release_at_handoff;
     serve_until_signal(listener, args, move |listener| {
-        let server = listener.serve(move |conn| {
-            // The split form, for --release-at-handoff only: users keep the
-            // `Connection` whole, which cannot lose its count.
-            let accepted = conn.into_parts();
-            let worker = accepted.guard.worker();
-            // --release-at-handoff drops the guard here: the connection
-            // stays open but stops counting.
-            let guard = (!release).then_some(accepted.guard);
-            handle(Conn {
-                stream: accepted.stream,
-                worker,
-                guard,
-            })
-        })?;
-        Ok(Workers::Server(server))
+        Ok(Workers::Server(listener.serve(handle)?))
     })
 }
 
@@ -156,9 +130,6 @@ where
     F: Fn(Worker, DrainStarted) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    if args.release_at_handoff {
-        return Err("--release-at-handoff is for the echo and http examples".into());
-    }
     serve_until_signal(listener, args, move |listener| {
         let stats = listener.stats();
         let (phase, watching) = watch::channel(Phase::Serving);

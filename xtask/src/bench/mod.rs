@@ -246,6 +246,8 @@ fn clean_up_on_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the `http` example and the `old_counter` one (Envoy's old
+/// counter, for the hand-off comparison); returns the `http` binary.
 fn build_example() -> anyhow::Result<PathBuf> {
     workspace::run(workspace::cargo().args([
         "build",
@@ -253,8 +255,10 @@ fn build_example() -> anyhow::Result<PathBuf> {
         "--locked",
         "--example",
         "http",
+        "--example",
+        "old_counter",
     ]))
-    .context("building the http example")?;
+    .context("building the http and old_counter examples")?;
     Ok(workspace::target_dir("release/examples/http"))
 }
 
@@ -394,8 +398,9 @@ impl Bench {
                     "--target".into(),
                     format!("0.0.0.0:{HANDOFF_PORT}"),
                 ];
+                let old_counter = self.binary.with_file_name("old_counter");
                 if released {
-                    ours.extra.push("--release-at-handoff".into());
+                    ours.binary = &old_counter;
                 }
                 let server = ours.start()?;
                 let duration = plan.handoff;

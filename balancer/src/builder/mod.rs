@@ -255,7 +255,8 @@ impl Builder {
     }
 
     /// Pins worker `i`'s thread to core `i mod cores` when started with
-    /// [`BalancedListener::spawn`](crate::BalancedListener::spawn) (or by [`Worker::pin_current_thread`](crate::Worker::pin_current_thread)).
+    /// [`BalancedListener::spawn`](crate::BalancedListener::spawn) (or by
+    /// [`Worker::pin_current_thread`](crate::Worker::pin_current_thread)).
     pub fn pin_to_cores(mut self, pin: bool) -> Self {
         self.pin_to_cores = pin;
         self
@@ -263,8 +264,9 @@ impl Builder {
 
     /// For `Backend::Ebpf` only: if the program cannot be loaded for lack of
     /// privilege or kernel support, bind with `ReusePort` instead (logged at
-    /// warn level; [`BalancedListener::backend`](crate::BalancedListener::backend) reports it). Off by default:
-    /// without it such a failure is an error.
+    /// warn level;
+    /// [`BalancedListener::backend`](crate::BalancedListener::backend)
+    /// reports it). Off by default: without it such a failure is an error.
     pub fn fallback_to_reuseport(mut self, fallback: bool) -> Self {
         self.fallback_to_reuseport = fallback;
         self

@@ -3,10 +3,10 @@
 
 use super::label;
 
-/// How [`Snapshot::to_prometheus_with`](crate::stats::Snapshot::to_prometheus_with) names and labels its metrics: a
-/// prefix for every family name and constant labels on every sample, so
-/// that several listener sets in one process (or several processes behind
-/// one scrape) can be told apart.
+/// How [`Snapshot::to_prometheus_with`](crate::stats::Snapshot::to_prometheus_with)
+/// names and labels its metrics: a prefix for every family name and
+/// constant labels on every sample, so that several listener sets in one
+/// process (or several processes behind one scrape) can be told apart.
 ///
 /// ```
 /// use balancer::stats::PrometheusOptions;

@@ -114,24 +114,33 @@ fn debug_log_build_of_the_program_passes_the_verifier() {
 }
 
 /// A program the verifier refuses (the embedded one with its first
-/// instruction made to read an uninitialized register) fails with
-/// `SteeringError::Program`, and the error carries the verifier's log.
+/// instruction that is not a 64-bit load made to read an uninitialized
+/// register) fails with `SteeringError::Verifier`, and the error carries
+/// the verifier's log.
 #[test]
 fn a_rejected_program_returns_the_verifier_log() {
     if !privileged("eBPF steering") {
         return;
     }
     let mut object = balancer::internals::steering_object().to_vec();
-    let section = {
+    let (start, end) = {
         use object::{Object, ObjectSection};
         let elf = object::File::parse(&*object).expect("the embedded object is ELF");
         let section = elf
             .section_by_name("sk_reuseport/migrate")
             .expect("the program's section");
-        section.file_range().expect("the section has bytes").0 as usize
+        let (start, len) = section.file_range().expect("the section has bytes");
+        (start as usize, (start + len) as usize)
     };
+    // Loads of a map's or a global's address (`lddw`, opcode 0x18) take two
+    // slots and the loader relocates them: patch the first other one.
+    let mut at = start;
+    while object[at] == 0x18 {
+        at += 16;
+        assert!(at < end, "the program has an instruction other than lddw");
+    }
     // r0 = *(u64 *)(r9 + 0): r9 is never written before.
-    object[section..section + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
+    object[at..at + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
     let error =
         BareSteering::load_object(&object, 2, false).expect_err("the verifier must refuse it");
     let log = error
@@ -143,5 +152,71 @@ fn a_rejected_program_returns_the_verifier_log() {
     assert!(
         !error.is_unavailable(),
         "a rejected program is not a missing feature"
+    );
+}
+
+/// A worker with connections in flight whose event loop has not run for
+/// longer than the stall threshold is skipped; an idle one never is.
+#[test]
+fn a_stalled_worker_gets_at_most_the_connection_that_showed_it_stalled() {
+    if !privileged("eBPF steering") {
+        return;
+    }
+    let (addr, listeners) = reuseport_group(4);
+    let threshold = std::time::Duration::from_secs(1);
+    let mut steering =
+        BareSteering::load_with_stall_threshold(4, threshold).expect("load the program");
+    steering.attach(&listeners).expect("attach to the group");
+    let now = BareSteering::now();
+    // Worker 0 has not run for far longer than the threshold; the others
+    // ran just now (fresh for a second, longer than this test takes).
+    steering.set_progress(0, 0, 0);
+    for worker in 1..4 {
+        steering.set_progress(worker, now, 0);
+    }
+    let counts = split(addr, &listeners);
+    println!("worker 0 stale -> split {counts:?}");
+    // Idle, worker 0 is not stalled: it may get the first connection the
+    // scan reaches it with; with that one in flight it is, and is skipped.
+    assert!(counts[0] <= 1, "{counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), CONNECTIONS);
+    let rest = &counts[1..];
+    assert!(
+        rest.iter().max().unwrap() - rest.iter().min().unwrap() <= 1,
+        "{counts:?}"
+    );
+    // With every worker stale and loaded, the program still picks.
+    for worker in 0..4 {
+        steering.set_progress(worker, 0, 0);
+    }
+    let counts = split(addr, &listeners);
+    println!("every worker stale -> split {counts:?}");
+    assert_eq!(counts.iter().sum::<usize>(), CONNECTIONS);
+}
+
+/// A saturated worker (weight 32) with no connection counts as 31 idle
+/// ones: 20 new connections over three idle workers never reach it.
+#[test]
+fn a_busy_worker_is_weighed_down_by_the_capacity_it_has_left() {
+    if !privileged("eBPF steering") {
+        return;
+    }
+    let (addr, listeners) = reuseport_group(4);
+    let threshold = std::time::Duration::from_secs(60);
+    let mut steering =
+        BareSteering::load_with_stall_threshold(4, threshold).expect("load the program");
+    steering.attach(&listeners).expect("attach to the group");
+    let now = BareSteering::now();
+    steering.set_progress(0, now, balancer_common::busy_weight(1000));
+    for worker in 1..4 {
+        steering.set_progress(worker, now, balancer_common::busy_weight(100));
+    }
+    let counts = split(addr, &listeners);
+    println!("worker 0 saturated -> split {counts:?}");
+    assert_eq!(counts[0], 0, "{counts:?}");
+    assert_eq!(counts[1..].iter().sum::<usize>(), CONNECTIONS);
+    assert!(
+        counts[1..].iter().all(|&n| (6..=7).contains(&n)),
+        "{counts:?}"
     );
 }

@@ -49,6 +49,12 @@ pub const LOADS_MAP: &str = "LOADS";
 /// the scan.
 pub const SLOTS_GLOBAL: &str = "SLOTS";
 
+/// Name of the program's read-only global holding the stall threshold in
+/// nanoseconds (a `u64`): a worker whose [`WorkerSlot::stamp`] is older
+/// while it has connections in flight is stalled (see [`is_stalled`]).
+/// Zero: no worker is ever stalled.
+pub const STALL_NS_GLOBAL: &str = "STALL_NS";
+
 /// Name of the map holding the program's read-only globals ([`SLOTS_GLOBAL`]
 /// and the log level). Frozen once the program is loaded: no process can
 /// change them.
@@ -122,6 +128,14 @@ pub struct WorkerSlot {
     /// boot) in the high ones, so that a reused pid is not mistaken for it.
     /// Claimed and released with compare-and-swap; userspace only.
     pub owner: u64,
+    /// When the worker's event loop last ran, in `CLOCK_MONOTONIC_COARSE`
+    /// nanoseconds (the clock of `bpf_ktime_get_coarse_ns`): written by the
+    /// worker on every accept and on a tick while it waits. See
+    /// [`is_stalled`].
+    pub stamp: u64,
+    /// The worker's busy weight, [`busy_weight`] of its recent CPU use; zero
+    /// reads as [`WEIGHT_UNIT`] (not busy).
+    pub weight: u64,
 }
 
 /// The [`WorkerSlot::penalty`] of a worker that must not be chosen: far
@@ -172,6 +186,79 @@ impl Load {
     pub const fn new(active: i64, in_flight: i64) -> Self {
         Self((active << 32).wrapping_add(in_flight) as u64)
     }
+}
+
+/// The weight of a worker that is not busy: its score is its connections
+/// (plus one), in thousandths.
+pub const WEIGHT_UNIT: u64 = 1000;
+
+/// Utilization (per mille of one CPU) below which a worker counts as not
+/// busy: its weight is [`WEIGHT_UNIT`], so workers under light load are
+/// compared by connections alone and bursts split exactly.
+pub const BUSY_FLOOR: u64 = 250;
+
+/// The most a busy worker's weight reaches: 32 times [`WEIGHT_UNIT`].
+pub const MAX_WEIGHT: u64 = 32 * WEIGHT_UNIT;
+
+/// The weight of a worker that used `busy` per mille of its thread's CPU
+/// time over the last window: [`WEIGHT_UNIT`] up to [`BUSY_FLOOR`], then
+/// `1 / (1 - u)` of it, where `u` rises from 0 at the floor to 1 at a whole
+/// CPU, capped at [`MAX_WEIGHT`].
+///
+/// So a worker at utilization `u` counts as `(connections + 1) / (1 - u)`
+/// connections ([`score`]): it receives new connections in proportion to
+/// the capacity it has left (an M/M/1 queue's wait grows as `1 / (1 - u)`).
+pub const fn busy_weight(busy: u64) -> u64 {
+    if busy <= BUSY_FLOOR {
+        return WEIGHT_UNIT;
+    }
+    let over = if busy > 1000 { 1000 } else { busy } - BUSY_FLOOR;
+    // u = over / (1000 - BUSY_FLOOR), in thousandths; 1 - u > 0 below.
+    let used = over * 1000 / (1000 - BUSY_FLOOR);
+    let left = 1000 - used;
+    if left * MAX_WEIGHT <= WEIGHT_UNIT * 1000 {
+        MAX_WEIGHT
+    } else {
+        WEIGHT_UNIT * 1000 / left
+    }
+}
+
+/// What the program (and the exact balancer) compares for a worker with
+/// `connections` active and in flight and busy weight `weight`: lower is
+/// chosen. `(connections + 1) · weight`, so an idle worker's weight still
+/// counts (a busy worker with no connection is not the best choice) and
+/// equal weights compare by connections alone.
+pub const fn score(connections: i64, weight: u64) -> u64 {
+    let connections = if connections < 0 {
+        0
+    } else {
+        connections as u64
+    };
+    let weight = if weight < WEIGHT_UNIT {
+        WEIGHT_UNIT
+    } else if weight > MAX_WEIGHT {
+        MAX_WEIGHT
+    } else {
+        weight
+    };
+    // Connections are below 2^32 (a 32-bit in-flight count and an active
+    // count that fits the load word's high half): no overflow.
+    (connections + 1) * weight
+}
+
+/// Added to a stalled worker's [`score`]: above every live worker's
+/// score, below [`UNAVAILABLE`], so a stalled worker is chosen only when
+/// every available worker is stalled.
+pub const STALLED: u64 = 1 << 60;
+
+/// Whether a worker is stalled at `now`: it has work waiting
+/// (`in_flight > 0`: connections chosen for it that it has not accepted)
+/// and its event loop has not run for longer than `threshold` (its `stamp`
+/// is older). An idle worker is never stalled, whatever its stamp says: a
+/// worker blocked waiting for connections wakes for the first one.
+/// `threshold` zero turns stall detection off.
+pub const fn is_stalled(now: u64, stamp: u64, in_flight: i64, threshold: u64) -> bool {
+    threshold != 0 && in_flight > 0 && now.saturating_sub(stamp) > threshold
 }
 
 /// An entry of [`PENDING_MAP`]: `hash · 2³² + worker + 1`, zero when empty.
@@ -234,6 +321,51 @@ mod tests {
         assert_eq!((Load(word).active(), Load(word).in_flight()), (3, 0));
         let word = word.wrapping_sub(3 * Load::ACTIVE);
         assert_eq!(Load(word), Load::new(0, 0));
+    }
+
+    #[test]
+    fn an_idle_or_lightly_loaded_worker_weighs_one_and_scores_by_connections() {
+        for busy in [0, 100, BUSY_FLOOR] {
+            assert_eq!(busy_weight(busy), WEIGHT_UNIT);
+        }
+        assert_eq!(score(0, busy_weight(0)), 1000);
+        assert_eq!(score(9, busy_weight(200)), 10_000);
+        assert_eq!(
+            score(-2, 0),
+            1000,
+            "negative counts and unset weights clamp"
+        );
+        // Equal weights: the ordering is the connections' ordering.
+        assert!(score(3, WEIGHT_UNIT) < score(4, WEIGHT_UNIT));
+    }
+
+    #[test]
+    fn a_busy_worker_counts_as_its_connections_over_the_capacity_left() {
+        // Half-way from the floor to a whole CPU: half the capacity left.
+        assert_eq!(busy_weight(625), 2000);
+        assert_eq!(busy_weight(1000), MAX_WEIGHT);
+        assert_eq!(busy_weight(5000), MAX_WEIGHT, "more than one CPU caps");
+        assert!(busy_weight(990) <= MAX_WEIGHT);
+        let mut last = WEIGHT_UNIT;
+        for busy in BUSY_FLOOR..=1000 {
+            let weight = busy_weight(busy);
+            assert!(weight >= last, "monotonic at {busy}");
+            last = weight;
+        }
+        // A saturated worker with one connection scores as 64 idle ones.
+        assert_eq!(score(1, busy_weight(1000)), score(63, WEIGHT_UNIT));
+    }
+
+    #[test]
+    fn only_a_worker_with_work_waiting_and_an_old_stamp_is_stalled() {
+        let ms = 1_000_000;
+        assert!(is_stalled(100 * ms, 40 * ms, 1, 50 * ms));
+        assert!(!is_stalled(100 * ms, 60 * ms, 1, 50 * ms), "fresh");
+        assert!(!is_stalled(100 * ms, 0, 0, 50 * ms), "idle");
+        assert!(!is_stalled(100 * ms, 0, -1, 50 * ms), "idle");
+        assert!(!is_stalled(100 * ms, 0, 5, 0), "detection off");
+        assert!(!is_stalled(0, 100 * ms, 5, 50 * ms), "a stamp ahead");
+        assert!(STALLED + score(i64::from(u32::MAX), MAX_WEIGHT) < UNAVAILABLE);
     }
 
     #[test]

@@ -10,10 +10,12 @@
 //!
 //! 1. finds the listener (the row of `SOCKETS`) by the bound address of the
 //!    socket the lookup matched (`LISTENERS`);
-//! 2. picks the available worker with the lowest `active + in_flight` in
-//!    `LOADS` (`SLOTS` slots, a constant set at load), scanning from the
-//!    connection's 4-tuple hash so that equal
-//!    loads spread instead of always landing on index 0;
+//! 2. picks the available worker with the lowest score in `LOADS`
+//!    (`SLOTS` slots, a constant set at load): `(active + in_flight + 1)`
+//!    times its busy weight (`balancer_common::score`), a stalled worker
+//!    (work waiting, event loop idle for longer than `STALL_NS`) only if
+//!    every worker is; it scans from the connection's 4-tuple hash so that
+//!    equal scores spread instead of always landing on index 0;
 //! 3. on a SYN, adds one to that worker's in-flight count before the next
 //!    SYN is steered, so a burst of SYNs never sees stale loads, and
 //!    remembers the choice by hash in `PENDING`; the worker turns in-flight
@@ -46,7 +48,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{bpf_sock, sk_action::SK_PASS},
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, ReusePortSockArray},
     programs::{SkReuseportContext, SockContext},
@@ -54,8 +56,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    socket_index, ListenAddr, Load, Pending, SocketSlot, WorkerSlot, BPF_F_MMAPABLE, MAX_LISTENERS,
-    MAX_WORKERS, PENDING_SLOTS, UNAVAILABLE,
+    is_stalled, score, socket_index, ListenAddr, Load, Pending, SocketSlot, WorkerSlot,
+    BPF_F_MMAPABLE, MAX_LISTENERS, MAX_WORKERS, PENDING_SLOTS, STALLED, UNAVAILABLE,
 };
 
 /// Listener `l`'s socket of worker `w` at `socket_index(l, w)`.
@@ -81,6 +83,11 @@ static LOADS: Array<WorkerSlot> = Array::with_max_entries(MAX_WORKERS, BPF_F_MMA
 /// The worker slots to scan, set by the loader (`SLOTS_GLOBAL`).
 #[unsafe(no_mangle)]
 static SLOTS: Global<u32> = Global::new(0);
+
+/// The stall threshold in nanoseconds, set by the loader
+/// (`STALL_NS_GLOBAL`); zero: stall detection off.
+#[unsafe(no_mangle)]
+static STALL_NS: Global<u64> = Global::new(0);
 
 /// The worker each recent SYN was counted against, by 4-tuple hash.
 #[map]
@@ -227,49 +234,66 @@ fn is_syn(ctx: &SkReuseportContext) -> bool {
 }
 
 /// Scans the workers from `hash % workers`, wrapping around, and returns
-/// the first with the lowest `active + in_flight + penalty`, or `None` if
-/// every worker is unavailable.
+/// the first with the lowest key (see [`key`]), or `None` if every worker
+/// is unavailable.
 ///
 /// Written for the verifier, which walks every step of the scan: worker
-/// indices reach memory only as map keys, and the lowest load starts from a
+/// indices reach memory only as map keys, and the lowest key starts from a
 /// loaded value rather than a constant, so no comparison in the scan can be
 /// decided statically and the walk stays linear in `MAX_WORKERS`.
 #[inline(always)]
 fn least_loaded(hash: u32, workers: u32) -> Option<u32> {
+    // SAFETY: the helper only reads the kernel's coarse clock.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let stall = STALL_NS.load();
     // Hidden from the compiler, which would otherwise replace `% workers`
     // below with a counter reset to the constant 0, which the verifier
     // would then track through every step.
     let start = core::hint::black_box(hash % workers);
-    let (mut best, mut lowest) = (start, penalized_load(start)?);
+    let (mut best, mut lowest) = (start, key(start, now, stall)?);
     for step in 1..MAX_WORKERS {
         if step >= workers {
             break;
         }
         let worker = (start + step) % workers;
-        let Some(load) = penalized_load(worker) else {
+        let Some(key) = key(worker, now, stall) else {
             continue;
         };
-        if load < lowest {
-            (best, lowest) = (worker, load);
+        if key < lowest {
+            (best, lowest) = (worker, key);
         }
     }
-    (lowest < UNAVAILABLE as i64).then_some(best)
+    (lowest < UNAVAILABLE).then_some(best)
 }
 
-/// Worker `worker`'s `active + in_flight + penalty`. Userspace updates the
-/// slot concurrently, so it is read with volatile loads.
+/// What the scan compares for worker `worker` at `now`: its score
+/// (`(active + in_flight + 1) · weight`), plus `STALLED` if it is stalled,
+/// plus its penalty (`UNAVAILABLE` for a slot that must not be chosen).
+/// Userspace updates the slot concurrently, so it is read with volatile
+/// loads.
 #[inline(always)]
-fn penalized_load(worker: u32) -> Option<i64> {
+fn key(worker: u32, now: u64, stall: u64) -> Option<u64> {
     let slot = LOADS.get_ptr(worker)?;
     // SAFETY: the pointer comes from a successful array lookup, so it points
     // at a live, aligned WorkerSlot inside the map's value area.
-    let (penalty, load) = unsafe {
+    let (penalty, load, stamp, weight) = unsafe {
         (
             read_volatile(&(*slot).penalty),
-            read_volatile(&(*slot).load),
+            Load(read_volatile(&(*slot).load)),
+            read_volatile(&(*slot).stamp),
+            read_volatile(&(*slot).weight),
         )
     };
-    Some(Load(load).total().wrapping_add(penalty as i64))
+    let stalled = if is_stalled(now, stamp, load.in_flight(), stall) {
+        STALLED
+    } else {
+        0
+    };
+    Some(
+        penalty
+            .wrapping_add(stalled)
+            .wrapping_add(score(load.total(), weight)),
+    )
 }
 
 /// Counts a connection in flight for `worker`: its load word and its

@@ -50,9 +50,36 @@ impl BareSteering {
     ) -> Result<Self, SteeringError> {
         let options = SteeringOptions {
             debug_log,
-            slots: None,
+            ..SteeringOptions::default()
         };
         Steering::load_object(object, workers, &options).map(Self)
+    }
+
+    /// Loads the embedded program with stall detection at `threshold`
+    /// ([`Builder::stall_threshold`](crate::Builder::stall_threshold)).
+    ///
+    /// # Errors
+    /// As [`BareSteering::load`].
+    pub fn load_with_stall_threshold(
+        workers: usize,
+        threshold: std::time::Duration,
+    ) -> Result<Self, SteeringError> {
+        let options = SteeringOptions {
+            stall_threshold: threshold,
+            ..SteeringOptions::default()
+        };
+        Steering::load(workers, &options).map(Self)
+    }
+
+    /// Writes worker `worker`'s progress as its event loop would: when it
+    /// last ran (`CLOCK_MONOTONIC_COARSE` nanoseconds) and its busy weight.
+    pub fn set_progress(&self, worker: usize, stamp: u64, weight: u64) {
+        self.0.loads().publish(self.0.slot(worker), stamp, weight);
+    }
+
+    /// `CLOCK_MONOTONIC_COARSE` now, in nanoseconds: the program's clock.
+    pub fn now() -> u64 {
+        crate::sys::clock::monotonic_coarse_ns()
     }
 
     /// Attaches the program to one listener's `SO_REUSEPORT` group, worker
@@ -147,7 +174,8 @@ impl ExactPick {
         let counters: Vec<_> = (0..workers)
             .map(|_| Arc::new(WorkerCounters::new(None)))
             .collect();
-        let (balancer, _receivers) = LiveWorkers::new(counters);
+        // With stall detection on, as by default: the pick reads the clock.
+        let balancer = LiveWorkers::new(counters, 50_000_000);
         Self { balancer }
     }
 

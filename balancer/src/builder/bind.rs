@@ -19,7 +19,7 @@ use crate::{
     connection::{ListenerSpec, Listeners, Role},
     listener::{BalancedListener, ListenerId},
     stats::{Stats, WorkerCounters},
-    worker::{transfer::LiveWorkers, Sockets, Worker, WorkerSet},
+    worker::{transfer::LiveWorkers, PeerSockets, Sockets, Worker, WorkerSet},
 };
 
 impl Builder {
@@ -61,6 +61,7 @@ impl Builder {
         // Room for a successor of the same size to join (see take_over).
         let room = (2 * self.workers).min(Backend::Ebpf.max_workers());
         steering.slots = steering.slots.or(Some(room));
+        steering.stall_threshold = self.stall_threshold;
         let mut strategy = backend.strategy(steering, self.take_over);
         // sockets[listener][worker]; empty for handoff targets.
         let sockets = (self.listeners.iter().zip(addrs))
@@ -76,6 +77,10 @@ impl Builder {
             .map(|w| WorkerCounters::new(strategy.load_slot(w)).with_limit(self.max_connections))
             .map(Arc::new)
             .collect();
+        // A worker is not stalled before it has had a chance to run: its
+        // clock starts now.
+        let now = crate::sys::clock::monotonic_coarse_ns();
+        counters.iter().for_each(|c| c.ran(now));
         let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
         let program = strategy
             .program_view()
@@ -85,7 +90,14 @@ impl Builder {
             })?;
         let backends = (self.backend, strategy.backend());
         let stats = Stats::new(counters.clone(), names, program, backends);
-        let (live, queues) = LiveWorkers::new(counters);
+        let stall_ns = u64::try_from(self.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
+        let live = LiveWorkers::new(counters, stall_ns);
+        let per_worker = per_worker(sockets, self.workers);
+        let peer_sockets = match strategy.layout() {
+            Layout::PerWorker => peer_sockets(&per_worker)
+                .map_err(|error| BindError::from_bind(listeners[0].addr, error))?,
+            Layout::Shared => PeerSockets::new(Vec::new()),
+        };
         let set = Arc::new(WorkerSet {
             stats,
             listeners: Listeners::new(listeners),
@@ -93,15 +105,15 @@ impl Builder {
             live,
             pin_to_cores: self.pin_to_cores,
             started: Instant::now(),
+            stall_ns,
+            peer_sockets,
         });
-        let workers = (per_worker(sockets, self.workers)
-            .into_iter()
-            .zip(queues)
-            .enumerate())
-        .map(|(index, (sockets, queue))| {
-            Worker::new(index, Arc::clone(&set), Sockets::new(sockets), queue)
-        })
-        .collect();
+        let workers = (per_worker.into_iter().enumerate())
+            .map(|(index, sockets)| {
+                let queue = set.live.queue(index);
+                Worker::new(index, Arc::clone(&set), Sockets::new(sockets), queue)
+            })
+            .collect();
         Ok(BalancedListener::new(workers, set))
     }
 
@@ -201,6 +213,21 @@ fn per_worker(
         }
     }
     per_worker
+}
+
+/// Duplicates of each worker's sockets, for the others to rescue what
+/// waits on them when it stalls.
+fn peer_sockets(per_worker: &[Vec<(ListenerId, TcpListener)>]) -> std::io::Result<PeerSockets> {
+    let dup = |sockets: &Vec<(ListenerId, TcpListener)>| {
+        (sockets.iter())
+            .map(|(id, socket)| Ok((*id, std::os::fd::OwnedFd::from(socket.try_clone()?))))
+            .collect::<std::io::Result<Vec<_>>>()
+    };
+    per_worker
+        .iter()
+        .map(dup)
+        .collect::<std::io::Result<_>>()
+        .map(PeerSockets::new)
 }
 
 /// Envoy's listener stat name: `127.0.0.1_8080`, `[__1]_8080` (Envoy

@@ -15,6 +15,7 @@ use std::{
     net::{SocketAddr, TcpListener, ToSocketAddrs},
     num::NonZeroUsize,
     sync::Arc,
+    time::Duration,
 };
 
 use socket2::{Socket, TcpKeepalive};
@@ -54,6 +55,7 @@ pub struct Builder {
     fallback_to_reuseport: bool,
     steering: SteeringOptions,
     take_over: bool,
+    stall_threshold: Duration,
 }
 
 impl Builder {
@@ -73,6 +75,7 @@ impl Builder {
             fallback_to_reuseport: false,
             steering: SteeringOptions::default(),
             take_over: false,
+            stall_threshold: DEFAULT_STALL_THRESHOLD,
         }
     }
 
@@ -295,6 +298,30 @@ impl Builder {
         self
     }
 
+    /// How long a worker's event loop may go without running while
+    /// connections wait for it before it counts as *stalled* (a blocked
+    /// system call, a page-fault storm, a long lock, a CPU-heavy request).
+    /// Default 50 ms; `Duration::ZERO` turns stall detection off.
+    ///
+    /// A stalled worker receives no new connection while another is live
+    /// (`Ebpf`'s program and `Exact`'s pick skip it; with every worker
+    /// stalled they still pick), and what already waits for it (its accept
+    /// queues with `ReusePort` and `Ebpf`, its transfer queue with `Exact`)
+    /// is taken by the least-loaded live worker within a tick of the
+    /// threshold (a tick is a fifth of it). `Shared` needs none of this:
+    /// every worker accepts from the one socket. An idle worker waiting for
+    /// connections is never stalled, whatever the threshold.
+    ///
+    /// Cost: each worker's event loop ticks every fifth of the threshold
+    /// while it waits (a timer wake-up and a clock read); a stamp per accept
+    /// (a vDSO clock read, no system call). Too short a threshold takes a
+    /// worker that the scheduler merely kept off its CPU for stalled; too
+    /// long leaves connections waiting for a hung worker that long.
+    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.stall_threshold = threshold;
+        self
+    }
+
     /// Takes over addresses that a running listener set (this process's or
     /// one being replaced, of the same user) listens on, instead of failing
     /// with [`BindError::AddressInUse`]: the new sockets join the old ones'
@@ -322,6 +349,10 @@ impl Builder {
         self
     }
 }
+
+/// The default [`Builder::stall_threshold`]: tens of milliseconds, above
+/// a scheduler's time slice on a busy machine.
+const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(50);
 
 /// One worker per CPU, at most what the backend supports.
 fn default_workers(backend: Backend, cpus: usize) -> usize {

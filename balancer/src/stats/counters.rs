@@ -9,7 +9,9 @@ use std::{
     task::{Context, Waker},
 };
 
-use super::{CountSnapshot, SteeringSnapshot, WorkerSnapshot, WorkerState};
+use super::{
+    progress::WorkerProgress, CountSnapshot, SteeringSnapshot, WorkerSnapshot, WorkerState,
+};
 use crate::steering::LoadSlot;
 
 /// A worker's counters. Shared by its connections' guards.
@@ -31,6 +33,8 @@ pub(crate) struct WorkerCounters {
     /// The worker's accept task while it waits below its limit: woken when
     /// a connection closes and `active` falls below `limit`.
     parked: Mutex<Option<Waker>>,
+    /// What its event loop publishes and the others record about it.
+    progress: WorkerProgress,
 }
 
 impl WorkerCounters {
@@ -66,9 +70,33 @@ impl WorkerCounters {
         self.limit != 0 && self.active() >= self.limit
     }
 
+    /// What the worker's event loop publishes about itself.
+    pub(crate) fn progress(&self) -> &WorkerProgress {
+        &self.progress
+    }
+
+    /// With `Ebpf`: the worker's slot in the program's load map.
+    pub(crate) fn kernel(&self) -> Option<&LoadSlot> {
+        self.kernel.as_ref()
+    }
+
+    /// The event loop ran at `now`, with busy weight `weight`: published
+    /// for the other workers and, with `Ebpf`, for the program.
+    pub(crate) fn ran(&self, now: u64) {
+        self.progress.ran(now);
+        if let Some(slot) = &self.kernel {
+            slot.publish(now, self.progress.weight());
+        }
+    }
+
     /// Active connections: the load this worker presents to the balancer.
     pub(crate) fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether the worker still takes connections.
+    pub(crate) fn is_running(&self) -> bool {
+        WorkerState::from_u8(self.state.load(Ordering::Relaxed)) == WorkerState::Running
     }
 
     pub(crate) fn set_state(&self, state: WorkerState) {
@@ -119,7 +147,14 @@ impl WorkerCounters {
     }
 
     pub(super) fn snapshot(&self, index: usize) -> WorkerSnapshot {
+        let progress = self.progress.snapshot();
         WorkerSnapshot {
+            cpu_time: progress.cpu_time,
+            busy_permille: progress.busy_permille,
+            stalled: progress.stalled,
+            stalls: progress.stalls,
+            rescued_in: progress.rescued_in,
+            rescued_out: progress.rescued_out,
             worker: index,
             downstream_cx_active: self.active.load(Ordering::Relaxed),
             downstream_cx_total: self.total.load(Ordering::Relaxed),

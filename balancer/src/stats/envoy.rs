@@ -36,7 +36,9 @@ impl Snapshot {
         }
         for w in &self.workers {
             let prefix = format!("balancer.worker_{}", w.worker);
-            let values: [(&str, &dyn Display); 7] = [
+            // Envoy's stats text holds integers only.
+            let cpu_ms = w.cpu_time.as_millis();
+            let values: [(&str, &dyn Display); 13] = [
                 ("downstream_cx_active", &w.downstream_cx_active),
                 ("downstream_cx_total", &w.downstream_cx_total),
                 ("transfers_in", &w.transfers_in),
@@ -44,6 +46,12 @@ impl Snapshot {
                 ("accept_errors", &w.accept_errors),
                 ("live", &w.live()),
                 ("panicked", &w.panicked()),
+                ("cpu_time_ms", &cpu_ms),
+                ("busy_permille", &w.busy_permille),
+                ("stalled", &u8::from(w.stalled)),
+                ("stalls", &w.stalls),
+                ("rescued_out", &w.rescued_out),
+                ("rescued_in", &w.rescued_in),
             ];
             lines(&mut out, &prefix, &values);
             if let Some(k) = &w.steering {

@@ -16,11 +16,13 @@
 
 mod counters;
 mod envoy;
+mod progress;
 mod prometheus;
 
 use std::sync::Arc;
 
 pub(crate) use counters::{ListenerAttribution, ListenerCounters, WorkerCounters, WorkerLoad};
+pub(crate) use progress::WorkerProgress;
 pub use prometheus::{PrometheusOptions, PrometheusOptionsError};
 
 use crate::{backend::Backend, steering::ProgramView};
@@ -74,6 +76,11 @@ impl Stats {
                 backends,
             }),
         }
+    }
+
+    /// How many workers the set has.
+    pub(crate) fn workers(&self) -> usize {
+        self.inner.workers.len()
     }
 
     pub(crate) fn worker(&self, worker: usize) -> &Arc<WorkerCounters> {
@@ -207,6 +214,26 @@ pub struct WorkerSnapshot {
     pub transfers_out: u64,
     /// `accept` calls that failed (e.g. EMFILE).
     pub accept_errors: u64,
+    /// CPU time the worker's thread has used (what `top -H` shows per
+    /// thread), as of its last busy window (at most 100 ms old while it
+    /// runs).
+    pub cpu_time: std::time::Duration,
+    /// How busy the worker's thread was over its last busy window (100 ms),
+    /// in thousandths of one CPU: what weighs it down when `Exact` and
+    /// `Ebpf` choose a worker for a new connection.
+    pub busy_permille: u64,
+    /// Whether the worker is stalled now: connections wait for it and its
+    /// event loop has not run for longer than the
+    /// [`stall_threshold`](crate::Builder::stall_threshold), as another
+    /// worker found; new connections go elsewhere and what waits is rescued.
+    pub stalled: bool,
+    /// Times the worker was found stalled.
+    pub stalls: u64,
+    /// Connections waiting for the worker that others took while it
+    /// stalled (rescued).
+    pub rescued_out: u64,
+    /// Connections waiting for a stalled worker that this one took.
+    pub rescued_in: u64,
     /// Its limit of active connections, past which it stops accepting
     /// ([`Builder::max_connections`](crate::Builder::max_connections)).
     pub max_connections: Option<u64>,

@@ -56,6 +56,8 @@ enum Field {
     Selections,
     Penalty,
     Owner,
+    Stamp,
+    Weight,
 }
 
 impl LoadMap {
@@ -156,7 +158,9 @@ impl LoadMap {
         };
         if taken {
             self.set_available(slot, false);
-            self.field(slot, Field::Load).store(0, Ordering::Relaxed);
+            for field in [Field::Load, Field::Stamp, Field::Weight] {
+                self.field(slot, field).store(0, Ordering::Relaxed);
+            }
             field.store(0, Ordering::Release);
         }
         taken
@@ -234,6 +238,16 @@ impl LoadMap {
             .store(penalty, Ordering::Relaxed);
     }
 
+    /// Publishes what the program reads of a worker's progress: when its
+    /// event loop last ran (`stamp`, coarse monotonic nanoseconds) and its
+    /// busy weight.
+    pub(crate) fn publish(&self, slot: Slot, stamp: u64, weight: u64) {
+        self.field(slot, Field::Stamp)
+            .store(stamp, Ordering::Relaxed);
+        self.field(slot, Field::Weight)
+            .store(weight, Ordering::Relaxed);
+    }
+
     /// Adds `delta` (wrapping) to `slot`'s load word.
     pub(crate) fn add(&self, slot: Slot, delta: u64) {
         self.field(slot, Field::Load)
@@ -279,6 +293,8 @@ impl LoadMap {
                 Field::Selections => &raw mut (*slot).selections,
                 Field::Penalty => &raw mut (*slot).penalty,
                 Field::Owner => &raw mut (*slot).owner,
+                Field::Stamp => &raw mut (*slot).stamp,
+                Field::Weight => &raw mut (*slot).weight,
             };
             AtomicU64::from_ptr(field)
         }

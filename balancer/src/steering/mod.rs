@@ -46,7 +46,7 @@ mod slot;
 
 use std::{net::SocketAddr, os::fd::AsFd, sync::Arc};
 
-use balancer_common::{MAX_WORKERS, PROGRAM, SLOTS_GLOBAL};
+use balancer_common::{MAX_WORKERS, PROGRAM, SLOTS_GLOBAL, STALL_NS_GLOBAL};
 
 pub use error::SteeringError;
 pub(crate) use load_map::LoadMap;
@@ -69,6 +69,9 @@ pub(crate) struct SteeringOptions {
     /// Worker slots the program serves, over every listener set that will
     /// share it; `None`: the loading set's workers only.
     pub(crate) slots: Option<usize>,
+    /// A worker with connections waiting whose event loop has not run for
+    /// longer is stalled and skipped; zero: never.
+    pub(crate) stall_threshold: std::time::Duration,
 }
 
 /// The loaded `steering` program and its maps, for one set of workers and
@@ -137,9 +140,12 @@ impl Steering {
         };
         let slots = slots as u32;
         let slots_global = slots.to_ne_bytes();
+        let stall = u64::try_from(options.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
+        let stall_global = stall.to_ne_bytes();
         let globals = [
             ("AYA_LOG_LEVEL", std::slice::from_ref(&level)),
             (SLOTS_GLOBAL, &slots_global[..]),
+            (STALL_NS_GLOBAL, &stall_global[..]),
         ];
         let loaded = loader::load(object, PROGRAM, &globals)?;
         let (maps, loads) = Maps::from_loaded(loaded)?;

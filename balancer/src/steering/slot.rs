@@ -69,6 +69,17 @@ impl LoadSlot {
         self.loads.add(self.slot, Load::ACTIVE.wrapping_neg());
     }
 
+    /// Publishes the worker's progress: its stamp and busy weight.
+    pub(crate) fn publish(&self, stamp: u64, weight: u64) {
+        self.loads.publish(self.slot, stamp, weight);
+    }
+
+    /// A connection the program chose this worker for was taken by another
+    /// worker (a rescue): one in flight fewer here.
+    pub(crate) fn release_claim(&self) {
+        self.loads.add(self.slot, Load::CLAIM.wrapping_neg());
+    }
+
     /// The worker accepted a connection the program chose it for.
     pub(crate) fn accept_claimed(&self) {
         self.loads.accept_claimed(self.slot);

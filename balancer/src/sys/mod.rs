@@ -3,6 +3,7 @@
 
 pub(crate) mod bpf;
 pub(crate) mod caps;
+pub(crate) mod clock;
 pub(crate) mod mmap;
 pub(crate) mod socket;
 

@@ -90,7 +90,8 @@ pub struct Connections {
 
 enum State {
     Accepting {
-        worker: Worker,
+        /// Boxed: a worker is large beside the other states.
+        worker: Box<Worker>,
         shutdown: Shutdown,
     },
     /// Yielding what `Worker::close` returned.
@@ -122,7 +123,7 @@ impl Connections {
             worker: worker.index(),
             local_addr: worker.local_addr(),
             state: State::Accepting {
-                worker,
+                worker: Box::new(worker),
                 shutdown: Box::pin(shutdown),
             },
             unread: Unread::default(),

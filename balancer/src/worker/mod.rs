@@ -2,12 +2,16 @@
 //! connections its backend gives it (this file), runs on a thread of its own
 //! (`run.rs`) and stops without losing any (`stop.rs`). Beside it: the
 //! workers' shared state ([`WorkerSet`], `set.rs`), its listening sockets
-//! (`sockets.rs`), what it does when `accept` fails (`backoff.rs`), moving a
-//! connection to another worker (`transfer.rs`), and its connections as one
-//! stream for a server ([`Connections`], `connections.rs`).
+//! (`sockets.rs`), what it does when `accept` fails (`backoff.rs`), the
+//! pulse it publishes its progress and busy figure by (`pulse.rs`), moving
+//! a connection to another worker (`transfer.rs`), taking what waits for a
+//! stalled worker (`rescue.rs`), and its connections as one stream for a
+//! server ([`Connections`], `connections.rs`).
 
 pub(crate) mod backoff;
 mod connections;
+mod pulse;
+mod rescue;
 mod run;
 mod set;
 mod sockets;
@@ -22,11 +26,10 @@ use std::{
     task::{ready, Context, Poll},
 };
 
-use tokio::sync::mpsc::UnboundedReceiver;
-
 use self::{
     backoff::Backoff,
-    transfer::{Placement, Transfer},
+    pulse::Pulse,
+    transfer::{Placement, Transfer, TransferQueue},
 };
 use crate::{
     connection::{Connection, Incoming},
@@ -34,6 +37,7 @@ use crate::{
     stats::{Stats, WorkerCounters},
 };
 pub use connections::Connections;
+pub(crate) use rescue::PeerSockets;
 pub(crate) use set::WorkerSet;
 pub(crate) use sockets::Sockets;
 
@@ -46,9 +50,13 @@ pub struct Worker {
     index: usize,
     set: Arc<WorkerSet>,
     sockets: Sockets,
-    transfers: UnboundedReceiver<Transfer>,
+    transfers: TransferQueue,
     /// The backend's periodic repair, started at the first `accept`.
     upkeep: Option<tokio::time::Interval>,
+    /// Its progress stamp and busy figure, ticking from the first `accept`.
+    pulse: Pulse,
+    /// A stalled worker whose waiting connections this one is taking.
+    rescuing: Option<usize>,
     blocking: Option<tokio::runtime::Runtime>,
     /// Retired from the live workers (by `close` or drop).
     stopped: bool,
@@ -68,6 +76,7 @@ impl std::fmt::Debug for Worker {
 /// What one poll of a worker's sources produced.
 enum Event {
     Accepted(Incoming),
+    /// Transferred here, or rescued from a stalled worker.
     TransferredIn(Transfer),
     Failed(io::Error),
 }
@@ -77,14 +86,17 @@ impl Worker {
         index: usize,
         set: Arc<WorkerSet>,
         sockets: Sockets,
-        transfers: UnboundedReceiver<Transfer>,
+        transfers: TransferQueue,
     ) -> Self {
+        let pulse = Pulse::new(std::time::Duration::from_nanos(set.stall_ns));
         Self {
             index,
             set,
             sockets,
             transfers,
             upkeep: None,
+            pulse,
+            rescuing: None,
             blocking: None,
             stopped: false,
             full: false,
@@ -214,9 +226,21 @@ impl Worker {
                 self.set.strategy.upkeep(self.index, active, &sockets);
             }
         }
+        if self.pulse.poll_tick(cx) && self.rescuing.is_none() {
+            self.rescuing = self.set.find_stalled(self.index);
+        }
+        self.pulse.beat(self.set.counters(self.index));
         // Connections transferred in are already counted here: take them first.
-        if let Poll::Ready(Some(transfer)) = self.transfers.poll_recv(cx) {
+        let transferred = lock(&self.transfers).poll_recv(cx);
+        if let Poll::Ready(Some(transfer)) = transferred {
+            self.counters().progress().unqueue();
             return Poll::Ready(Event::TransferredIn(transfer));
+        }
+        if let Some(peer) = self.rescuing {
+            match self.set.rescue_one(self.index, peer) {
+                Some(rescued) => return Poll::Ready(Event::TransferredIn(rescued)),
+                None => self.rescuing = None,
+            }
         }
         if self.at_limit(cx) {
             return Poll::Pending;
@@ -257,4 +281,14 @@ impl Worker {
             .try_map_stream(tokio::net::TcpStream::from_std)?;
         Ok(self.set.take(self.index, incoming, transfer.load))
     }
+}
+
+/// A worker's transfer queue, also after a panic elsewhere: receiving
+/// leaves it consistent.
+fn lock(
+    queue: &TransferQueue,
+) -> std::sync::MutexGuard<'_, tokio::sync::mpsc::UnboundedReceiver<Transfer>> {
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

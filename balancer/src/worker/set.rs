@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::transfer::LiveWorkers;
+use super::{rescue::PeerSockets, transfer::LiveWorkers};
 use crate::{
     backend::Strategy,
     connection::{Accepted, Connection, ConnectionGuard, Incoming, Listeners},
@@ -22,6 +22,11 @@ pub(crate) struct WorkerSet {
     /// When the set was bound: the workers' upkeeps run on one schedule
     /// from here, so they repair at the same moments.
     pub(crate) started: Instant,
+    /// A worker with connections waiting whose event loop has not run for
+    /// longer is stalled (nanoseconds; zero: never).
+    pub(crate) stall_ns: u64,
+    /// Each worker's sockets, for the others to rescue what waits there.
+    pub(crate) peer_sockets: PeerSockets,
 }
 
 impl WorkerSet {

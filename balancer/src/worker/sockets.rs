@@ -157,8 +157,9 @@ impl Sockets {
     }
 }
 
-/// A drained connection as a non-blocking std stream with its peer.
-fn detach(
+/// A connection accepted without the event loop as a non-blocking std
+/// stream with its peer.
+pub(super) fn detach(
     stream: socket2::Socket,
     peer: Option<SocketAddr>,
 ) -> io::Result<(std::net::TcpStream, SocketAddr)> {

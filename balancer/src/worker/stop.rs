@@ -57,7 +57,9 @@ impl Worker {
         self.counters().set_state(state);
         let (set, sockets, index) = (&self.set, &mut self.sockets, self.index);
         set.strategy.stopping(index);
-        set.live.retire(index, &mut self.transfers, |last| {
+        // Before its own sockets close: a rescue must not keep them open.
+        set.peer_sockets.close(index);
+        set.live.retire(index, |last| {
             let drained = if set.strategy.drains_on_stop(last) {
                 sockets.drain(&set.listeners, index)
             } else {

@@ -2,17 +2,20 @@
 //! the live workers of one balanced listener and their transfer queues.
 //!
 //! Every worker has a transfer queue: a channel of sockets already accepted
-//! from the kernel and already counted against it. Two things use it:
+//! from the kernel and already counted against it. Three things use it:
 //! - [`Backend::Exact`](crate::Backend::Exact) on every connection: the
 //!   accepting worker asks [`LiveWorkers::dispatch`], which under one mutex
-//!   picks the live worker with the fewest active connections, counts the
-//!   connection against it (so the next pick already sees it) and, if that is
-//!   another worker, queues the socket there.
+//!   picks the live worker with the lowest score (connections weighed by how
+//!   busy it is, a stalled worker last: [`pick_key`]), counts the connection
+//!   against it (so the next pick already sees it) and, if that is another
+//!   worker, queues the socket there.
 //! - every backend when a worker stops: [`LiveWorkers::retire`] marks it dead
 //!   under the same mutex, so it is never picked again, and moves what it
 //!   holds (its queued transfers, and any connections it drained from its own
 //!   accept queue) to the least-loaded live worker. Nothing the kernel
 //!   accepted is dropped while a live worker remains.
+//! - a rescue ([`LiveWorkers::steal`]): a live worker takes what waits in a
+//!   stalled worker's queue (see `rescue.rs`).
 //!
 //! (Moving a connection's *attribution* from a virtual listener to the
 //! listener for its original destination is a different thing, a hand-off:
@@ -21,11 +24,13 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use balancer_common::{is_stalled, score, STALLED};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::{
     connection::Incoming,
-    stats::{WorkerCounters, WorkerLoad},
+    stats::{WorkerCounters, WorkerLoad, WorkerProgress},
+    sys,
 };
 
 /// A connection accepted by one worker and owned by another.
@@ -45,37 +50,52 @@ pub(crate) enum Placement {
     Transferred,
 }
 
+/// A worker's end of its transfer queue, shared with the live workers so
+/// that they can take what waits in it when the worker stalls. Locked by
+/// its worker on every poll (uncontended but for a rescue).
+pub(crate) type TransferQueue = Arc<Mutex<UnboundedReceiver<Transfer>>>;
+
 /// The workers of one balanced listener: their counters, and under one
 /// mutex which of them are live and their transfer queues.
 pub(crate) struct LiveWorkers {
     counters: Vec<Arc<WorkerCounters>>,
     /// Worker `i`'s queue; `None` once it is retired.
     queues: Mutex<Vec<Option<UnboundedSender<Transfer>>>>,
+    /// Worker `i`'s receiving end.
+    receivers: Vec<TransferQueue>,
+    /// The stall threshold in nanoseconds (zero: off).
+    stall_ns: u64,
 }
 
 /// The workers' counters and queues while the lock is held.
 struct Locked<'a> {
     counters: &'a [Arc<WorkerCounters>],
     queues: MutexGuard<'a, Vec<Option<UnboundedSender<Transfer>>>>,
+    stall_ns: u64,
 }
 
 impl LiveWorkers {
-    /// Every worker live, and each worker's transfer receiver.
-    pub(crate) fn new(
-        counters: Vec<Arc<WorkerCounters>>,
-    ) -> (Self, Vec<UnboundedReceiver<Transfer>>) {
+    /// Every worker live; a worker stalls once connections wait for it and
+    /// its event loop has not run for `stall_ns`.
+    pub(crate) fn new(counters: Vec<Arc<WorkerCounters>>, stall_ns: u64) -> Self {
         let (queues, receivers) = counters
             .iter()
             .map(|_| {
                 let (tx, rx) = unbounded_channel();
-                (Some(tx), rx)
+                (Some(tx), Arc::new(Mutex::new(rx)))
             })
             .unzip();
-        let live = Self {
+        Self {
             counters,
             queues: Mutex::new(queues),
-        };
-        (live, receivers)
+            receivers,
+            stall_ns,
+        }
+    }
+
+    /// Worker `me`'s transfer queue.
+    pub(crate) fn queue(&self, me: usize) -> TransferQueue {
+        Arc::clone(&self.receivers[me])
     }
 
     /// Counts one connection against worker `me` (no lock taken).
@@ -117,6 +137,22 @@ impl LiveWorkers {
         self.count_against(target)
     }
 
+    /// Takes one connection waiting in worker `from`'s transfer queue for
+    /// worker `to` (a rescue): counted against `to` before `from`'s count
+    /// drops.
+    pub(crate) fn steal(&self, from: usize, to: usize) -> Option<Transfer> {
+        let mut queue = lock(&self.receivers[from]);
+        let Transfer { connection, load } = queue.try_recv().ok()?;
+        self.counters[from].progress().unqueue();
+        WorkerCounters::record_transfer(&self.counters[from], &self.counters[to]);
+        let load = {
+            let stolen = self.count_against(to);
+            drop(load);
+            stolen
+        };
+        Some(Transfer { connection, load })
+    }
+
     /// Retires worker `me`: under the lock it is marked dead (never picked
     /// again), `drain(last)` collects connections from `me`'s own accept
     /// queue (`last`: no other worker is live), and those plus the ones
@@ -127,15 +163,16 @@ impl LiveWorkers {
     pub(crate) fn retire(
         &self,
         me: usize,
-        queued: &mut UnboundedReceiver<Transfer>,
         drain: impl FnOnce(bool) -> Vec<Incoming<std::net::TcpStream>>,
     ) -> Vec<Transfer> {
         let mut locked = self.lock();
         locked.queues[me] = None;
+        let mut queued = lock(&self.receivers[me]);
         queued.close();
         let drained = drain(locked.least_loaded().is_none());
         let mut left = Vec::new();
         while let Ok(Transfer { connection, load }) = queued.try_recv() {
+            self.counters[me].progress().unqueue();
             match locked.least_loaded() {
                 // Counted against the new owner before the old count drops.
                 Some(target) => locked.move_to(me, target, connection),
@@ -157,20 +194,31 @@ impl LiveWorkers {
     fn lock(&self) -> Locked<'_> {
         Locked {
             counters: &self.counters,
-            // The queues stay consistent if a holder panicked: every update
-            // is a single assignment.
-            queues: self.queues.lock().unwrap_or_else(PoisonError::into_inner),
+            queues: lock(&self.queues),
+            stall_ns: self.stall_ns,
         }
     }
 }
 
+/// The state behind `mutex`, also after a panic elsewhere: every update
+/// under these locks is a single step that leaves it consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Locked<'_> {
-    /// The live worker with the fewest active connections, preferring those
-    /// below their connection limit; ties go to the lowest index (as
-    /// Envoy's exact balancer).
+    /// The live worker with the lowest [`pick_key`]: below its connection
+    /// limit, not stalled, fewest connections weighed by how busy it is;
+    /// ties go to the lowest index (as Envoy's exact balancer).
     fn least_loaded(&self) -> Option<usize> {
-        let keys = (self.counters.iter().zip(self.queues.iter()))
-            .map(|(c, queue)| queue.is_some().then(|| pick_key(c.active(), c.is_full())));
+        let now = sys::clock::monotonic_coarse_ns();
+        let keys = (self.counters.iter().zip(self.queues.iter())).map(|(c, queue)| {
+            let progress = c.progress();
+            let stalled = is_stalled(now, progress.stamp(), waiting(progress), self.stall_ns);
+            queue
+                .is_some()
+                .then(|| pick_key(c.active(), progress.weight(), c.is_full(), stalled))
+        });
         least_loaded(keys)
     }
 
@@ -187,17 +235,29 @@ impl Locked<'_> {
     fn send(&self, from: usize, target: usize, transfer: Transfer) {
         WorkerCounters::record_transfer(&self.counters[from], &self.counters[target]);
         if let Some(tx) = &self.queues[target] {
+            self.counters[target].progress().queue();
             let _ = tx.send(transfer);
         }
     }
 }
 
+/// What waits for a worker of the exact balancer: transfers it has not
+/// taken (its accept queue is the shared socket's, served by every worker).
+fn waiting(progress: &WorkerProgress) -> i64 {
+    i64::try_from(progress.queued()).unwrap_or(i64::MAX)
+}
+
 /// The exact balancer's order over workers, as one integer (lower is
-/// picked first): full workers above all others, then by active
-/// connections. One integer, not a tuple: a tuple key with a bool compiled
-/// to stack shuffles that made a pick 4x slower.
-fn pick_key(active: u64, full: bool) -> u64 {
-    (u64::from(full) << 63) | active.min(u64::MAX >> 1)
+/// picked first): full workers above all others, then stalled ones, then
+/// by [`score`] (connections weighed by how busy the worker is). One
+/// integer, not a tuple: a tuple key with a bool compiled to stack shuffles
+/// that made a pick 4x slower.
+fn pick_key(active: u64, weight: u64, full: bool, stalled: bool) -> u64 {
+    let connections = i64::try_from(active)
+        .unwrap_or(i64::MAX)
+        .min(i64::from(u32::MAX));
+    let stalled = if stalled { STALLED } else { 0 };
+    (u64::from(full) << 62) | (stalled + score(connections, weight))
 }
 
 /// The index of the lowest key, the first one among equals; `None` keys
@@ -212,11 +272,17 @@ fn least_loaded(keys: impl Iterator<Item = Option<u64>>) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use balancer_common::{busy_weight, WEIGHT_UNIT};
+
     use super::{least_loaded, pick_key};
+
+    fn idle(active: u64) -> Option<u64> {
+        Some(pick_key(active, WEIGHT_UNIT, false, false))
+    }
 
     #[test]
     fn the_fewest_active_wins_and_ties_go_to_the_lowest_index() {
-        let pick = |active: &[u64]| least_loaded(active.iter().map(|&a| Some(pick_key(a, false))));
+        let pick = |active: &[u64]| least_loaded(active.iter().map(|&a| idle(a)));
         assert_eq!(pick(&[3, 1, 2, 1]), Some(1));
         assert_eq!(pick(&[0, 0, 0]), Some(0));
         assert_eq!(pick(&[u64::MAX, 5]), Some(1));
@@ -224,20 +290,43 @@ mod tests {
 
     #[test]
     fn a_full_worker_is_picked_only_when_every_live_worker_is_full() {
-        let full_but_idle = Some(pick_key(0, true));
-        let busy = Some(pick_key(1_000_000, false));
-        assert_eq!(least_loaded([full_but_idle, busy].into_iter()), Some(1));
-        let all_full = [Some(pick_key(9, true)), Some(pick_key(2, true))];
+        let full_but_idle = Some(pick_key(0, WEIGHT_UNIT, true, false));
+        let busy_and_stalled = Some(pick_key(1_000_000, MAX, false, true));
+        assert_eq!(
+            least_loaded([full_but_idle, busy_and_stalled].into_iter()),
+            Some(1)
+        );
+        let all_full = [
+            Some(pick_key(9, WEIGHT_UNIT, true, false)),
+            Some(pick_key(2, WEIGHT_UNIT, true, false)),
+        ];
         assert_eq!(least_loaded(all_full.into_iter()), Some(1));
-        assert!(pick_key(u64::MAX, false) < pick_key(0, true));
+    }
+
+    const MAX: u64 = balancer_common::MAX_WEIGHT;
+
+    #[test]
+    fn a_stalled_worker_is_picked_only_when_every_live_worker_is() {
+        let stalled_idle = Some(pick_key(0, WEIGHT_UNIT, false, true));
+        assert_eq!(least_loaded([stalled_idle, idle(500)].into_iter()), Some(1));
+        let all_stalled = [stalled_idle, Some(pick_key(3, WEIGHT_UNIT, false, true))];
+        assert_eq!(least_loaded(all_stalled.into_iter()), Some(0));
+    }
+
+    #[test]
+    fn a_busy_worker_counts_as_its_connections_over_the_capacity_left() {
+        let saturated = Some(pick_key(1, busy_weight(1000), false, false));
+        // A saturated worker with one connection weighs as 64 idle ones.
+        assert_eq!(least_loaded([saturated, idle(62)].into_iter()), Some(1));
+        assert_eq!(least_loaded([saturated, idle(64)].into_iter()), Some(0));
+        // Light load does not count: bursts split by connections alone.
+        let light = Some(pick_key(4, busy_weight(200), false, false));
+        assert_eq!(least_loaded([light, idle(5)].into_iter()), Some(0));
     }
 
     #[test]
     fn retired_workers_are_never_picked() {
-        assert_eq!(
-            least_loaded([None, Some(pick_key(7, false))].into_iter()),
-            Some(1)
-        );
+        assert_eq!(least_loaded([None, idle(7)].into_iter()), Some(1));
         assert_eq!(least_loaded([None, None].into_iter()), None);
     }
 }

@@ -147,30 +147,6 @@ pub fn eventually(done: impl FnMut() -> bool) -> bool {
 /// thread, so the rest of the test process keeps its own). Root or not,
 /// privileged kernel operations on this thread then fail as for a normal user.
 pub fn drop_effective_capabilities() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget v3 with a valid header and room for two data records.
-    let got = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    assert_eq!(got, 0, "capget: {}", std::io::Error::last_os_error());
-    for d in &mut data {
-        d.effective = 0;
-    }
-    // SAFETY: as above; lowering the effective set is always permitted.
-    let set = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    assert_eq!(set, 0, "capset: {}", std::io::Error::last_os_error());
+    // `None`: the calling thread (capset with pid 0), not the process.
+    caps::clear(None, caps::CapSet::Effective).expect("clear the effective capabilities");
 }

@@ -12,7 +12,8 @@ use balancer::{stats::Snapshot, Backend, Builder};
 use rstest_reuse::{self, apply};
 use util::{
     burst::{burst_in_background, echoed_burst, report},
-    echo::{spread, EchoServer, Guard},
+    counts::{active, counts, spread, taken},
+    echo::{EchoServer, Guard},
     every_backend,
 };
 
@@ -29,15 +30,14 @@ fn burst(server: &EchoServer, n: usize, workers: usize) -> (Vec<TcpStream>, Vec<
 /// selections (`None` for other backends than `Ebpf`).
 fn assert_all_released(server: &EchoServer, n: usize) -> Option<u64> {
     let settled = |s: &Snapshot| {
-        s.active_per_worker().iter().all(|&a| a == 0)
+        active(s) == 0
             && s.workers
                 .iter()
                 .all(|w| w.steering.is_none_or(|k| k.in_flight == 0))
     };
     let snap = server.wait_for(settled);
     assert!(settled(&snap), "counts left after close: {snap:?}");
-    let total: u64 = snap.workers.iter().map(|w| w.downstream_cx_total).sum();
-    assert_eq!(total, n as u64, "every connection counted once");
+    assert_eq!(taken(&snap), n as u64, "every connection counted once");
     (snap.workers.iter())
         .map(|w| w.steering.map(|k| k.selections))
         .sum()
@@ -48,9 +48,9 @@ fn burst_is_balanced(backend: Backend, workers: usize, n: usize, syncookies: boo
     let (clients, split) = burst(&server, n, workers);
     report(backend, n, syncookies, &split);
     assert_eq!(split.iter().sum::<usize>(), n);
-    let active = server.stats.snapshot().active_per_worker();
-    let counted: Vec<u64> = split.iter().map(|&c| c as u64).collect();
-    assert_eq!(active, counted, "the counters match who served");
+    let per_worker = server.stats.snapshot().active_per_worker();
+    let counted = counts(&split);
+    assert_eq!(per_worker, counted, "the counters match who served");
     if matches!(backend, Backend::Exact | Backend::Ebpf) {
         assert!(
             spread(&counted) <= 1,
@@ -115,11 +115,11 @@ fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
     let other = burst_in_background(b, n);
     let mut clients = echoed_burst(a, n);
     clients.extend(other.join().unwrap());
-    let active = server.stats.snapshot().active_per_worker();
-    println!("{backend}: two bursts of {n} at once, combined {active:?}");
-    assert_eq!(active.iter().sum::<u64>(), 2 * n as u64);
+    let per_worker = server.stats.snapshot().active_per_worker();
+    println!("{backend}: two bursts of {n} at once, combined {per_worker:?}");
+    assert_eq!(per_worker.iter().sum::<u64>(), 2 * n as u64);
     if matches!(backend, Backend::Exact | Backend::Ebpf) {
-        assert!(spread(&active) <= 1, "{backend}: {active:?}");
+        assert!(spread(&per_worker) <= 1, "{backend}: {per_worker:?}");
     }
     drop(clients);
     assert_all_released(&server, 2 * n);
@@ -172,8 +172,7 @@ fn close_during_burst(backend: Backend) {
         EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);
     let addr = server.addr(0);
     let clients = burst_in_background(addr, n);
-    let served = |s: &Snapshot| s.workers.iter().map(|w| w.downstream_cx_total).sum::<u64>();
-    server.wait_for(|s| served(s) >= n as u64 / 2);
+    server.wait_for(|s| taken(s) >= n as u64 / 2);
     let left = closing.close();
     assert!(left.is_empty(), "other workers are live");
     let clients = clients.join().expect("every client got its echo");
@@ -181,7 +180,7 @@ fn close_during_burst(backend: Backend) {
     println!("{backend}: worker 0 closed during a burst of {n}: {split:?}");
     assert_eq!(split[0], 0, "{split:?}");
     assert_eq!(split.iter().sum::<usize>(), n);
-    let live: Vec<u64> = split[1..].iter().map(|&c| c as u64).collect();
+    let live = counts(&split[1..]);
     if matches!(backend, Backend::Exact | Backend::Ebpf) {
         assert!(spread(&live) <= 1, "{backend}: {split:?}");
     }
@@ -219,9 +218,8 @@ fn handshakes_that_never_complete_do_not_stay_counted() {
 
         let (clients, split) = burst(&server, n, workers);
         report(Backend::Ebpf, n, false, &split);
-        let counted: Vec<u64> = split.iter().map(|&c| c as u64).collect();
         assert!(
-            spread(&counted) <= 1,
+            spread(&counts(&split)) <= 1,
             "after half-open handshakes: {split:?}"
         );
         drop(clients);

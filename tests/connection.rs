@@ -12,28 +12,15 @@ use std::{
     thread::JoinHandle,
 };
 
-use balancer::{stats::Stats, Backend, BalancedListener, Builder, Connection};
+use balancer::{Backend, BalancedListener, Builder, Connection};
 use rstest_reuse::{self, apply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use util::every_backend;
+use util::{
+    counts::{active, expect_active},
+    every_backend,
+};
 
 const CLIENTS: usize = 6;
-
-/// The connections counted against the workers right now.
-fn active(stats: &Stats) -> u64 {
-    stats.snapshot().active_per_worker().iter().sum()
-}
-
-/// Waits until `active(stats) == expected`; panics with the counts if that
-/// does not happen in time.
-fn expect_active(stats: &Stats, expected: u64, when: &str) {
-    let held = util::eventually(|| active(stats) == expected);
-    let per_worker = stats.snapshot().active_per_worker();
-    assert!(
-        held,
-        "{when}: active {per_worker:?}, expected {expected} in all"
-    );
-}
 
 /// Echoes through the `Connection` itself (plain and vectored writes), and
 /// answers the client's end of stream with a shutdown of its own.
@@ -100,7 +87,7 @@ fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend)
         assert_eq!(echoed, line.as_bytes());
     }
     assert_eq!(
-        active(&stats),
+        active(&stats.snapshot()),
         CLIENTS as u64,
         "{backend}: all open, all counted"
     );
@@ -154,7 +141,11 @@ fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend:
     let mut echoed = [0; 6];
     client.read_exact(&mut echoed).expect("echo");
     assert_eq!(&echoed, b"hello\n");
-    assert_eq!(active(&stats), 1, "{backend}: held by the other thread");
+    assert_eq!(
+        active(&stats.snapshot()),
+        1,
+        "{backend}: held by the other thread"
+    );
     release.send(()).unwrap();
     server.join().expect("server thread");
     expect_active(&stats, 0, "dropped on the other thread");
@@ -173,10 +164,10 @@ fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
     let mut worker = listener.into_workers().pop().unwrap();
     let _client = util::connect(addr);
     let parts = worker.accept_blocking().expect("accept").into_parts();
-    assert_eq!(active(&stats), 1);
+    assert_eq!(active(&stats.snapshot()), 1);
     drop(parts.guard);
     assert_eq!(
-        active(&stats),
+        active(&stats.snapshot()),
         0,
         "{backend}: released with the stream open"
     );

@@ -15,14 +15,17 @@ use std::{
     thread::JoinHandle,
 };
 
-use balancer::{stats::Stats, Backend, BalancedListener, Worker};
+use balancer::{Backend, BalancedListener, Worker};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rstest_reuse::{self, apply};
 use tokio::sync::watch;
-use util::every_backend;
+use util::{
+    counts::{active, expect_active, taken},
+    every_backend,
+};
 
 /// Requests per protocol in the serving tests; connections in the burst.
 const REQUESTS: usize = 8;
@@ -70,16 +73,6 @@ fn current_thread_runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn active(stats: &Stats) -> u64 {
-    stats.snapshot().active_per_worker().iter().sum()
-}
-
-fn expect_all_released(stats: &Stats) {
-    let released = util::eventually(|| active(stats) == 0);
-    let per_worker = stats.snapshot().active_per_worker();
-    assert!(released, "connections still counted: {per_worker:?}");
 }
 
 /// Answers `<path> <version> worker <index>`.
@@ -167,14 +160,18 @@ fn hyper_serves_http1_and_http2_over_connections(backend: Backend) {
     let threads = spawn_workers(listener, &stop_rx, serve_hyper);
 
     let hold = async {
-        assert_eq!(active(&stats), 2, "{backend}: both connections counted");
+        assert_eq!(
+            active(&stats.snapshot()),
+            2,
+            "{backend}: both connections counted"
+        );
     };
     let bodies = current_thread_runtime().block_on(request_both(addr, hold));
     for i in 0..REQUESTS {
         assert!(bodies[2 * i].starts_with(&format!("/h1/{i} HTTP/1.1 worker ")));
         assert!(bodies[2 * i + 1].starts_with(&format!("/h2/{i} HTTP/2.0 worker ")));
     }
-    expect_all_released(&stats);
+    expect_active(&stats, 0, "all released");
     stop_workers(stop, threads);
 }
 
@@ -217,7 +214,7 @@ fn axum_serves_http1_and_http2_and_stops(backend: Backend) {
         assert!(pair[0].starts_with("hello HTTP/1.1 worker "), "{pair:?}");
         assert!(pair[1].starts_with("hello HTTP/2.0 worker "), "{pair:?}");
     }
-    expect_all_released(&stats);
+    expect_active(&stats, 0, "all released");
     stop_workers(stop, threads);
 }
 
@@ -277,12 +274,12 @@ where
     let threads = spawn_workers(listener, &stop_rx, serve);
     expect_answered(backend, &mut clients);
     stop_workers(stop, threads);
-    let snapshot = stats.snapshot();
-    let total: u64 = (snapshot.workers.iter())
-        .map(|w| w.downstream_cx_total)
-        .sum();
-    assert_eq!(total, BURST as u64, "{backend}: each counted once");
-    expect_all_released(&stats);
+    assert_eq!(
+        taken(&stats.snapshot()),
+        BURST as u64,
+        "{backend}: each counted once"
+    );
+    expect_active(&stats, 0, "all released");
 }
 
 #[apply(every_backend)]
@@ -310,11 +307,7 @@ fn axum_answers_queued_clients_that_send_late(backend: Backend) {
     let threads = spawn_workers(listener, &stop_rx, |worker, shutdown| {
         serve_axum_on(worker.connections_until(shutdown).read_grace(util::TIMEOUT))
     });
-    let handed_out = util::eventually(|| {
-        let snapshot = stats.snapshot();
-        let total: u64 = snapshot.workers.iter().map(|w| w.downstream_cx_total).sum();
-        total == BURST as u64
-    });
+    let handed_out = util::eventually(|| taken(&stats.snapshot()) == BURST as u64);
     assert!(handed_out, "{backend}: the queue was taken");
     // Late by far: without waiting for the first reads, axum would have
     // closed these connections by now. Passing does not depend on this
@@ -325,7 +318,7 @@ fn axum_answers_queued_clients_that_send_late(backend: Backend) {
     }
     expect_answered(backend, &mut clients);
     stop_workers(stop, threads);
-    expect_all_released(&stats);
+    expect_active(&stats, 0, "all released");
 }
 
 /// The addresses tonic reports for each request: remote, local.
@@ -388,9 +381,13 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
                 .expect("health check");
             assert_eq!(response.into_inner().status(), ServingStatus::Serving);
         }
-        assert_eq!(active(&stats), 1, "{backend}: the channel's connection");
+        assert_eq!(
+            active(&stats.snapshot()),
+            1,
+            "{backend}: the channel's connection"
+        );
     });
-    expect_all_released(&stats);
+    expect_active(&stats, 0, "all released");
     stop_workers(stop, threads);
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), REQUESTS, "{backend}: every request intercepted");
@@ -506,9 +503,10 @@ fn tonic_answers_a_burst_queued_at_shutdown(backend: Backend) {
         assert_eq!(read_stream_1(client), serving, "{backend}: client {i}");
     }
     stop_workers(stop, threads);
-    let total: u64 = (stats.snapshot().workers.iter())
-        .map(|w| w.downstream_cx_total)
-        .sum();
-    assert_eq!(total, BURST as u64, "{backend}: each counted once");
-    expect_all_released(&stats);
+    assert_eq!(
+        taken(&stats.snapshot()),
+        BURST as u64,
+        "{backend}: each counted once"
+    );
+    expect_active(&stats, 0, "all released");
 }

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use balancer::{steering::SteeringError, Backend, BalancedListener, BindError, Builder};
 use rstest_reuse::{self, apply};
-use util::echo::{spread, EchoServer, Guard};
+use util::counts::{active, counts, spread};
+use util::echo::{EchoServer, Guard};
 use util::{every_backend, least_loaded_backends};
 
 const CONNECTIONS: usize = 40;
@@ -45,7 +46,7 @@ fn serves_every_connection_and_counts_return_to_zero(
     assert_eq!(split.iter().sum::<usize>(), CONNECTIONS);
 
     let open = server.stats.snapshot();
-    let counted: Vec<u64> = split.iter().map(|&n| n as u64).collect();
+    let counted = counts(&split);
     assert_eq!(
         open.active_per_worker(),
         counted,
@@ -57,11 +58,8 @@ fn serves_every_connection_and_counts_return_to_zero(
     );
 
     drop(clients);
-    let closed = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
-    assert!(
-        closed.active_per_worker().iter().all(|&n| n == 0),
-        "{closed:?}"
-    );
+    let closed = server.wait_for(|s| active(s) == 0);
+    assert_eq!(active(&closed), 0, "{closed:?}");
     let totals: Vec<u64> = closed
         .workers
         .iter()
@@ -86,9 +84,9 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     let mut clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| server.open(server.addr(0)))
         .collect();
-    let active = server.stats.snapshot().active_per_worker();
-    println!("{backend} x{workers}: after {CONNECTIONS} opened one by one {active:?}");
-    assert!(spread(&active) <= 1, "{active:?}");
+    let per_worker = server.stats.snapshot().active_per_worker();
+    println!("{backend} x{workers}: after {CONNECTIONS} opened one by one {per_worker:?}");
+    assert!(spread(&per_worker) <= 1, "{per_worker:?}");
 
     // Close every connection of worker 0: the most lopsided close there is.
     let (closing, kept): (Vec<_>, Vec<_>) = clients
@@ -97,20 +95,17 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     let closed = closing.len();
     drop(closing);
     let expected = (CONNECTIONS - closed) as u64;
-    let snapshot = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == expected);
+    let snapshot = server.wait_for(|s| active(s) == expected);
     assert_eq!(snapshot.active_per_worker()[0], 0, "{snapshot:?}");
     clients = kept;
 
     clients.extend((0..closed).map(|_| server.open(server.addr(0))));
-    let active = server.stats.snapshot().active_per_worker();
+    let per_worker = server.stats.snapshot().active_per_worker();
     println!(
-        "{backend} x{workers}: after closing worker 0's {closed} and opening {closed} {active:?}"
+        "{backend} x{workers}: after closing worker 0's {closed} and opening {closed} {per_worker:?}"
     );
-    assert!(spread(&active) <= 1, "{active:?}");
-    assert_eq!(
-        server.split(&clients, workers),
-        active.iter().map(|&n| n as usize).collect::<Vec<_>>()
-    );
+    assert!(spread(&per_worker) <= 1, "{per_worker:?}");
+    assert_eq!(counts(&server.split(&clients, workers)), per_worker);
 }
 
 #[apply(least_loaded_backends)]
@@ -133,13 +128,13 @@ fn two_listeners_balance_on_the_workers_combined_load(backend: Backend) {
         .map(|i| server.open(server.addr(i % 2)))
         .collect();
     let snapshot = server.stats.snapshot();
-    let active = snapshot.active_per_worker();
+    let per_worker = snapshot.active_per_worker();
     let per_listener: Vec<Vec<u64>> = (snapshot.listeners.iter())
         .map(|l| l.workers.iter().map(|c| c.downstream_cx_active).collect())
         .collect();
-    println!("{backend}: combined {active:?}, per listener {per_listener:?}");
-    assert!(spread(&active) <= 1, "{active:?}");
-    assert_eq!(active.iter().sum::<u64>(), (CONNECTIONS + 2) as u64);
+    println!("{backend}: combined {per_worker:?}, per listener {per_listener:?}");
+    assert!(spread(&per_worker) <= 1, "{per_worker:?}");
+    assert_eq!(active(&snapshot), (CONNECTIONS + 2) as u64);
     drop((first, clients));
 }
 

@@ -15,6 +15,7 @@ use balancer::{stats::Snapshot, Backend, Builder};
 use rstest_reuse::{self, apply};
 use util::{
     burst,
+    counts::taken,
     echo::{EchoServer, Guard},
     every_backend,
 };
@@ -30,10 +31,6 @@ fn server(backend: Backend, workers: usize, limit: usize) -> EchoServer {
         .bind()
         .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
     EchoServer::start(listener, Guard::Keep)
-}
-
-fn taken(snap: &Snapshot) -> u64 {
-    snap.workers.iter().map(|w| w.downstream_cx_total).sum()
 }
 
 /// Whether `stats` reach more than `n` connections taken within

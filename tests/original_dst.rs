@@ -10,7 +10,8 @@ use balancer_testkit::in_new_netns;
 use rstest_reuse::{self, apply};
 use util::least_loaded_backends;
 use util::{
-    echo::{spread, EchoServer, Guard},
+    counts::{active, spread},
+    echo::{EchoServer, Guard},
     privileged,
 };
 
@@ -49,9 +50,9 @@ fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
             );
         }
         let snapshot = server.stats.snapshot();
-        let active = snapshot.active_per_worker();
-        println!("{backend}: redirected split {active:?}");
-        assert!(spread(&active) <= 1, "{active:?}");
+        let per_worker = snapshot.active_per_worker();
+        println!("{backend}: redirected split {per_worker:?}");
+        assert!(spread(&per_worker) <= 1, "{per_worker:?}");
         let [virtual_listener, target] = &snapshot.listeners[..] else {
             panic!("{snapshot:?}")
         };
@@ -71,7 +72,7 @@ fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
             "{text}"
         );
         drop(clients);
-        let closed = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
+        let closed = server.wait_for(|s| active(s) == 0);
         assert_eq!(closed.active_per_worker(), [0, 0]);
     });
 }

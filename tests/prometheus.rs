@@ -17,6 +17,7 @@ use balancer::{
     Backend,
 };
 use rstest_reuse::{self, apply};
+use util::counts::active;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -31,8 +32,8 @@ fn serving_snapshot(backend: Backend) -> Snapshot {
         .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
     let server = EchoServer::start(listener, Guard::Keep);
     let _clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
-    let snap = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == 4);
-    assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 4, "{snap:?}");
+    let snap = server.wait_for(|s| active(s) == 4);
+    assert_eq!(active(&snap), 4, "{snap:?}");
     snap
 }
 

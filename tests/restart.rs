@@ -19,6 +19,7 @@ use std::{
 
 use balancer::{Backend, Builder};
 use rstest_reuse::{self, apply};
+use util::counts::taken;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -99,22 +100,17 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
         std::thread::sleep(PHASE);
         let old_stats = old.stats.clone();
         drop(old); // closes every old worker and serves what they return
-        let new_before = total(&new);
+        let new_before = taken(&new.stats.snapshot());
         std::thread::sleep(PHASE);
         stop.store(true, Ordering::Relaxed);
 
         let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().unwrap()).collect();
         let echoed: usize = tallies.iter().map(|t| t.echoed).sum();
         let failures: Vec<_> = tallies.iter().flat_map(|t| &t.failures).collect();
-        let old_total: u64 = old_stats
-            .snapshot()
-            .workers
-            .iter()
-            .map(|w| w.downstream_cx_total)
-            .sum();
+        let old_total = taken(&old_stats.snapshot());
         println!(
             "{backend}: {echoed} round trips, old set served {old_total}, new set {}",
-            total(&new)
+            taken(&new.stats.snapshot())
         );
         assert!(
             failures.is_empty(),
@@ -124,11 +120,11 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
         );
         assert!(old_total > 0, "the old set served before the switch");
         assert!(
-            total(&new) > new_before,
+            taken(&new.stats.snapshot()) > new_before,
             "the new set serves after the switch"
         );
         assert_eq!(
-            old_total + total(&new),
+            old_total + taken(&new.stats.snapshot()),
             echoed as u64,
             "every round trip was counted once"
         );
@@ -136,14 +132,4 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
         assert_eq!(snap.active_per_worker(), [0, 0]);
         assert_eq!(old_stats.snapshot().active_per_worker(), [0, 0]);
     });
-}
-
-fn total(server: &EchoServer) -> u64 {
-    server
-        .stats
-        .snapshot()
-        .workers
-        .iter()
-        .map(|w| w.downstream_cx_total)
-        .sum()
 }

@@ -12,6 +12,7 @@ use std::{
 
 use balancer::{stats::WorkerState, Backend};
 use rstest_reuse::{self, apply};
+use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -154,11 +155,10 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
             healthy.push(client);
         }
     }
-    util::eventually(|| stats.snapshot().active_per_worker().iter().sum::<u64>() == 10);
+    util::eventually(|| active(&stats.snapshot()) == 10);
     let snap = stats.snapshot();
-    assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 10, "{snap:?}");
-    let total: u64 = snap.workers.iter().map(|w| w.downstream_cx_total).sum();
-    assert_eq!(total, 20);
+    assert_eq!(active(&snap), 10, "{snap:?}");
+    assert_eq!(taken(&snap), 20);
     assert!(snap.workers.iter().all(|w| w.state == WorkerState::Running));
     drop(healthy);
     util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);

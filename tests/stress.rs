@@ -13,6 +13,7 @@ use std::{
 
 use balancer::Backend;
 use rstest_reuse::{self, apply};
+use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -65,10 +66,7 @@ fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
         .collect();
     let opened: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
 
-    let snap = server.wait_for(|s| {
-        s.active_per_worker().iter().all(|&a| a == 0)
-            && s.workers.iter().map(|w| w.downstream_cx_total).sum::<u64>() == opened
-    });
+    let snap = server.wait_for(|s| active(s) == 0 && taken(s) == opened);
     let totals: Vec<_> = snap.workers.iter().map(|w| w.downstream_cx_total).collect();
     println!("{backend}: {opened} connections from {THREADS} threads, per worker {totals:?}");
     assert_eq!(snap.active_per_worker(), [0; WORKERS], "{snap:?}");

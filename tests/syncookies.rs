@@ -8,6 +8,7 @@ mod util;
 
 use balancer::Backend;
 use rstest_reuse::{self, apply};
+use util::counts::active;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -52,9 +53,6 @@ fn connections_complete_and_balance_with_syn_cookies_always_on(backend: Backend)
             );
         }
         let snap = server.stats.snapshot();
-        assert_eq!(
-            snap.active_per_worker().iter().sum::<u64>(),
-            CONNECTIONS as u64
-        );
+        assert_eq!(active(&snap), CONNECTIONS as u64);
     });
 }

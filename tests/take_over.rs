@@ -17,7 +17,8 @@ use std::{
 use balancer::{stats::Snapshot, Backend, Builder};
 use util::{
     burst::echoed_burst,
-    echo::{spread, EchoServer, Guard},
+    counts::{active, counts, spread},
+    echo::{EchoServer, Guard},
 };
 
 const WORKERS: usize = 2;
@@ -97,8 +98,8 @@ fn round(server: &EchoServer) -> (Vec<TcpStream>, Vec<usize>) {
 }
 
 fn closed(server: &EchoServer) {
-    let snap = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
-    assert!(snap.active_per_worker().iter().all(|&n| n == 0), "{snap:?}");
+    let snap = server.wait_for(|s| active(s) == 0);
+    assert_eq!(active(&snap), 0, "{snap:?}");
 }
 
 fn others(s: &Snapshot) -> usize {
@@ -159,8 +160,4 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         drop(after);
         closed(&server);
     }
-}
-
-fn counts(split: &[usize]) -> Vec<u64> {
-    split.iter().map(|&n| n as u64).collect()
 }

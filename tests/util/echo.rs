@@ -242,8 +242,3 @@ fn echo(
         drop(conn_guard);
     });
 }
-
-/// max - min of a split.
-pub fn spread(split: &[u64]) -> u64 {
-    split.iter().max().unwrap() - split.iter().min().unwrap()
-}

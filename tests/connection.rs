@@ -80,11 +80,7 @@ fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend)
 
     let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| util::connect(addr)).collect();
     for (i, client) in clients.iter_mut().enumerate() {
-        let line = format!("hello {i}\n");
-        client.write_all(line.as_bytes()).unwrap();
-        let mut echoed = vec![0; line.len()];
-        client.read_exact(&mut echoed).expect("echo");
-        assert_eq!(echoed, line.as_bytes());
+        util::client::echo(client, &format!("hello {i}\n"));
     }
     assert_eq!(
         active(&stats.snapshot()),
@@ -137,10 +133,7 @@ fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend:
         conn.write_all(&line).expect("write");
         released.recv_timeout(util::TIMEOUT).expect("released");
     });
-    client.write_all(b"hello\n").unwrap();
-    let mut echoed = [0; 6];
-    client.read_exact(&mut echoed).expect("echo");
-    assert_eq!(&echoed, b"hello\n");
+    util::client::echo(&mut client, "hello\n");
     assert_eq!(
         active(&stats.snapshot()),
         1,

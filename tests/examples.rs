@@ -20,19 +20,8 @@ use nix::sys::{
     signal::Signal,
 };
 use rstest::rstest;
+use util::client::{closed, round_trip};
 use util::example::{example_command, ExampleServer};
-
-/// Connects to `addr` and checks one echoed line, so the server has
-/// accepted the connection.
-fn echoed_client(addr: SocketAddr) -> TcpStream {
-    let mut client = util::connect(addr);
-    let line = b"hello\n";
-    client.write_all(line).unwrap();
-    let mut echoed = [0; 6];
-    client.read_exact(&mut echoed).unwrap();
-    assert_eq!(&echoed, line);
-    client
-}
 
 /// Sends `request` on a new connection and reads the response to EOF.
 fn exchange(addr: SocketAddr, request: &[u8]) -> String {
@@ -48,7 +37,7 @@ fn exchange(addr: SocketAddr, request: &[u8]) -> String {
 #[test]
 fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline() {
     let mut server = ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "1"]);
-    let mut clients: Vec<_> = (0..3).map(|_| echoed_client(server.addr)).collect();
+    let mut clients: Vec<_> = (0..3).map(|_| round_trip(server.addr)).collect();
     server.signal(Signal::SIGTERM);
     let line = server.wait_for_line("stopped");
     assert!(
@@ -57,12 +46,7 @@ fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline() {
     );
     assert!(server.wait_exit().success());
     for client in &mut clients {
-        let mut buf = [0; 1];
-        let read = client.read(&mut buf);
-        assert!(
-            matches!(read, Ok(0)) || read.is_err(),
-            "the connection was closed"
-        );
+        assert!(closed(client), "the connection was closed");
     }
 }
 
@@ -70,7 +54,7 @@ fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline() {
 fn a_second_signal_during_the_drain_exits_at_once() {
     let mut server =
         ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
-    let _client = echoed_client(server.addr);
+    let _client = round_trip(server.addr);
     server.signal(Signal::SIGTERM);
     server.wait_for_line("SIGTERM: draining");
     let start = Instant::now();
@@ -90,7 +74,7 @@ fn a_second_signal_during_the_drain_exits_at_once() {
 fn the_admin_endpoint_reports_the_drain_while_it_lasts() {
     let mut server =
         ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
-    let _clients: Vec<_> = (0..2).map(|_| echoed_client(server.addr)).collect();
+    let _clients: Vec<_> = (0..2).map(|_| round_trip(server.addr)).collect();
     let live = exchange(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
     assert!(live.contains("server.state: 0\n"), "{live}");
     server.signal(Signal::SIGTERM);
@@ -325,13 +309,6 @@ fn half_request(addr: SocketAddr) -> TcpStream {
     client
 }
 
-/// Asserts the server closed `client` (EOF or reset).
-fn assert_closed(client: &mut TcpStream) {
-    let mut buf = [0; 1];
-    let read = client.read(&mut buf);
-    assert!(matches!(read, Ok(0)) || read.is_err(), "open: {read:?}");
-}
-
 /// A framework example (axum or hyper) on `Shared` with 2 workers and a
 /// drain timeout of `drain_seconds`.
 fn framework_example(example: &str, drain_seconds: &str) -> ExampleServer {
@@ -381,7 +358,7 @@ fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] exam
     server.wait_for_line("SIGTERM: draining");
     // Graceful: the idle keep-alive connection is closed, not left to the
     // deadline.
-    assert_closed(&mut idle);
+    assert!(closed(&mut idle), "the idle connection was closed");
     let line = server.wait_for_line("stopped");
     assert!(
         line.contains("(0 connections were closed at the drain deadline)"),
@@ -409,7 +386,7 @@ fn a_framework_example_counts_the_connections_closed_at_the_drain_deadline(
     );
     assert!(server.wait_exit().success());
     for client in &mut clients {
-        assert_closed(client);
+        assert!(closed(client), "the connection was closed");
     }
 }
 

@@ -7,7 +7,6 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,6 +18,7 @@ use std::{
 
 use balancer::{Backend, Builder};
 use rstest_reuse::{self, apply};
+use util::client::try_round_trip;
 use util::counts::taken;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
@@ -41,23 +41,13 @@ fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Tally> {
         let mut tally = Tally::default();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && tally.echoed < 200_000 {
-            match round_trip(addr) {
-                Ok(()) => tally.echoed += 1,
+            match try_round_trip(addr) {
+                Ok(_) => tally.echoed += 1,
                 Err(e) => tally.failures.push(e.to_string()),
             }
         }
         tally
     })
-}
-
-fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, util::TIMEOUT)?;
-    stream.set_read_timeout(Some(util::TIMEOUT))?;
-    stream.write_all(b"ping\n")?;
-    let mut echoed = [0; 5];
-    stream.read_exact(&mut echoed)?;
-    assert_eq!(&echoed, b"ping\n");
-    Ok(())
 }
 
 fn bind(backend: Backend, addr: SocketAddr, take_over: bool) -> balancer::BalancedListener {

@@ -7,8 +7,6 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -19,7 +17,10 @@ use std::{
 use balancer::{Backend, DrainReport, Server};
 use rstest_reuse::apply;
 use tokio::io::AsyncWriteExt;
-use util::every_backend;
+use util::{
+    client::{closed, echo},
+    every_backend,
+};
 
 /// Serves every worker of a two-worker `backend` listener with an echo
 /// handler; returns the server and its address.
@@ -48,24 +49,6 @@ fn shut_down_in_background(
             .unwrap()
             .block_on(server.shutdown(drain))
     })
-}
-
-fn echo(client: &mut TcpStream, line: &str) {
-    client.write_all(line.as_bytes()).unwrap();
-    let mut echoed = vec![0; line.len()];
-    client
-        .read_exact(&mut echoed)
-        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
-    assert_eq!(echoed, line.as_bytes());
-}
-
-/// Reads until EOF or an error; true if the server closed the connection.
-fn closed(client: &mut TcpStream) -> bool {
-    let mut rest = Vec::new();
-    match client.read_to_end(&mut rest) {
-        Ok(_) => rest.is_empty(),
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-    }
 }
 
 #[apply(every_backend)]

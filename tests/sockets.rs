@@ -6,7 +6,7 @@
 mod util;
 
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::{ErrorKind, Read},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, OwnedFd},
     process::{Command, Stdio},
@@ -23,6 +23,7 @@ use balancer::{
     Backend, BalancedListener, BindError, Builder,
 };
 use rstest_reuse::{self, apply};
+use util::client::try_round_trip;
 use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
@@ -292,14 +293,9 @@ fn socket_activation_serves(
     }
     let mut child = command.spawn().expect("start the activated child");
     drop(sockets);
-    for i in 0..4 {
-        let mut client = util::connect(addr);
-        client.write_all(format!("ping {i}\n").as_bytes()).unwrap();
-        let mut echoed = [0; 7];
-        client
-            .read_exact(&mut echoed)
+    for _ in 0..4 {
+        try_round_trip(addr)
             .unwrap_or_else(|e| panic!("{backend}: echo from the activated child: {e}"));
-        assert_eq!(&echoed, format!("ping {i}\n").as_bytes());
     }
     drop(child.stdin.take());
     let deadline = Instant::now() + util::TIMEOUT;

@@ -6,25 +6,18 @@ mod util;
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     time::Duration,
 };
 
 use balancer::{stats::WorkerState, Backend};
 use rstest_reuse::{self, apply};
+use util::client::{closed, expect_echo, send_line};
 use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
 const QUEUED: usize = 20;
-
-/// Connects and sends one line without waiting for the echo.
-fn send_line(addr: SocketAddr) -> (TcpStream, String) {
-    let mut stream = util::connect(addr);
-    let line = format!("hello from {}\n", stream.local_addr().unwrap());
-    stream.write_all(line.as_bytes()).unwrap();
-    (stream, line)
-}
 
 /// Whether the echo has arrived yet.
 fn echoed_yet(stream: &TcpStream) -> bool {
@@ -37,15 +30,6 @@ fn echoed_yet(stream: &TcpStream) -> bool {
     };
     stream.set_nonblocking(false).unwrap();
     ready
-}
-
-/// Reads the echo of `line`, failing on a reset or a short read.
-fn expect_echo(stream: &mut TcpStream, line: &str) {
-    let mut echoed = vec![0; line.len()];
-    stream
-        .read_exact(&mut echoed)
-        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
-    assert_eq!(echoed, line.as_bytes());
 }
 
 /// Worker 0 stops accepting, connections queue for it (in its own socket's
@@ -142,12 +126,7 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
         let mut client = util::connect(addr);
         if i % 2 == 0 {
             client.write_all(b"!").unwrap();
-            let mut byte = [0];
-            let read = client.read(&mut byte);
-            assert!(
-                matches!(read, Ok(0) | Err(_)),
-                "a panicked handler answers nothing"
-            );
+            assert!(closed(&mut client), "a panicked handler answers nothing");
         } else {
             client.write_all(b"x").unwrap();
             let mut byte = [0];

@@ -6,13 +6,11 @@
 
 mod util;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-};
+use std::net::{SocketAddr, TcpStream};
 
 use balancer::Backend;
 use rstest_reuse::{self, apply};
+use util::client::round_trip;
 use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
@@ -42,15 +40,6 @@ fn random_client(addr: SocketAddr, seed: u64) -> u64 {
         opened += 1;
     }
     opened
-}
-
-fn round_trip(addr: SocketAddr) -> TcpStream {
-    let mut stream = util::connect(addr);
-    stream.write_all(b"ping").unwrap();
-    let mut echoed = [0; 4];
-    stream.read_exact(&mut echoed).unwrap();
-    assert_eq!(&echoed, b"ping");
-    stream
 }
 
 #[apply(every_backend)]

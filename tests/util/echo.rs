@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -107,16 +106,7 @@ impl EchoServer {
     /// Opens a connection to `addr`, checks one echo round trip (so the
     /// server has accepted and counted it) and returns it.
     pub fn open(&self, addr: SocketAddr) -> TcpStream {
-        let mut stream = super::connect(addr);
-        let local = stream.local_addr().unwrap();
-        let payload = format!("hello from {local}\n");
-        stream.write_all(payload.as_bytes()).unwrap();
-        let mut echoed = vec![0; payload.len()];
-        stream
-            .read_exact(&mut echoed)
-            .unwrap_or_else(|e| panic!("echo for {local}: {e}"));
-        assert_eq!(echoed, payload.as_bytes(), "echoed bytes differ");
-        stream
+        super::client::round_trip(addr)
     }
 
     /// Who served `client` (recorded at accept).

@@ -118,6 +118,7 @@ pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
 }
 
 pub mod burst;
+pub mod client;
 pub mod counts;
 pub mod echo;
 pub mod example;

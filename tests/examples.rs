@@ -22,17 +22,7 @@ use nix::sys::{
 use rstest::rstest;
 use util::client::{closed, round_trip};
 use util::example::{example_command, ExampleServer};
-
-/// Sends `request` on a new connection and reads the response to EOF.
-fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut client = util::connect(addr);
-    client.write_all(request).unwrap();
-    let mut response = String::new();
-    client
-        .read_to_string(&mut response)
-        .unwrap_or_else(|e| panic!("response: {e}; got {response:?}"));
-    response
-}
+use util::http::{exchange, read_to_close};
 
 #[test]
 fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline() {
@@ -133,8 +123,7 @@ fn a_scrape_while_out_of_fds_ends_nothing() {
         assert_eq!(echoed, line.as_bytes());
         client.shutdown(std::net::Shutdown::Both).unwrap();
     }
-    let mut response = String::new();
-    scrape.read_to_string(&mut response).unwrap();
+    let response = read_to_close(&mut scrape);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(server.child_running(), "the server is still up");
 }
@@ -437,8 +426,7 @@ fn a_framework_example_survives_a_scrape_while_out_of_fds(
         assert_eq!(read_ok(client), 0, "client {i} of {CLIENTS}");
         client.shutdown(std::net::Shutdown::Both).unwrap();
     }
-    let mut response = String::new();
-    scrape.read_to_string(&mut response).unwrap();
+    let response = read_to_close(&mut scrape);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(server.child_running(), "the server is still up");
 }

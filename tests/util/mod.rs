@@ -122,6 +122,7 @@ pub mod client;
 pub mod counts;
 pub mod echo;
 pub mod example;
+pub mod http;
 pub mod raw;
 
 /// Runs `body` in a new network namespace where sockets closing lose no

@@ -21,9 +21,7 @@ const CONNECTIONS: usize = 200;
 /// exactly once.
 #[apply(every_backend)]
 fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 1);
     let addr = listener.listeners().next().unwrap().1;
     let mut worker = listener.into_workers().pop().unwrap();
@@ -66,9 +64,7 @@ fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
 /// then accepts the connection that waited.
 #[apply(every_backend)]
 fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 1);
     let addr = listener.listeners().next().unwrap().1;
     let mut worker = listener.into_workers().pop().unwrap();

@@ -72,9 +72,7 @@ fn a_burst_splits_within_one_on_the_least_loaded_backends(
     #[values(2, 4, 8)] workers: usize,
     #[values(40, 200)] n: usize,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     burst_is_balanced(backend, workers, n, false);
 }
 
@@ -100,9 +98,7 @@ fn a_burst_splits_within_one_with_syn_cookies_always_on(
 /// combined loads stay within one.
 #[apply(every_backend)]
 fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (workers, n) = (4, 40);
     let listener = Builder::new(backend)
         .workers(workers)
@@ -130,9 +126,7 @@ fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
 /// most its share plus one; when it resumes, every connection is served.
 #[apply(every_backend)]
 fn a_stalled_worker_receives_at_most_its_share(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (workers, n) = (4, 40);
     let (mut server, stalled) =
         EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);

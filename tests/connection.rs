@@ -70,9 +70,7 @@ fn serve_echo(
 /// its task ends, and the counts return to zero.
 #[apply(every_backend)]
 fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -109,9 +107,7 @@ fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend)
 /// thread drops it.
 #[apply(every_backend)]
 fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 1);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let mut worker = listener.into_workers().pop().unwrap();
@@ -149,9 +145,7 @@ fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend:
 /// with the stream still open.
 #[apply(every_backend)]
 fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 1);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let mut worker = listener.into_workers().pop().unwrap();
@@ -172,9 +166,7 @@ fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
 /// to the listener that accepted them.
 #[apply(every_backend)]
 fn poll_accept_serves_every_listener_of_the_worker(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = Builder::new(backend)
         .workers(1)
         .listen("127.0.0.1:0")

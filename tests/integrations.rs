@@ -151,9 +151,7 @@ async fn request_both(addr: SocketAddr, hold: impl Future<Output = ()>) -> Vec<S
 /// answered, each connection counted while open, none after.
 #[apply(every_backend)]
 fn hyper_serves_http1_and_http2_over_connections(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let (stop, stop_rx) = watch::channel(false);
@@ -201,9 +199,7 @@ async fn serve_axum_on(connections: balancer::Connections) {
 /// axum over `Connections`, HTTP/1.1 and HTTP/2, then a graceful stop.
 #[apply(every_backend)]
 fn axum_serves_http1_and_http2_and_stops(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let (stop, stop_rx) = watch::channel(false);
@@ -263,9 +259,7 @@ where
     F: Fn(Worker, Shutdown) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     // Nothing serves yet: each connection and its request wait in the kernel.
@@ -297,9 +291,7 @@ fn hyper_answers_a_burst_queued_at_shutdown(backend: Backend) {
 /// shutdown starts only once it has read from each (within the read grace).
 #[apply(every_backend)]
 fn axum_answers_queued_clients_that_send_late(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let mut clients = burst(addr, true);
@@ -355,9 +347,7 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let (stop, stop_rx) = watch::channel(false);
@@ -477,9 +467,7 @@ fn read_stream_1(client: &mut TcpStream) -> Vec<u8> {
 /// tonic on `Connections` answers every one (`SERVING`), then returns.
 #[apply(every_backend)]
 fn tonic_answers_a_burst_queued_at_shutdown(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let request = raw_health_check();

@@ -34,9 +34,7 @@ fn serves_every_connection_and_counts_return_to_zero(
     backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = echo_server(backend, workers, 1);
     let clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| server.open(server.addr(0)))
@@ -77,9 +75,7 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = echo_server(backend, workers, 1);
     let mut clients: Vec<_> = (0..CONNECTIONS)
         .map(|_| server.open(server.addr(0)))
@@ -110,9 +106,7 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
 
 #[apply(least_loaded_backends)]
 fn two_listeners_balance_on_the_workers_combined_load(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let workers = 4;
     let server = echo_server(backend, workers, 2);
     // One connection per listener: balancing per listener would put both on
@@ -175,9 +169,7 @@ fn address_in_use_is_a_typed_error(
     backend: Backend,
     #[values(false, true)] other_shares_the_port: bool,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     other.set_reuse_port(other_shares_the_port).unwrap();
     other.bind(&loopback().into()).unwrap();

@@ -41,9 +41,7 @@ fn takes_more_than(server: &EchoServer, n: u64) -> bool {
 
 #[apply(every_backend)]
 fn a_full_worker_accepts_again_when_a_connection_closes(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = server(backend, 1, 2);
     let addr = server.addr(0);
     let mut open: Vec<_> = (0..2).map(|_| server.open(addr)).collect();
@@ -86,9 +84,7 @@ fn a_full_worker_accepts_again_when_a_connection_closes(backend: Backend) {
 fn a_burst_past_one_workers_limit_fills_each_to_the_limit(
     #[values(Backend::Shared, Backend::Ebpf)] backend: Backend,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = server(backend, 2, 3);
     let clients = burst::connect_all(server.addr(0), 8);
     let snap = server.wait_for(|s| taken(s) == 6);

@@ -61,9 +61,7 @@ fn promtool_check(text: &str, what: &str) {
 
 #[apply(every_backend)]
 fn promtool_accepts_the_rendering(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let snap = serving_snapshot(backend);
     let text = snap.to_prometheus();
     let info =

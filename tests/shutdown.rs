@@ -53,9 +53,7 @@ fn shut_down_in_background(
 
 #[apply(every_backend)]
 fn a_drain_resets_no_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, addr) = echo_server(backend);
     let status = server.drain_status();
     let mut served: Vec<_> = (0..10).map(|_| util::connect(addr)).collect();
@@ -84,9 +82,7 @@ fn a_drain_resets_no_connection(backend: Backend) {
 
 #[apply(every_backend)]
 fn the_report_counts_the_connections_cut_at_the_deadline(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, addr) = echo_server(backend);
     let mut idle: Vec<_> = (0..5).map(|_| util::connect(addr)).collect();
     for client in &mut idle {
@@ -105,9 +101,7 @@ fn the_report_counts_the_connections_cut_at_the_deadline(backend: Backend) {
 
 #[apply(every_backend)]
 fn shutdown_on_waits_for_its_future_and_dropping_stops_at_once(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, addr) = echo_server(backend);
     let status = server.drain_status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -145,9 +139,7 @@ const QUEUED: usize = 5;
 
 #[apply(every_backend)]
 fn the_last_worker_serves_what_was_queued(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 1);
     let addr = listener.listeners().next().unwrap().1;
     let (busy, release) = (

@@ -45,9 +45,7 @@ fn short_connections(addr: SocketAddr, count: u64, deadline: Instant) -> Vec<Str
 
 #[apply(every_backend)]
 fn short_connections_all_echo_and_counters_end_consistent(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let total = connections();
     let listener = util::bind_loopback(backend, 2);
     let server = EchoServer::start(listener, Guard::Keep);

@@ -41,9 +41,7 @@ fn per_worker(backend: Backend) -> bool {
 
 #[apply(every_backend)]
 fn an_ipv6_wildcard_listener_accepts_ipv4_by_default(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let builder = Builder::new(backend).workers(2).listen("[::]:0");
     let server = EchoServer::start(bind(builder, backend), Guard::Keep);
     let port = server.addr(0).port();
@@ -114,9 +112,7 @@ fn accepted_options(backend: Backend, builder: Builder) -> (bool, bool, Option<[
 
 #[apply(every_backend)]
 fn accepted_connections_get_nodelay_and_keepalive(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let defaults = accepted_options(backend, Builder::new(backend));
     assert_eq!(defaults, (true, false, None), "{backend}: the defaults");
     let keepalive = TcpKeepalive::new()
@@ -132,9 +128,7 @@ fn accepted_connections_get_nodelay_and_keepalive(backend: Backend) {
 
 #[apply(every_backend)]
 fn socket_options_runs_on_every_socket_before_listen(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let builder = Builder::new(backend)
@@ -192,9 +186,7 @@ fn listen_takes_names_and_reports_what_does_not_resolve() {
 
 #[apply(every_backend)]
 fn an_adopted_reuseport_socket_serves_every_backend(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (addr, mut sockets) = util::reuseport_group(1);
     let builder = Builder::new(backend)
         .workers(2)
@@ -211,9 +203,7 @@ fn an_adopted_reuseport_socket_serves_every_backend(backend: Backend) {
 
 #[apply(every_backend)]
 fn an_adopted_socket_without_reuseport_is_refused_where_it_cannot_serve(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     let result = Builder::new(backend).workers(2).listen_std(socket).bind();
@@ -265,9 +255,7 @@ const CHILD_BACKEND: &str = "BALANCER_TEST_ACTIVATED_BACKEND";
 fn socket_activation_serves(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Ebpf)] backend: Backend,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (addr, sockets) = util::reuseport_group(1);
     let fd = sockets[0].as_raw_fd();
     let mut command = Command::new("sh");

@@ -38,9 +38,7 @@ fn echoed_yet(stream: &TcpStream) -> bool {
 /// none is reset.
 #[apply(every_backend)]
 fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, idle) = EchoServer::start_holding(util::bind_loopback(backend, 2), Guard::Keep, 0);
     let mut clients: Vec<_> = (0..QUEUED).map(|_| send_line(server.addr(0))).collect();
     // Let worker 1 answer what it owns; what is left waits for worker 0.
@@ -101,9 +99,7 @@ fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
 /// connections are counted out, the worker keeps serving.
 #[apply(every_backend)]
 fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let threads = listener
@@ -150,9 +146,7 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
 /// tasks are dropped, and the other worker takes every later connection.
 #[apply(every_backend)]
 fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, 2);
     let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
     let mut threads = listener
@@ -231,9 +225,7 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
 /// connection and none is reset. Repeated, since the closes race.
 #[apply(every_backend)]
 fn workers_closing_at_once_return_every_queued_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let workers = 4;
     for round in 0..10 {
         let listener = util::bind_loopback(backend, workers);

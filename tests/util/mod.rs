@@ -58,6 +58,17 @@ pub fn runnable(backend: balancer::Backend) -> bool {
     backend != balancer::Backend::Ebpf || privileged("the Ebpf backend")
 }
 
+/// Returns from the calling test (a skip, see [`runnable`]) unless
+/// `backend` can run here: the first line of a test over backends.
+macro_rules! skip_unless_runnable {
+    ($backend:expr) => {
+        if !$crate::util::runnable($backend) {
+            return;
+        }
+    };
+}
+pub(crate) use skip_unless_runnable;
+
 /// `workers` workers of `backend` on one listener on 127.0.0.1, port 0. The
 /// backend is the one asked for: no silent fallback.
 pub fn bind_loopback(backend: balancer::Backend, workers: usize) -> balancer::BalancedListener {

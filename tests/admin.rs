@@ -34,11 +34,7 @@ fn start_admin() -> SocketAddr {
         .max_request_bytes(MAX_REQUEST_BYTES);
     let (send, addr) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        util::runtime().block_on(async {
             let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), stats)
                 .await
                 .unwrap()

@@ -100,13 +100,10 @@ fn a_burst_splits_within_one_with_syn_cookies_always_on(
 fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
     util::skip_unless_runnable!(backend);
     let (workers, n) = (4, 40);
-    let listener = Builder::new(backend)
-        .workers(workers)
+    let builder = (Builder::new(backend).workers(workers))
         .listen("127.0.0.1:0")
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap();
-    let server = EchoServer::start(listener, Guard::Keep);
+        .listen("127.0.0.1:0");
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let (a, b) = (server.addr(0), server.addr(1));
     let other = burst_in_background(b, n);
     let mut clients = echoed_burst(a, n);

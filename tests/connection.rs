@@ -71,8 +71,7 @@ fn serve_echo(
 #[apply(every_backend)]
 fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let threads = serve_echo(listener, &stopped);
 
@@ -108,9 +107,7 @@ fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend)
 #[apply(every_backend)]
 fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 1);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let mut worker = listener.into_workers().pop().unwrap();
+    let (mut worker, addr, stats) = util::one_worker(backend);
     let mut client = util::connect(addr);
     let conn = worker.accept_blocking().expect("accept");
     assert_eq!(conn.peer_addr(), client.local_addr().unwrap());
@@ -146,9 +143,7 @@ fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend:
 #[apply(every_backend)]
 fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 1);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let mut worker = listener.into_workers().pop().unwrap();
+    let (mut worker, addr, stats) = util::one_worker(backend);
     let _client = util::connect(addr);
     let parts = worker.accept_blocking().expect("accept").into_parts();
     assert_eq!(active(&stats.snapshot()), 1);
@@ -167,21 +162,16 @@ fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
 #[apply(every_backend)]
 fn poll_accept_serves_every_listener_of_the_worker(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = Builder::new(backend)
-        .workers(1)
+    let builder = (Builder::new(backend).workers(1))
         .listen("127.0.0.1:0")
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+        .listen("127.0.0.1:0");
+    let listener = util::bind(builder, backend);
     let bound: Vec<_> = listener.listeners().collect();
     let mut worker = listener.into_workers().pop().unwrap();
     assert_eq!(worker.local_addrs(), bound);
     assert_eq!(worker.local_addr(), bound[0].1);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = util::runtime();
     for &(id, addr) in bound.iter().rev() {
         let client = util::connect(addr);
         let accept = poll_fn(|cx| worker.poll_accept(cx));

@@ -68,13 +68,6 @@ fn stop_workers(stop: watch::Sender<bool>, threads: Vec<JoinHandle<()>>) {
     }
 }
 
-fn current_thread_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// Answers `<path> <version> worker <index>`.
 async fn describe(
     request: Request<Incoming>,
@@ -152,8 +145,7 @@ async fn request_both(addr: SocketAddr, hold: impl Future<Output = ()>) -> Vec<S
 #[apply(every_backend)]
 fn hyper_serves_http1_and_http2_over_connections(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let (stop, stop_rx) = watch::channel(false);
     let threads = spawn_workers(listener, &stop_rx, serve_hyper);
 
@@ -164,7 +156,7 @@ fn hyper_serves_http1_and_http2_over_connections(backend: Backend) {
             "{backend}: both connections counted"
         );
     };
-    let bodies = current_thread_runtime().block_on(request_both(addr, hold));
+    let bodies = util::runtime().block_on(request_both(addr, hold));
     for i in 0..REQUESTS {
         assert!(bodies[2 * i].starts_with(&format!("/h1/{i} HTTP/1.1 worker ")));
         assert!(bodies[2 * i + 1].starts_with(&format!("/h2/{i} HTTP/2.0 worker ")));
@@ -200,12 +192,11 @@ async fn serve_axum_on(connections: balancer::Connections) {
 #[apply(every_backend)]
 fn axum_serves_http1_and_http2_and_stops(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let (stop, stop_rx) = watch::channel(false);
     let threads = spawn_workers(listener, &stop_rx, serve_axum);
 
-    let bodies = current_thread_runtime().block_on(request_both(addr, async {}));
+    let bodies = util::runtime().block_on(request_both(addr, async {}));
     for pair in bodies.chunks(2) {
         assert!(pair[0].starts_with("hello HTTP/1.1 worker "), "{pair:?}");
         assert!(pair[1].starts_with("hello HTTP/2.0 worker "), "{pair:?}");
@@ -260,8 +251,7 @@ where
     Fut: Future<Output = ()> + 'static,
 {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     // Nothing serves yet: each connection and its request wait in the kernel.
     let mut clients = burst(addr, false);
     let (stop, stop_rx) = watch::channel(true); // the shutdown has started
@@ -292,8 +282,7 @@ fn hyper_answers_a_burst_queued_at_shutdown(backend: Backend) {
 #[apply(every_backend)]
 fn axum_answers_queued_clients_that_send_late(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let mut clients = burst(addr, true);
     let (stop, stop_rx) = watch::channel(true);
     let threads = spawn_workers(listener, &stop_rx, |worker, shutdown| {
@@ -348,8 +337,7 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let (stop, stop_rx) = watch::channel(false);
     let seen = SeenAddrs::default();
     let recorder = Arc::clone(&seen);
@@ -357,7 +345,7 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
         serve_tonic(worker, shutdown, Arc::clone(&recorder))
     });
 
-    current_thread_runtime().block_on(async {
+    util::runtime().block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -468,8 +456,7 @@ fn read_stream_1(client: &mut TcpStream) -> Vec<u8> {
 #[apply(every_backend)]
 fn tonic_answers_a_burst_queued_at_shutdown(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let request = raw_health_check();
     let mut clients: Vec<TcpStream> = (0..BURST)
         .map(|_| {

@@ -22,11 +22,7 @@ fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer
     for _ in 0..listeners {
         builder = builder.listen(loopback());
     }
-    let listener = builder
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    assert_eq!(listener.backend(), backend, "no silent fallback");
-    EchoServer::start(listener, Guard::Keep)
+    EchoServer::start(util::bind(builder, backend), Guard::Keep)
 }
 
 #[apply(every_backend)]
@@ -36,9 +32,7 @@ fn serves_every_connection_and_counts_return_to_zero(
 ) {
     util::skip_unless_runnable!(backend);
     let server = echo_server(backend, workers, 1);
-    let clients: Vec<_> = (0..CONNECTIONS)
-        .map(|_| server.open(server.addr(0)))
-        .collect();
+    let clients = server.open_many(server.addr(0), CONNECTIONS);
     let split = server.split(&clients, workers);
     println!("{backend} x{workers}: per-worker split {split:?}");
     assert_eq!(split.iter().sum::<usize>(), CONNECTIONS);
@@ -77,9 +71,7 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
 ) {
     util::skip_unless_runnable!(backend);
     let server = echo_server(backend, workers, 1);
-    let mut clients: Vec<_> = (0..CONNECTIONS)
-        .map(|_| server.open(server.addr(0)))
-        .collect();
+    let mut clients = server.open_many(server.addr(0), CONNECTIONS);
     let per_worker = server.stats.snapshot().active_per_worker();
     println!("{backend} x{workers}: after {CONNECTIONS} opened one by one {per_worker:?}");
     assert!(spread(&per_worker) <= 1, "{per_worker:?}");
@@ -95,7 +87,7 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     assert_eq!(snapshot.active_per_worker()[0], 0, "{snapshot:?}");
     clients = kept;
 
-    clients.extend((0..closed).map(|_| server.open(server.addr(0))));
+    clients.extend(server.open_many(server.addr(0), closed));
     let per_worker = server.stats.snapshot().active_per_worker();
     println!(
         "{backend} x{workers}: after closing worker 0's {closed} and opening {closed} {per_worker:?}"
@@ -297,13 +289,9 @@ fn ipv6_listeners_serve_on_every_backend() {
         if !util::runnable(backend) {
             continue;
         }
-        let listener = Builder::new(backend)
-            .workers(2)
-            .listen("[::1]:0")
-            .bind()
-            .unwrap_or_else(|e| panic!("bind [::1] on {backend}: {e:?}"));
-        let server = EchoServer::start(listener, Guard::Keep);
-        let clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
+        let builder = Builder::new(backend).workers(2).listen("[::1]:0");
+        let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
+        let clients = server.open_many(server.addr(0), 4);
         assert_eq!(
             server.split(&clients, 2).iter().sum::<usize>(),
             4,

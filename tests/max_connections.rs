@@ -24,13 +24,10 @@ use util::{
 const NOT_ACCEPTED_FOR: Duration = Duration::from_millis(300);
 
 fn server(backend: Backend, workers: usize, limit: usize) -> EchoServer {
-    let listener = Builder::new(backend)
-        .workers(workers)
+    let builder = (Builder::new(backend).workers(workers))
         .max_connections(limit)
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    EchoServer::start(listener, Guard::Keep)
+        .listen("127.0.0.1:0");
+    EchoServer::start(util::bind(builder, backend), Guard::Keep)
 }
 
 /// Whether `stats` reach more than `n` connections taken within
@@ -44,7 +41,7 @@ fn a_full_worker_accepts_again_when_a_connection_closes(backend: Backend) {
     util::skip_unless_runnable!(backend);
     let server = server(backend, 1, 2);
     let addr = server.addr(0);
-    let mut open: Vec<_> = (0..2).map(|_| server.open(addr)).collect();
+    let mut open = server.open_many(addr, 2);
 
     let mut waiting = util::connect(addr);
     waiting.write_all(b"third\n").unwrap();

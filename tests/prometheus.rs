@@ -24,14 +24,11 @@ use util::every_backend;
 /// A snapshot of `backend` with 2 workers (at most 100 connections each)
 /// serving 4 connections.
 fn serving_snapshot(backend: Backend) -> Snapshot {
-    let listener = balancer::Builder::new(backend)
-        .workers(2)
+    let builder = (balancer::Builder::new(backend).workers(2))
         .max_connections(100)
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    let server = EchoServer::start(listener, Guard::Keep);
-    let _clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
+        .listen("127.0.0.1:0");
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
+    let _clients = server.open_many(server.addr(0), 4);
     let snap = server.wait_for(|s| active(s) == 4);
     assert_eq!(active(&snap), 4, "{snap:?}");
     snap

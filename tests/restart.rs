@@ -51,12 +51,8 @@ fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Tally> {
 }
 
 fn bind(backend: Backend, addr: SocketAddr, take_over: bool) -> balancer::BalancedListener {
-    Builder::new(backend)
-        .workers(2)
-        .listen(addr)
-        .take_over(take_over)
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend} on {addr}: {e:?}"))
+    let builder = Builder::new(backend).workers(2).listen(addr);
+    util::bind(builder.take_over(take_over), backend)
 }
 
 /// `Ebpf` keeps every connection with `tcp_migrate_req` off: its migrate

@@ -25,8 +25,7 @@ use util::{
 /// Serves every worker of a two-worker `backend` listener with an echo
 /// handler; returns the server and its address.
 fn echo_server(backend: Backend) -> (Server, std::net::SocketAddr) {
-    let listener = util::bind_loopback(backend, 2);
-    let addr = listener.listeners().next().unwrap().1;
+    let (listener, _, addr) = util::loopback(backend, 2);
     let server = listener
         .serve(|conn| async move {
             let (mut rd, mut wr) = tokio::io::split(conn);
@@ -42,13 +41,7 @@ fn shut_down_in_background(
     server: Server,
     drain: Duration,
 ) -> std::thread::JoinHandle<DrainReport> {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(server.shutdown(drain))
-    })
+    std::thread::spawn(move || util::runtime().block_on(server.shutdown(drain)))
 }
 
 #[apply(every_backend)]
@@ -106,11 +99,7 @@ fn shutdown_on_waits_for_its_future_and_dropping_stops_at_once(backend: Backend)
     let status = server.drain_status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(server.shutdown_on(stopped, Duration::from_secs(30)))
+        util::runtime().block_on(server.shutdown_on(stopped, Duration::from_secs(30)))
     });
     let mut client = util::connect(addr);
     echo(&mut client, "before the stop\n");
@@ -140,8 +129,7 @@ const QUEUED: usize = 5;
 #[apply(every_backend)]
 fn the_last_worker_serves_what_was_queued(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 1);
-    let addr = listener.listeners().next().unwrap().1;
+    let (listener, _, addr) = util::loopback(backend, 1);
     let (busy, release) = (
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(false)),

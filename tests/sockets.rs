@@ -20,19 +20,13 @@ use std::{
 use balancer::{
     activation::{self, ActivationError},
     socket2::{Domain, SockRef, Socket, TcpKeepalive, Type},
-    Backend, BalancedListener, BindError, Builder,
+    Backend, BindError, Builder,
 };
 use rstest_reuse::{self, apply};
 use util::client::try_round_trip;
 use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
-
-fn bind(builder: Builder, backend: Backend) -> BalancedListener {
-    builder
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"))
-}
 
 /// Whether `backend` gives each worker a socket of its own.
 fn per_worker(backend: Backend) -> bool {
@@ -43,7 +37,7 @@ fn per_worker(backend: Backend) -> bool {
 fn an_ipv6_wildcard_listener_accepts_ipv4_by_default(backend: Backend) {
     util::skip_unless_runnable!(backend);
     let builder = Builder::new(backend).workers(2).listen("[::]:0");
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let port = server.addr(0).port();
     let mut clients: Vec<_> = (0..4)
         .map(|_| server.open(SocketAddr::from(([127, 0, 0, 1], port))))
@@ -55,7 +49,7 @@ fn an_ipv6_wildcard_listener_accepts_ipv4_by_default(backend: Backend) {
 
 #[test]
 fn a_dual_stack_listener_holds_the_ipv4_port_too() {
-    let listener = bind(
+    let listener = util::bind(
         Builder::new(Backend::Shared).listen("[::]:0"),
         Backend::Shared,
     );
@@ -74,14 +68,14 @@ fn only_v6_refuses_ipv4() {
         .workers(1)
         .only_v6(true)
         .listen("[::]:0");
-    let listener = bind(builder, Backend::Shared);
+    let listener = util::bind(builder, Backend::Shared);
     let port = listener.listeners().next().unwrap().1.port();
     let v4 = SocketAddr::from(([127, 0, 0, 1], port));
     let err = TcpStream::connect_timeout(&v4, util::TIMEOUT).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     // An IPv4 listener can have the same port then.
     let v4_too = Builder::new(Backend::Shared).workers(1).listen(v4);
-    let server = EchoServer::start(bind(v4_too, Backend::Shared), Guard::Keep);
+    let server = EchoServer::start(util::bind(v4_too, Backend::Shared), Guard::Keep);
     drop(server.open(v4));
     drop(listener);
 }
@@ -89,7 +83,7 @@ fn only_v6_refuses_ipv4() {
 /// The options set on the accepted stream of a 1-worker `backend` built by
 /// `builder`.
 fn accepted_options(backend: Backend, builder: Builder) -> (bool, bool, Option<[u64; 3]>) {
-    let listener = bind(builder.workers(1).listen("127.0.0.1:0"), backend);
+    let listener = util::bind(builder.workers(1).listen("127.0.0.1:0"), backend);
     let addr = listener.listeners().next().unwrap().1;
     let mut worker = listener.into_workers().remove(0);
     let (tx, rx) = mpsc::channel();
@@ -142,7 +136,7 @@ fn socket_options_runs_on_every_socket_before_listen(backend: Backend) {
             }
             socket.set_recv_buffer_size(64 * 1024)
         });
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let per_listener = if per_worker(backend) { 3 } else { 1 };
     assert_eq!(calls.load(Ordering::Relaxed), 2 * per_listener, "{backend}");
     let client = server.open(server.addr(1));
@@ -166,7 +160,7 @@ fn listen_takes_names_and_reports_what_does_not_resolve() {
         .workers(2)
         .listen("localhost:0")
         .listen(("127.0.0.1", 0));
-    let server = EchoServer::start(bind(by_name, Backend::Exact), Guard::Keep);
+    let server = EchoServer::start(util::bind(by_name, Backend::Exact), Guard::Keep);
     assert!(server.addr(0).ip().is_loopback(), "{}", server.addr(0));
     drop(server.open(server.addr(0)));
     drop(server.open(server.addr(1)));
@@ -191,9 +185,9 @@ fn an_adopted_reuseport_socket_serves_every_backend(backend: Backend) {
     let builder = Builder::new(backend)
         .workers(2)
         .listen_std(sockets.remove(0));
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     assert_eq!(server.addr(0), addr);
-    let clients: Vec<_> = (0..8).map(|_| server.open(addr)).collect();
+    let clients = server.open_many(addr, 8);
     let split = server.split(&clients, 2);
     if matches!(backend, Backend::Exact | Backend::Ebpf) {
         assert_eq!(split, [4, 4], "{backend}: both workers serve the address");
@@ -326,7 +320,7 @@ fn activated_child() {
     for socket in sockets {
         builder = builder.listen_std(socket);
     }
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let mut rest = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut rest);
     assert_eq!(taken(&server.stats.snapshot()), 4, "{backend}");

@@ -88,7 +88,7 @@ fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
     }
 
     // New connections avoid the stopped worker.
-    let later: Vec<_> = (0..10).map(|_| server.open(server.addr(0))).collect();
+    let later = server.open_many(server.addr(0), 10);
     assert_eq!(server.split(&later, 2), [0, 10]);
     drop((clients, later));
     let snap = server.wait_for(|s| s.active_per_worker() == [0, 0]);
@@ -100,8 +100,7 @@ fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
 #[apply(every_backend)]
 fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let threads = listener
         .spawn(|mut worker| async move {
             while let Ok(conn) = worker.accept().await {
@@ -147,8 +146,7 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
 #[apply(every_backend)]
 fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let mut threads = listener
         .spawn(|mut worker| async move {
             let mut accepted = 0;
@@ -228,8 +226,7 @@ fn workers_closing_at_once_return_every_queued_connection(backend: Backend) {
     util::skip_unless_runnable!(backend);
     let workers = 4;
     for round in 0..10 {
-        let listener = util::bind_loopback(backend, workers);
-        let addr = listener.listeners().next().unwrap().1;
+        let (listener, _, addr) = util::loopback(backend, workers);
         let clients: Vec<_> = (0..QUEUED).map(|_| send_line(addr)).collect();
         let start = std::sync::Arc::new(std::sync::Barrier::new(workers));
         let closing: Vec<_> = (listener.into_workers().into_iter())

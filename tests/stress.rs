@@ -71,7 +71,7 @@ fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
     // The balancer's view (the counters, and for Ebpf the kernel's load map)
     // is back at zero: sequential connections split exactly again.
     if matches!(backend, Backend::Exact | Backend::Ebpf) {
-        let clients: Vec<_> = (0..4 * WORKERS).map(|_| server.open(addr)).collect();
+        let clients = server.open_many(addr, 4 * WORKERS);
         assert_eq!(server.split(&clients, WORKERS), [4; WORKERS], "{backend}");
     }
 }

@@ -33,9 +33,7 @@ fn connections_complete_and_balance_with_syn_cookies_always_on(backend: Backend)
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
         let listener = util::bind_loopback(backend, WORKERS);
         let server = EchoServer::start(listener, Guard::Keep);
-        let clients: Vec<_> = (0..CONNECTIONS)
-            .map(|_| server.open(server.addr(0)))
-            .collect();
+        let clients = server.open_many(server.addr(0), CONNECTIONS);
         let split = server.split(&clients, WORKERS);
         let (sent, received) = (tcp_ext("SyncookiesSent"), tcp_ext("SyncookiesRecv"));
         println!("{backend}: split {split:?}, cookies sent {sent}, accepted {received}");

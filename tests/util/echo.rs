@@ -109,6 +109,11 @@ impl EchoServer {
         super::client::round_trip(addr)
     }
 
+    /// [`EchoServer::open`] `n` times, one connection after another.
+    pub fn open_many(&self, addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+        (0..n).map(|_| self.open(addr)).collect()
+    }
+
     /// Who served `client` (recorded at accept).
     pub fn served(&self, client: &TcpStream) -> Served {
         let local = client.local_addr().unwrap();
@@ -164,10 +169,7 @@ fn spawn_serving(
 ) -> JoinHandle<()> {
     let (record, stopped) = (Arc::clone(served), stopped.clone());
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = super::runtime();
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, serve(worker, guard, record, stopped));
     })

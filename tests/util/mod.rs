@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use balancer::Backend;
+use balancer::{stats::Stats, Backend, BalancedListener, Builder, Worker};
 use rstest_reuse::template;
 use socket2::{Domain, Socket, Type};
 
@@ -54,8 +54,8 @@ pub fn privileged(test: &str) -> bool {
 
 /// Whether `backend` can run here: `Ebpf` needs root (see [`privileged`]).
 #[must_use]
-pub fn runnable(backend: balancer::Backend) -> bool {
-    backend != balancer::Backend::Ebpf || privileged("the Ebpf backend")
+pub fn runnable(backend: Backend) -> bool {
+    backend != Backend::Ebpf || privileged("the Ebpf backend")
 }
 
 /// Returns from the calling test (a skip, see [`runnable`]) unless
@@ -69,16 +69,45 @@ macro_rules! skip_unless_runnable {
 }
 pub(crate) use skip_unless_runnable;
 
-/// `workers` workers of `backend` on one listener on 127.0.0.1, port 0. The
-/// backend is the one asked for: no silent fallback.
-pub fn bind_loopback(backend: balancer::Backend, workers: usize) -> balancer::BalancedListener {
-    let listener = balancer::Builder::new(backend)
-        .workers(workers)
-        .listen("127.0.0.1:0")
+/// Binds `builder`, made with `Builder::new(backend)`; panics with the
+/// error. The backend is the one asked for: no silent fallback.
+pub fn bind(builder: Builder, backend: Backend) -> BalancedListener {
+    let listener = builder
         .bind()
         .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
     assert_eq!(listener.backend(), backend, "no silent fallback");
     listener
+}
+
+/// `workers` workers of `backend` on one listener on 127.0.0.1, port 0 (see
+/// [`bind`]).
+pub fn bind_loopback(backend: Backend, workers: usize) -> BalancedListener {
+    bind(
+        Builder::new(backend).workers(workers).listen("127.0.0.1:0"),
+        backend,
+    )
+}
+
+/// [`bind_loopback`], with the set's stats and its address.
+pub fn loopback(backend: Backend, workers: usize) -> (BalancedListener, Stats, SocketAddr) {
+    let listener = bind_loopback(backend, workers);
+    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    (listener, stats, addr)
+}
+
+/// The one worker of a one-worker [`loopback`] set, its address and the
+/// set's stats.
+pub fn one_worker(backend: Backend) -> (Worker, SocketAddr, Stats) {
+    let (listener, stats, addr) = loopback(backend, 1);
+    (listener.into_workers().pop().unwrap(), addr, stats)
+}
+
+/// A current-thread runtime with IO and time, as each worker's thread runs.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
 }
 
 /// `n` listening TCP sockets on one loopback port, all in one `SO_REUSEPORT`

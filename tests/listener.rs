@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use balancer::{steering::SteeringError, Backend, BalancedListener, BindError, Builder};
 use rstest_reuse::{self, apply};
-use util::counts::{active, counts, spread};
+use util::counts::{active, counts, expect_active, spread};
 use util::echo::{EchoServer, Guard};
 use util::{every_backend, least_loaded_backends};
 
@@ -50,8 +50,8 @@ fn serves_every_connection_and_counts_return_to_zero(
     );
 
     drop(clients);
-    let closed = server.wait_for(|s| active(s) == 0);
-    assert_eq!(active(&closed), 0, "{closed:?}");
+    expect_active(&server.stats, 0, "all closed");
+    let closed = server.stats.snapshot();
     let totals: Vec<u64> = closed
         .workers
         .iter()

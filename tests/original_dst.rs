@@ -10,7 +10,7 @@ use balancer_testkit::in_new_netns;
 use rstest_reuse::{self, apply};
 use util::least_loaded_backends;
 use util::{
-    counts::{active, spread},
+    counts::{expect_active, spread},
     echo::{EchoServer, Guard},
     privileged,
 };
@@ -69,8 +69,7 @@ fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
             "{text}"
         );
         drop(clients);
-        let closed = server.wait_for(|s| active(s) == 0);
-        assert_eq!(closed.active_per_worker(), [0, 0]);
+        expect_active(&server.stats, 0, "all closed");
     });
 }
 

@@ -17,7 +17,7 @@ use balancer::{
     Backend,
 };
 use rstest_reuse::{self, apply};
-use util::counts::active;
+use util::counts::expect_active;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -29,9 +29,8 @@ fn serving_snapshot(backend: Backend) -> Snapshot {
         .listen("127.0.0.1:0");
     let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let _clients = server.open_many(server.addr(0), 4);
-    let snap = server.wait_for(|s| active(s) == 4);
-    assert_eq!(active(&snap), 4, "{snap:?}");
-    snap
+    expect_active(&server.stats, 4, "serving 4");
+    server.stats.snapshot()
 }
 
 /// Runs `promtool check metrics` on `text`; panics with its findings.

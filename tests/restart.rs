@@ -19,7 +19,7 @@ use std::{
 use balancer::{Backend, Builder};
 use rstest_reuse::{self, apply};
 use util::client::try_round_trip;
-use util::counts::taken;
+use util::counts::{expect_active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -114,8 +114,7 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
             echoed as u64,
             "every round trip was counted once"
         );
-        let snap = new.wait_for(|s| s.active_per_worker() == [0, 0]);
-        assert_eq!(snap.active_per_worker(), [0, 0]);
+        expect_active(&new.stats, 0, "the new set, all closed");
         assert_eq!(old_stats.snapshot().active_per_worker(), [0, 0]);
     });
 }

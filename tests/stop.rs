@@ -13,7 +13,7 @@ use std::{
 use balancer::{stats::WorkerState, Backend};
 use rstest_reuse::{self, apply};
 use util::client::{closed, expect_echo, send_line};
-use util::counts::{active, taken};
+use util::counts::{expect_active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -91,8 +91,7 @@ fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
     let later = server.open_many(server.addr(0), 10);
     assert_eq!(server.split(&later, 2), [0, 10]);
     drop((clients, later));
-    let snap = server.wait_for(|s| s.active_per_worker() == [0, 0]);
-    assert_eq!(snap.active_per_worker(), [0, 0]);
+    expect_active(&server.stats, 0, "all closed");
 }
 
 /// A handler that panics drops its guard while unwinding: the panicking
@@ -129,14 +128,12 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
             healthy.push(client);
         }
     }
-    util::eventually(|| active(&stats.snapshot()) == 10);
+    expect_active(&stats, 10, "the healthy half open");
     let snap = stats.snapshot();
-    assert_eq!(active(&snap), 10, "{snap:?}");
     assert_eq!(taken(&snap), 20);
     assert!(snap.workers.iter().all(|w| w.state == WorkerState::Running));
     drop(healthy);
-    util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
-    assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
+    expect_active(&stats, 0, "all closed");
     drop(threads); // detached: they end with the test process
 }
 
@@ -212,8 +209,7 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
     let snap = stats.snapshot();
     assert_eq!(snap.workers[1].downstream_cx_total, before + 10);
     drop(clients);
-    util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
-    assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
+    expect_active(&stats, 0, "all closed");
 }
 
 /// Every worker closes at the same instant with connections queued on

@@ -17,7 +17,7 @@ use std::{
 use balancer::{stats::Snapshot, Backend, Builder};
 use util::{
     burst::echoed_burst,
-    counts::{active, counts, spread},
+    counts::{counts, expect_active, spread},
     echo::{EchoServer, Guard},
 };
 
@@ -97,11 +97,6 @@ fn round(server: &EchoServer) -> (Vec<TcpStream>, Vec<usize>) {
     (clients, split)
 }
 
-fn closed(server: &EchoServer) {
-    let snap = server.wait_for(|s| active(s) == 0);
-    assert_eq!(active(&snap), 0, "{snap:?}");
-}
-
 fn others(s: &Snapshot) -> usize {
     s.program.map_or(usize::MAX, |p| p.slots_elsewhere)
 }
@@ -118,7 +113,7 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         println!("alone: {split:?}");
         assert!(spread(&counts(&split)) <= 1, "{split:?}");
         drop(before);
-        closed(&server);
+        expect_active(&server.stats, 0, "all closed");
 
         let (mut successor, ready) = start_successor(addr);
         println!("successor {ready}");
@@ -131,7 +126,7 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
             "least loaded over both sets: {split:?}"
         );
         drop(shared);
-        closed(&server);
+        expect_active(&server.stats, 0, "all closed");
 
         if kill {
             successor.kill().unwrap();
@@ -158,6 +153,6 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         );
         assert!(spread(&counts(&split)) <= 1, "{split:?}");
         drop(after);
-        closed(&server);
+        expect_active(&server.stats, 0, "all closed");
     }
 }

@@ -32,6 +32,11 @@ pub fn every_backend(
 #[rstest::rstest]
 pub fn least_loaded_backends(#[values(Backend::Exact, Backend::Ebpf)] backend: Backend) {}
 
+/// Whether `backend` balances by load, as [`least_loaded_backends`] lists.
+pub fn least_loaded(backend: Backend) -> bool {
+    matches!(backend, Backend::Exact | Backend::Ebpf)
+}
+
 /// Whether a test that needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) may
 /// run. Unprivileged, it prints why it skips and returns false; under CI
 /// (`CI` set) a skip would hide an untested kernel path, so it panics.

@@ -21,8 +21,8 @@ use nix::sys::{
 };
 use rstest::rstest;
 use util::client::{closed, read_echo, round_trip};
-use util::example::{example_command, ExampleServer};
 use util::http::{exchange, read_to_close, send};
+use util::process::{example_command, ExampleServer};
 
 #[rstest]
 fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline(

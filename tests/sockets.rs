@@ -14,7 +14,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         mpsc, Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use balancer::{
@@ -26,7 +26,7 @@ use rstest_reuse::{self, apply};
 use util::client::try_round_trip;
 use util::counts::{expect_active, taken};
 use util::echo::{EchoServer, Guard};
-use util::every_backend;
+use util::{every_backend, process};
 
 /// Whether `backend` gives each worker a socket of its own.
 fn per_worker(backend: Backend) -> bool {
@@ -259,8 +259,7 @@ fn socket_activation_serves(
     command
         .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "activated_child", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
+        .args(process::ignored_test_args("activated_child"))
         .env("LISTEN_FDS", "1")
         .env(CHILD_BACKEND, backend.name())
         .stdin(Stdio::piped())
@@ -283,17 +282,7 @@ fn socket_activation_serves(
             .unwrap_or_else(|e| panic!("{backend}: echo from the activated child: {e}"));
     }
     drop(child.stdin.take());
-    let deadline = Instant::now() + util::TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{backend}: the child did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = process::wait_exit(&mut child);
     let mut out = String::new();
     child
         .stdout

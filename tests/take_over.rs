@@ -54,13 +54,7 @@ fn successor() {
 /// Starts the successor for `addr` and waits (bounded) until it serves.
 fn start_successor(addr: SocketAddr) -> (Child, String) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "successor",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(util::process::ignored_test_args("successor"))
         .env(ADDR_ENV, addr.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -166,8 +166,8 @@ pub mod burst;
 pub mod client;
 pub mod counts;
 pub mod echo;
-pub mod example;
 pub mod http;
+pub mod process;
 pub mod raw;
 
 /// Runs `body` in a new network namespace where sockets closing lose no

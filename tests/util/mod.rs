@@ -1,6 +1,18 @@
-//! Helpers shared by the integration tests: privilege gating, the backend
-//! lists every test runs over, loopback sockets with timeouts. Network
-//! namespaces and the iptables rule come from `balancer_testkit`.
+//! Helpers for the root package's integration tests (`tests/*.rs`).
+//!
+//! Where a helper goes: the kinds the tests share with the benches and
+//! `cargo xtask` (running commands, network namespaces, the iptables
+//! REDIRECT rule, bounded waits) live in `balancer_testkit` (`testkit/`),
+//! whoever calls them; everything else the tests use lives here, in
+//! `tests/util/`, including a test-only wrapper of a testkit helper
+//! (`eventually` with [`TIMEOUT`], `in_netns_migrating`). One file per kind
+//! of helper, each helper written once: a test file keeps only what no
+//! other test file needs. This file: skipping (`privileged`,
+//! `skip_unless_runnable!`), the backend templates, binding and connecting
+//! on loopback, capabilities; `client.rs`: echo clients one connection at a
+//! time; `burst.rs`: clients that connect all at once; `echo.rs`: the echo
+//! server; `counts.rs`: sums over the stats; `http.rs`: raw HTTP/1
+//! exchanges; `process.rs`: child processes; `raw.rs`: raw TCP segments.
 #![allow(dead_code, unused_imports, unused_macros)] // each test binary uses a different subset
 
 use std::{

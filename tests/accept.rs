@@ -21,21 +21,14 @@ const CONNECTIONS: usize = 200;
 /// exactly once.
 #[apply(every_backend)]
 fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 1);
-    let addr = listener.listeners().next().unwrap().1;
-    let mut worker = listener.into_workers().pop().unwrap();
+    util::skip_unless_runnable!(backend);
+    let (mut worker, addr, _) = util::one_worker(backend);
     let clients = std::thread::spawn(move || {
         (0..CONNECTIONS)
             .map(|_| util::connect(addr))
             .collect::<Vec<_>>()
     });
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = util::runtime();
     let (mut accepted, mut cancelled) = (Vec::new(), 0);
     runtime.block_on(async {
         let deadline = tokio::time::Instant::now() + util::TIMEOUT;
@@ -66,12 +59,8 @@ fn accept_cancelled_again_and_again_loses_no_connection(backend: Backend) {
 /// then accepts the connection that waited.
 #[apply(every_backend)]
 fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 1);
-    let addr = listener.listeners().next().unwrap().1;
-    let mut worker = listener.into_workers().pop().unwrap();
+    util::skip_unless_runnable!(backend);
+    let (mut worker, addr, _) = util::one_worker(backend);
     let client = util::connect(addr);
 
     let polled = pin!(worker.accept()).poll(&mut Context::from_waker(Waker::noop()));
@@ -80,25 +69,17 @@ fn accept_outside_a_runtime_with_io_is_an_error_and_keeps_the_sockets(backend: B
     };
     assert!(error.to_string().contains("tokio runtime"), "{error}");
 
-    let no_io = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let error = no_io.block_on(worker.accept()).unwrap_err();
-    assert!(error.to_string().contains("IO enabled"), "{error}");
+    // A runtime without its IO driver, or without its timer (the accept
+    // back-off and the upkeep would panic), is refused as well.
+    let current_thread = tokio::runtime::Builder::new_current_thread;
+    let no_io = current_thread().enable_time().build().unwrap();
+    let no_time = current_thread().enable_io().build().unwrap();
+    for (runtime, missing) in [(no_io, "IO enabled"), (no_time, "time enabled")] {
+        let error = runtime.block_on(worker.accept()).unwrap_err();
+        assert!(error.to_string().contains(missing), "{error}");
+    }
 
-    // Without a timer the accept back-off and the upkeep would panic.
-    let no_time = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .unwrap();
-    let error = no_time.block_on(worker.accept()).unwrap_err();
-    assert!(error.to_string().contains("time enabled"), "{error}");
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = util::runtime();
     let accepted = runtime
         .block_on(async { tokio::time::timeout(util::TIMEOUT, worker.accept()).await })
         .expect("the waiting connection is accepted")

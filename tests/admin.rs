@@ -6,7 +6,7 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     net::{SocketAddr, TcpStream},
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use balancer::{
     admin::{AdminServer, Limits},
     Backend,
 };
+use util::http::{exchange, read_to_close_or_reset, send};
 
 /// The head timeout the tests give the endpoint.
 const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
@@ -33,11 +34,7 @@ fn start_admin() -> SocketAddr {
         .max_request_bytes(MAX_REQUEST_BYTES);
     let (send, addr) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+        util::runtime().block_on(async {
             let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), stats)
                 .await
                 .unwrap()
@@ -50,25 +47,6 @@ fn start_admin() -> SocketAddr {
         .expect("the admin endpoint starts")
 }
 
-/// Reads what the server sends until it closes.
-fn read_response(client: &mut TcpStream) -> String {
-    let mut response = Vec::new();
-    match client.read_to_end(&mut response) {
-        Ok(_) => {}
-        // A reject closes with the rest of the request unread: a reset
-        // may follow the response.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        Err(e) => panic!("reading a response: {e}; got {response:?}"),
-    }
-    String::from_utf8_lossy(&response).into_owned()
-}
-
-fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut client = util::connect(addr);
-    client.write_all(request).unwrap();
-    read_response(&mut client)
-}
-
 fn status_line(response: &str) -> &str {
     response.lines().next().unwrap_or_default()
 }
@@ -78,15 +56,12 @@ fn idle_half_requests_beyond_the_cap_are_refused_and_time_out() {
     let addr = start_admin();
     let start = Instant::now();
     let idle: Vec<TcpStream> = (0..200)
-        .map(|_| {
-            let mut client = util::connect(addr);
-            client.write_all(b"GET /stats HTTP/1.1\r\n").unwrap();
-            client
-        })
+        .map(|_| send(addr, b"GET /stats HTTP/1.1\r\n"))
         .collect();
     let mut statuses = std::collections::BTreeMap::<String, usize>::new();
     for mut client in idle {
-        let response = read_response(&mut client);
+        // Refused with the rest of the request unread: a reset may follow.
+        let response = read_to_close_or_reset(&mut client);
         *statuses
             .entry(status_line(&response).to_owned())
             .or_default() += 1;
@@ -131,7 +106,7 @@ fn a_head_trickled_byte_by_byte_is_cut_at_the_timeout() {
         }
     });
     let start = Instant::now();
-    let response = read_response(&mut client);
+    let response = read_to_close_or_reset(&mut client);
     let took = start.elapsed();
     assert_eq!(status_line(&response), "HTTP/1.1 408 Request Timeout");
     assert!(
@@ -147,7 +122,7 @@ fn an_oversized_head_is_answered_431() {
     let addr = start_admin();
     let mut head = b"GET /stats HTTP/1.1\r\nX-Long: ".to_vec();
     head.resize(MAX_REQUEST_BYTES + 100, b'a');
-    let response = exchange(addr, &head);
+    let response = read_to_close_or_reset(&mut send(addr, &head));
     assert_eq!(
         status_line(&response),
         "HTTP/1.1 431 Request Header Fields Too Large"

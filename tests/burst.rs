@@ -12,7 +12,8 @@ use balancer::{stats::Snapshot, Backend, Builder};
 use rstest_reuse::{self, apply};
 use util::{
     burst::{burst_in_background, echoed_burst, report},
-    echo::{spread, EchoServer, Guard},
+    counts::{active, counts, spread, taken},
+    echo::{EchoServer, Guard},
     every_backend,
 };
 
@@ -29,15 +30,14 @@ fn burst(server: &EchoServer, n: usize, workers: usize) -> (Vec<TcpStream>, Vec<
 /// selections (`None` for other backends than `Ebpf`).
 fn assert_all_released(server: &EchoServer, n: usize) -> Option<u64> {
     let settled = |s: &Snapshot| {
-        s.active_per_worker().iter().all(|&a| a == 0)
+        active(s) == 0
             && s.workers
                 .iter()
                 .all(|w| w.steering.is_none_or(|k| k.in_flight == 0))
     };
     let snap = server.wait_for(settled);
     assert!(settled(&snap), "counts left after close: {snap:?}");
-    let total: u64 = snap.workers.iter().map(|w| w.downstream_cx_total).sum();
-    assert_eq!(total, n as u64, "every connection counted once");
+    assert_eq!(taken(&snap), n as u64, "every connection counted once");
     (snap.workers.iter())
         .map(|w| w.steering.map(|k| k.selections))
         .sum()
@@ -48,10 +48,10 @@ fn burst_is_balanced(backend: Backend, workers: usize, n: usize, syncookies: boo
     let (clients, split) = burst(&server, n, workers);
     report(backend, n, syncookies, &split);
     assert_eq!(split.iter().sum::<usize>(), n);
-    let active = server.stats.snapshot().active_per_worker();
-    let counted: Vec<u64> = split.iter().map(|&c| c as u64).collect();
-    assert_eq!(active, counted, "the counters match who served");
-    if matches!(backend, Backend::Exact | Backend::Ebpf) {
+    let per_worker = server.stats.snapshot().active_per_worker();
+    let counted = counts(&split);
+    assert_eq!(per_worker, counted, "the counters match who served");
+    if util::least_loaded(backend) {
         assert!(
             spread(&counted) <= 1,
             "{backend} x{workers}, burst of {n}: {split:?}"
@@ -72,9 +72,7 @@ fn a_burst_splits_within_one_on_the_least_loaded_backends(
     #[values(2, 4, 8)] workers: usize,
     #[values(40, 200)] n: usize,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     burst_is_balanced(backend, workers, n, false);
 }
 
@@ -100,26 +98,21 @@ fn a_burst_splits_within_one_with_syn_cookies_always_on(
 /// combined loads stay within one.
 #[apply(every_backend)]
 fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (workers, n) = (4, 40);
-    let listener = Builder::new(backend)
-        .workers(workers)
+    let builder = (Builder::new(backend).workers(workers))
         .listen("127.0.0.1:0")
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap();
-    let server = EchoServer::start(listener, Guard::Keep);
+        .listen("127.0.0.1:0");
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let (a, b) = (server.addr(0), server.addr(1));
     let other = burst_in_background(b, n);
     let mut clients = echoed_burst(a, n);
     clients.extend(other.join().unwrap());
-    let active = server.stats.snapshot().active_per_worker();
-    println!("{backend}: two bursts of {n} at once, combined {active:?}");
-    assert_eq!(active.iter().sum::<u64>(), 2 * n as u64);
-    if matches!(backend, Backend::Exact | Backend::Ebpf) {
-        assert!(spread(&active) <= 1, "{backend}: {active:?}");
+    let per_worker = server.stats.snapshot().active_per_worker();
+    println!("{backend}: two bursts of {n} at once, combined {per_worker:?}");
+    assert_eq!(per_worker.iter().sum::<u64>(), 2 * n as u64);
+    if util::least_loaded(backend) {
+        assert!(spread(&per_worker) <= 1, "{backend}: {per_worker:?}");
     }
     drop(clients);
     assert_all_released(&server, 2 * n);
@@ -130,9 +123,7 @@ fn bursts_on_two_listeners_at_once_balance_the_combined_load(backend: Backend) {
 /// most its share plus one; when it resumes, every connection is served.
 #[apply(every_backend)]
 fn a_stalled_worker_receives_at_most_its_share(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (workers, n) = (4, 40);
     let (mut server, stalled) =
         EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);
@@ -144,7 +135,7 @@ fn a_stalled_worker_receives_at_most_its_share(backend: Backend) {
     let split = server.split(&clients, workers);
     println!("{backend}: worker 0 stalled for 1 s during a burst of {n}: {split:?}");
     assert_eq!(split.iter().sum::<usize>(), n);
-    if matches!(backend, Backend::Exact | Backend::Ebpf) {
+    if util::least_loaded(backend) {
         assert!(split[0] <= n.div_ceil(workers) + 1, "{backend}: {split:?}");
     }
     drop(clients);
@@ -172,8 +163,7 @@ fn close_during_burst(backend: Backend) {
         EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);
     let addr = server.addr(0);
     let clients = burst_in_background(addr, n);
-    let served = |s: &Snapshot| s.workers.iter().map(|w| w.downstream_cx_total).sum::<u64>();
-    server.wait_for(|s| served(s) >= n as u64 / 2);
+    server.wait_for(|s| taken(s) >= n as u64 / 2);
     let left = closing.close();
     assert!(left.is_empty(), "other workers are live");
     let clients = clients.join().expect("every client got its echo");
@@ -181,8 +171,8 @@ fn close_during_burst(backend: Backend) {
     println!("{backend}: worker 0 closed during a burst of {n}: {split:?}");
     assert_eq!(split[0], 0, "{split:?}");
     assert_eq!(split.iter().sum::<usize>(), n);
-    let live: Vec<u64> = split[1..].iter().map(|&c| c as u64).collect();
-    if matches!(backend, Backend::Exact | Backend::Ebpf) {
+    let live = counts(&split[1..]);
+    if util::least_loaded(backend) {
         assert!(spread(&live) <= 1, "{backend}: {split:?}");
     }
     drop(clients);
@@ -219,9 +209,8 @@ fn handshakes_that_never_complete_do_not_stay_counted() {
 
         let (clients, split) = burst(&server, n, workers);
         report(Backend::Ebpf, n, false, &split);
-        let counted: Vec<u64> = split.iter().map(|&c| c as u64).collect();
         assert!(
-            spread(&counted) <= 1,
+            spread(&counts(&split)) <= 1,
             "after half-open handshakes: {split:?}"
         );
         drop(clients);

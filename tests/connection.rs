@@ -12,28 +12,15 @@ use std::{
     thread::JoinHandle,
 };
 
-use balancer::{stats::Stats, Backend, BalancedListener, Builder, Connection};
+use balancer::{Backend, BalancedListener, Builder, Connection};
 use rstest_reuse::{self, apply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use util::every_backend;
+use util::{
+    counts::{active, expect_active},
+    every_backend,
+};
 
 const CLIENTS: usize = 6;
-
-/// The connections counted against the workers right now.
-fn active(stats: &Stats) -> u64 {
-    stats.snapshot().active_per_worker().iter().sum()
-}
-
-/// Waits until `active(stats) == expected`; panics with the counts if that
-/// does not happen in time.
-fn expect_active(stats: &Stats, expected: u64, when: &str) {
-    let held = util::eventually(|| active(stats) == expected);
-    let per_worker = stats.snapshot().active_per_worker();
-    assert!(
-        held,
-        "{when}: active {per_worker:?}, expected {expected} in all"
-    );
-}
 
 /// Echoes through the `Connection` itself (plain and vectored writes), and
 /// answers the client's end of stream with a shutdown of its own.
@@ -83,24 +70,17 @@ fn serve_echo(
 /// its task ends, and the counts return to zero.
 #[apply(every_backend)]
 fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let threads = serve_echo(listener, &stopped);
 
     let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| util::connect(addr)).collect();
     for (i, client) in clients.iter_mut().enumerate() {
-        let line = format!("hello {i}\n");
-        client.write_all(line.as_bytes()).unwrap();
-        let mut echoed = vec![0; line.len()];
-        client.read_exact(&mut echoed).expect("echo");
-        assert_eq!(echoed, line.as_bytes());
+        util::client::echo(client, &format!("hello {i}\n"));
     }
     assert_eq!(
-        active(&stats),
+        active(&stats.snapshot()),
         CLIENTS as u64,
         "{backend}: all open, all counted"
     );
@@ -126,12 +106,8 @@ fn a_connection_moved_into_a_task_stays_counted_until_it_drops(backend: Backend)
 /// thread drops it.
 #[apply(every_backend)]
 fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 1);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let mut worker = listener.into_workers().pop().unwrap();
+    util::skip_unless_runnable!(backend);
+    let (mut worker, addr, stats) = util::one_worker(backend);
     let mut client = util::connect(addr);
     let conn = worker.accept_blocking().expect("accept");
     assert_eq!(conn.peer_addr(), client.local_addr().unwrap());
@@ -150,11 +126,12 @@ fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend:
         conn.write_all(&line).expect("write");
         released.recv_timeout(util::TIMEOUT).expect("released");
     });
-    client.write_all(b"hello\n").unwrap();
-    let mut echoed = [0; 6];
-    client.read_exact(&mut echoed).expect("echo");
-    assert_eq!(&echoed, b"hello\n");
-    assert_eq!(active(&stats), 1, "{backend}: held by the other thread");
+    util::client::echo(&mut client, "hello\n");
+    assert_eq!(
+        active(&stats.snapshot()),
+        1,
+        "{backend}: held by the other thread"
+    );
     release.send(()).unwrap();
     server.join().expect("server thread");
     expect_active(&stats, 0, "dropped on the other thread");
@@ -165,18 +142,14 @@ fn a_blocking_connection_moved_to_a_thread_stays_counted_until_it_drops(backend:
 /// with the stream still open.
 #[apply(every_backend)]
 fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 1);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let mut worker = listener.into_workers().pop().unwrap();
+    util::skip_unless_runnable!(backend);
+    let (mut worker, addr, stats) = util::one_worker(backend);
     let _client = util::connect(addr);
     let parts = worker.accept_blocking().expect("accept").into_parts();
-    assert_eq!(active(&stats), 1);
+    assert_eq!(active(&stats.snapshot()), 1);
     drop(parts.guard);
     assert_eq!(
-        active(&stats),
+        active(&stats.snapshot()),
         0,
         "{backend}: released with the stream open"
     );
@@ -188,24 +161,17 @@ fn the_split_form_counts_as_long_as_its_guard(backend: Backend) {
 /// to the listener that accepted them.
 #[apply(every_backend)]
 fn poll_accept_serves_every_listener_of_the_worker(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = Builder::new(backend)
-        .workers(1)
+    util::skip_unless_runnable!(backend);
+    let builder = (Builder::new(backend).workers(1))
         .listen("127.0.0.1:0")
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
+        .listen("127.0.0.1:0");
+    let listener = util::bind(builder, backend);
     let bound: Vec<_> = listener.listeners().collect();
     let mut worker = listener.into_workers().pop().unwrap();
     assert_eq!(worker.local_addrs(), bound);
     assert_eq!(worker.local_addr(), bound[0].1);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = util::runtime();
     for &(id, addr) in bound.iter().rev() {
         let client = util::connect(addr);
         let accept = poll_fn(|cx| worker.poll_accept(cx));

@@ -20,57 +20,36 @@ use nix::sys::{
     signal::Signal,
 };
 use rstest::rstest;
-use util::example::{example_command, ExampleServer};
+use util::client::{closed, read_echo, round_trip};
+use util::http::{exchange, read_to_close, send};
+use util::process::{example_command, ExampleServer};
 
-/// Connects to `addr` and checks one echoed line, so the server has
-/// accepted the connection.
-fn echoed_client(addr: SocketAddr) -> TcpStream {
-    let mut client = util::connect(addr);
-    let line = b"hello\n";
-    client.write_all(line).unwrap();
-    let mut echoed = [0; 6];
-    client.read_exact(&mut echoed).unwrap();
-    assert_eq!(&echoed, line);
-    client
-}
-
-/// Sends `request` on a new connection and reads the response to EOF.
-fn exchange(addr: SocketAddr, request: &[u8]) -> String {
-    let mut client = util::connect(addr);
-    client.write_all(request).unwrap();
-    let mut response = String::new();
-    client
-        .read_to_string(&mut response)
-        .unwrap_or_else(|e| panic!("response: {e}; got {response:?}"));
-    response
-}
-
-#[test]
-fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline() {
-    let mut server = ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "1"]);
-    let mut clients: Vec<_> = (0..3).map(|_| echoed_client(server.addr)).collect();
+#[rstest]
+fn the_exit_line_counts_the_connections_closed_at_the_drain_deadline(
+    #[values("echo", "axum", "hyper")] example: &str,
+) {
+    let mut server = example_server(example, "1");
+    let mut clients: Vec<_> = (0..2).map(|_| held(example, server.addr)).collect();
+    wait_for_active(&server, 2, 2);
     server.signal(Signal::SIGTERM);
     let line = server.wait_for_line("stopped");
     assert!(
-        line.contains("(3 connections were closed at the drain deadline)"),
+        line.contains("(2 connections were closed at the drain deadline)"),
         "exit line: {line}"
     );
     assert!(server.wait_exit().success());
     for client in &mut clients {
-        let mut buf = [0; 1];
-        let read = client.read(&mut buf);
-        assert!(
-            matches!(read, Ok(0)) || read.is_err(),
-            "the connection was closed"
-        );
+        assert!(closed(client), "the connection was closed");
     }
 }
 
-#[test]
-fn a_second_signal_during_the_drain_exits_at_once() {
-    let mut server =
-        ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
-    let _client = echoed_client(server.addr);
+#[rstest]
+fn a_second_signal_during_the_drain_exits_at_once(
+    #[values("echo", "axum", "hyper")] example: &str,
+) {
+    let mut server = example_server(example, "60");
+    let _client = held(example, server.addr);
+    wait_for_active(&server, 2, 1);
     server.signal(Signal::SIGTERM);
     server.wait_for_line("SIGTERM: draining");
     let start = Instant::now();
@@ -90,7 +69,7 @@ fn a_second_signal_during_the_drain_exits_at_once() {
 fn the_admin_endpoint_reports_the_drain_while_it_lasts() {
     let mut server =
         ExampleServer::start("echo", &["--backend", "shared", "--drain-timeout", "60"]);
-    let _clients: Vec<_> = (0..2).map(|_| echoed_client(server.addr)).collect();
+    let _clients: Vec<_> = (0..2).map(|_| round_trip(server.addr)).collect();
     let live = exchange(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
     assert!(live.contains("server.state: 0\n"), "{live}");
     server.signal(Signal::SIGTERM);
@@ -114,9 +93,9 @@ const CLIENTS: usize = 200;
 /// The server's fd limit: about 50 connections fit.
 const FD_LIMIT: u64 = 64;
 
-#[test]
-fn a_scrape_while_out_of_fds_ends_nothing() {
-    let mut command = example_command("echo", &["--backend", "shared", "--workers", "1"]);
+#[rstest]
+fn a_scrape_while_out_of_fds_ends_nothing(#[values("echo", "axum", "hyper")] example: &str) {
+    let mut command = example_command(example, &["--backend", "shared", "--workers", "1"]);
     // SAFETY: setrlimit is async-signal-safe and touches only the child.
     unsafe {
         command.pre_exec(|| {
@@ -125,32 +104,25 @@ fn a_scrape_while_out_of_fds_ends_nothing() {
     }
     let mut server = ExampleServer::start_command(command);
     let mut clients: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let mut client = util::connect(server.addr);
-            client
-                .write_all(format!("client {i}\n").as_bytes())
-                .unwrap();
-            client
-        })
+        .map(|_| send(server.addr, GET.as_bytes()))
         .collect();
     server.wait_for_line("backing off"); // the worker's warning
-                                         // The scrape waits in the admin queue while no fd is free: the admin
-                                         // endpoint backs off too (one warning per episode each), and lives.
-    let mut scrape = util::connect(server.admin);
-    scrape.write_all(b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
+
+    // The scrape waits in the admin queue while no fd is free: the admin
+    // endpoint backs off too (one warning per episode each), and lives.
+    let mut scrape = send(server.admin, b"GET /stats HTTP/1.1\r\n\r\n");
     server.wait_for_line("backing off");
-    // Each client served and closed frees an fd for the next.
+    // Each client answered and closed frees an fd for the next.
     for (i, client) in clients.iter_mut().enumerate() {
-        let line = format!("client {i}\n");
-        let mut echoed = vec![0; line.len()];
-        client
-            .read_exact(&mut echoed)
-            .unwrap_or_else(|e| panic!("client {i} of {CLIENTS} was not served: {e}"));
-        assert_eq!(echoed, line.as_bytes());
+        if example == "echo" {
+            read_echo(client, GET)
+                .unwrap_or_else(|e| panic!("client {i} of {CLIENTS} was not served: {e}"));
+        } else {
+            assert_eq!(read_ok(client), 0, "client {i} of {CLIENTS}");
+        }
         client.shutdown(std::net::Shutdown::Both).unwrap();
     }
-    let mut response = String::new();
-    scrape.read_to_string(&mut response).unwrap();
+    let response = read_to_close(&mut scrape);
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(server.child_running(), "the server is still up");
 }
@@ -253,12 +225,12 @@ fn the_backlog_flag_sets_the_listen_backlog() {
 }
 
 /// A keep-alive HTTP/1.1 request for `/`.
-const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
+const GET: &str = "GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 
 /// Sends `GET /` on a keep-alive HTTP/1.1 `client`, checks the `ok`, and
 /// returns the worker its `X-Worker` header names.
 fn get_ok(client: &mut TcpStream) -> usize {
-    client.write_all(GET).unwrap();
+    client.write_all(GET.as_bytes()).unwrap();
     read_ok(client)
 }
 
@@ -317,24 +289,20 @@ fn wait_for_active(server: &ExampleServer, workers: usize, expected: u64) {
     assert!(counted, "{} active, not {expected}", active());
 }
 
-/// Connects and sends half a request head: the server has a request in
-/// progress on it, which no graceful shutdown ends.
-fn half_request(addr: SocketAddr) -> TcpStream {
-    let mut client = util::connect(addr);
-    client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
-    client
+/// A connection `example` holds open through a graceful shutdown, with
+/// nothing left to read: an echoed line for `echo`; for the HTTP examples,
+/// half a request head (a request in progress, which no graceful shutdown
+/// ends).
+fn held(example: &str, addr: SocketAddr) -> TcpStream {
+    if example == "echo" {
+        return round_trip(addr);
+    }
+    send(addr, b"GET / HTTP/1.1\r\n")
 }
 
-/// Asserts the server closed `client` (EOF or reset).
-fn assert_closed(client: &mut TcpStream) {
-    let mut buf = [0; 1];
-    let read = client.read(&mut buf);
-    assert!(matches!(read, Ok(0)) || read.is_err(), "open: {read:?}");
-}
-
-/// A framework example (axum or hyper) on `Shared` with 2 workers and a
-/// drain timeout of `drain_seconds`.
-fn framework_example(example: &str, drain_seconds: &str) -> ExampleServer {
+/// Example `example` on `Shared` with 2 workers and a drain timeout of
+/// `drain_seconds`.
+fn example_server(example: &str, drain_seconds: &str) -> ExampleServer {
     let args = ["--backend", "shared", "--workers", "2"];
     ExampleServer::start(
         example,
@@ -373,7 +341,7 @@ fn a_framework_example_serves_http_and_its_admin_endpoint_counts_it(
 
 #[rstest]
 fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] example: &str) {
-    let mut server = framework_example(example, "60");
+    let mut server = example_server(example, "60");
     let mut idle = util::connect(server.addr);
     get_ok(&mut idle);
     let start = Instant::now();
@@ -381,7 +349,7 @@ fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] exam
     server.wait_for_line("SIGTERM: draining");
     // Graceful: the idle keep-alive connection is closed, not left to the
     // deadline.
-    assert_closed(&mut idle);
+    assert!(closed(&mut idle), "the idle connection was closed");
     let line = server.wait_for_line("stopped");
     assert!(
         line.contains("(0 connections were closed at the drain deadline)"),
@@ -392,76 +360,4 @@ fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] exam
         start.elapsed() < Duration::from_secs(30),
         "waited for the deadline"
     );
-}
-
-#[rstest]
-fn a_framework_example_counts_the_connections_closed_at_the_drain_deadline(
-    #[values("axum", "hyper")] example: &str,
-) {
-    let mut server = framework_example(example, "1");
-    let mut clients: Vec<_> = (0..2).map(|_| half_request(server.addr)).collect();
-    wait_for_active(&server, 2, 2);
-    server.signal(Signal::SIGTERM);
-    let line = server.wait_for_line("stopped");
-    assert!(
-        line.contains("(2 connections were closed at the drain deadline)"),
-        "exit line: {line}"
-    );
-    assert!(server.wait_exit().success());
-    for client in &mut clients {
-        assert_closed(client);
-    }
-}
-
-#[rstest]
-fn a_second_signal_ends_a_framework_example_at_once(#[values("axum", "hyper")] example: &str) {
-    let mut server = framework_example(example, "60");
-    let _client = half_request(server.addr);
-    wait_for_active(&server, 2, 1);
-    server.signal(Signal::SIGTERM);
-    server.wait_for_line("SIGTERM: draining");
-    let start = Instant::now();
-    server.signal(Signal::SIGINT);
-    let line = server.wait_for_line("SIGINT again");
-    assert!(
-        line.ends_with("exiting with 1 connections open"),
-        "{}",
-        server.output.join("\n")
-    );
-    assert_eq!(server.wait_exit().code(), Some(128 + libc::SIGINT));
-    assert!(start.elapsed() < Duration::from_secs(5), "exited at once");
-}
-
-#[rstest]
-fn a_framework_example_survives_a_scrape_while_out_of_fds(
-    #[values("axum", "hyper")] example: &str,
-) {
-    let mut command = example_command(example, &["--backend", "shared", "--workers", "1"]);
-    // SAFETY: setrlimit is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            setrlimit(Resource::RLIMIT_NOFILE, FD_LIMIT, FD_LIMIT).map_err(std::io::Error::from)
-        });
-    }
-    let mut server = ExampleServer::start_command(command);
-    let mut clients: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let mut client = util::connect(server.addr);
-            client.write_all(GET).unwrap();
-            client
-        })
-        .collect();
-    server.wait_for_line("backing off"); // the worker's warning
-    let mut scrape = util::connect(server.admin);
-    scrape.write_all(b"GET /stats HTTP/1.1\r\n\r\n").unwrap();
-    server.wait_for_line("backing off"); // the admin endpoint's
-                                         // Each client answered and closed frees an fd for the next.
-    for (i, client) in clients.iter_mut().enumerate() {
-        assert_eq!(read_ok(client), 0, "client {i} of {CLIENTS}");
-        client.shutdown(std::net::Shutdown::Both).unwrap();
-    }
-    let mut response = String::new();
-    scrape.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
-    assert!(server.child_running(), "the server is still up");
 }

@@ -7,7 +7,6 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
@@ -16,6 +15,7 @@ use std::{
 use balancer::Backend;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use socket2::{Domain, Socket, Type};
+use util::client::{read_echo, send_hello};
 use util::echo::{EchoServer, Guard};
 
 /// Client sockets created before the limit drops (connecting needs no fd).
@@ -102,9 +102,7 @@ fn exhaust_and_recover(backend: Backend) {
 
     setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
     for (client, line) in &mut clients {
-        let mut echoed = vec![0; line.len()];
-        client
-            .read_exact(&mut echoed)
+        read_echo(client, line)
             .unwrap_or_else(|e| panic!("{backend}: a queued connection was lost: {e}"));
     }
     let snap = server.stats.snapshot();
@@ -118,8 +116,7 @@ fn connect_and_send(socket: Socket, addr: SocketAddr) -> (TcpStream, String) {
     socket.connect_timeout(&addr.into(), util::TIMEOUT).unwrap();
     let mut stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(util::TIMEOUT)).unwrap();
-    let line = format!("hello from {}\n", stream.local_addr().unwrap());
-    stream.write_all(line.as_bytes()).unwrap();
+    let line = send_hello(&mut stream).unwrap();
     (stream, line)
 }
 

@@ -15,14 +15,17 @@ use std::{
     thread::JoinHandle,
 };
 
-use balancer::{stats::Stats, Backend, BalancedListener, Worker};
+use balancer::{Backend, BalancedListener, Worker};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::{body::Incoming, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rstest_reuse::{self, apply};
 use tokio::sync::watch;
-use util::every_backend;
+use util::{
+    counts::{active, expect_active, taken},
+    every_backend,
+};
 
 /// Requests per protocol in the serving tests; connections in the burst.
 const REQUESTS: usize = 8;
@@ -41,45 +44,36 @@ fn stopped(stop: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 's
     }
 }
 
-/// Runs `serve(worker, shutdown)` on every worker's thread.
-fn spawn_workers<F, Fut>(
-    listener: BalancedListener,
-    stop: &watch::Receiver<bool>,
-    serve: F,
-) -> Vec<JoinHandle<()>>
+/// The workers' threads, each running a server until [`Serving::stop`].
+struct Serving {
+    stop: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Runs `serve(worker, shutdown)` on every worker's thread; the shutdown
+/// future completes at [`Serving::stop`], or at once if `stopping` (the
+/// shutdown has started).
+fn spawn_workers<F, Fut>(listener: BalancedListener, stopping: bool, serve: F) -> Serving
 where
     F: Fn(Worker, Shutdown) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let stop = stop.clone();
-    listener
-        .spawn(move |worker| serve(worker, Box::pin(stopped(&stop))))
-        .expect("spawn the workers")
+    let (stop, stop_rx) = watch::channel(stopping);
+    let threads = listener
+        .spawn(move |worker| serve(worker, Box::pin(stopped(&stop_rx))))
+        .expect("spawn the workers");
+    Serving { stop, threads }
 }
 
-/// Sets `stop` and joins the workers, whose serve loops must return.
-fn stop_workers(stop: watch::Sender<bool>, threads: Vec<JoinHandle<()>>) {
-    stop.send(true).unwrap();
-    for thread in threads {
-        thread.join().expect("the worker's server returned");
+impl Serving {
+    /// Sets the stop and joins the workers, whose serve loops must return.
+    fn stop(self) {
+        // Workers that returned already dropped their receivers.
+        self.stop.send_replace(true);
+        for thread in self.threads {
+            thread.join().expect("the worker's server returned");
+        }
     }
-}
-
-fn current_thread_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn active(stats: &Stats) -> u64 {
-    stats.snapshot().active_per_worker().iter().sum()
-}
-
-fn expect_all_released(stats: &Stats) {
-    let released = util::eventually(|| active(stats) == 0);
-    let per_worker = stats.snapshot().active_per_worker();
-    assert!(released, "connections still counted: {per_worker:?}");
 }
 
 /// Answers `<path> <version> worker <index>`.
@@ -158,24 +152,24 @@ async fn request_both(addr: SocketAddr, hold: impl Future<Output = ()>) -> Vec<S
 /// answered, each connection counted while open, none after.
 #[apply(every_backend)]
 fn hyper_serves_http1_and_http2_over_connections(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let (stop, stop_rx) = watch::channel(false);
-    let threads = spawn_workers(listener, &stop_rx, serve_hyper);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
+    let serving = spawn_workers(listener, false, serve_hyper);
 
     let hold = async {
-        assert_eq!(active(&stats), 2, "{backend}: both connections counted");
+        assert_eq!(
+            active(&stats.snapshot()),
+            2,
+            "{backend}: both connections counted"
+        );
     };
-    let bodies = current_thread_runtime().block_on(request_both(addr, hold));
+    let bodies = util::runtime().block_on(request_both(addr, hold));
     for i in 0..REQUESTS {
         assert!(bodies[2 * i].starts_with(&format!("/h1/{i} HTTP/1.1 worker ")));
         assert!(bodies[2 * i + 1].starts_with(&format!("/h2/{i} HTTP/2.0 worker ")));
     }
-    expect_all_released(&stats);
-    stop_workers(stop, threads);
+    expect_active(&stats, 0, "all released");
+    serving.stop();
 }
 
 /// The axum glue a user writes (with the worker's index as an extension).
@@ -204,41 +198,34 @@ async fn serve_axum_on(connections: balancer::Connections) {
 /// axum over `Connections`, HTTP/1.1 and HTTP/2, then a graceful stop.
 #[apply(every_backend)]
 fn axum_serves_http1_and_http2_and_stops(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let (stop, stop_rx) = watch::channel(false);
-    let threads = spawn_workers(listener, &stop_rx, serve_axum);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
+    let serving = spawn_workers(listener, false, serve_axum);
 
-    let bodies = current_thread_runtime().block_on(request_both(addr, async {}));
+    let bodies = util::runtime().block_on(request_both(addr, async {}));
     for pair in bodies.chunks(2) {
         assert!(pair[0].starts_with("hello HTTP/1.1 worker "), "{pair:?}");
         assert!(pair[1].starts_with("hello HTTP/2.0 worker "), "{pair:?}");
     }
-    expect_all_released(&stats);
-    stop_workers(stop, threads);
+    expect_active(&stats, 0, "all released");
+    serving.stop();
 }
 
-/// Connects `BURST` clients to `addr`, each sending its request at once
-/// unless `late`.
-fn burst(addr: SocketAddr, late: bool) -> Vec<TcpStream> {
+/// The request of the HTTP clients in a burst.
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: burst\r\n\r\n";
+
+/// Connects `BURST` clients to `addr`, each sending `request` at once.
+fn burst(addr: SocketAddr, request: &[u8]) -> Vec<TcpStream> {
     (0..BURST)
         .map(|_| {
             let mut client = util::connect(addr);
-            if !late {
-                send_request(&mut client);
-            }
+            // A gRPC client's acks are small writes: without this each
+            // waits ~40 ms for the server's delayed ACK.
+            client.set_nodelay(true).unwrap();
+            client.write_all(request).expect("send the request");
             client
         })
         .collect()
-}
-
-fn send_request(client: &mut TcpStream) {
-    client
-        .write_all(b"GET / HTTP/1.1\r\nHost: burst\r\n\r\n")
-        .expect("send the request");
 }
 
 /// Reads each client's response to its end: a 200, then the
@@ -260,39 +247,44 @@ fn expect_answered(backend: Backend, clients: &mut [TcpStream]) {
 /// A burst of requests queued in the kernel when the shutdown starts: the
 /// workers close, the last one drains its queue and hands it to the server
 /// `serve` runs, which reads each request before its graceful shutdown
-/// starts: every one is answered, counted once, and released.
-fn answers_a_burst_queued_at_shutdown<F, Fut>(backend: Backend, serve: F)
-where
+/// starts: every one is answered (`expect_answered` checks the clients),
+/// counted once, and released.
+fn answers_a_burst_queued_at_shutdown<F, Fut>(
+    backend: Backend,
+    serve: F,
+    request: &[u8],
+    expect_answered: impl FnOnce(&mut [TcpStream]),
+) where
     F: Fn(Worker, Shutdown) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     // Nothing serves yet: each connection and its request wait in the kernel.
-    let mut clients = burst(addr, false);
-    let (stop, stop_rx) = watch::channel(true); // the shutdown has started
-    let threads = spawn_workers(listener, &stop_rx, serve);
-    expect_answered(backend, &mut clients);
-    stop_workers(stop, threads);
-    let snapshot = stats.snapshot();
-    let total: u64 = (snapshot.workers.iter())
-        .map(|w| w.downstream_cx_total)
-        .sum();
-    assert_eq!(total, BURST as u64, "{backend}: each counted once");
-    expect_all_released(&stats);
+    let mut clients = burst(addr, request);
+    let serving = spawn_workers(listener, true, serve);
+    expect_answered(&mut clients);
+    serving.stop();
+    assert_eq!(
+        taken(&stats.snapshot()),
+        BURST as u64,
+        "{backend}: each counted once"
+    );
+    expect_active(&stats, 0, "all released");
 }
 
 #[apply(every_backend)]
 fn axum_answers_a_burst_queued_at_shutdown(backend: Backend) {
-    answers_a_burst_queued_at_shutdown(backend, serve_axum);
+    answers_a_burst_queued_at_shutdown(backend, serve_axum, GET, |clients| {
+        expect_answered(backend, clients);
+    });
 }
 
 #[apply(every_backend)]
 fn hyper_answers_a_burst_queued_at_shutdown(backend: Backend) {
-    answers_a_burst_queued_at_shutdown(backend, serve_hyper);
+    answers_a_burst_queued_at_shutdown(backend, serve_hyper, GET, |clients| {
+        expect_answered(backend, clients);
+    });
 }
 
 /// Clients queued before the shutdown that send their request only after
@@ -300,32 +292,24 @@ fn hyper_answers_a_burst_queued_at_shutdown(backend: Backend) {
 /// shutdown starts only once it has read from each (within the read grace).
 #[apply(every_backend)]
 fn axum_answers_queued_clients_that_send_late(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let mut clients = burst(addr, true);
-    let (stop, stop_rx) = watch::channel(true);
-    let threads = spawn_workers(listener, &stop_rx, |worker, shutdown| {
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
+    let mut clients: Vec<_> = (0..BURST).map(|_| util::connect(addr)).collect();
+    let serving = spawn_workers(listener, true, |worker, shutdown| {
         serve_axum_on(worker.connections_until(shutdown).read_grace(util::TIMEOUT))
     });
-    let handed_out = util::eventually(|| {
-        let snapshot = stats.snapshot();
-        let total: u64 = snapshot.workers.iter().map(|w| w.downstream_cx_total).sum();
-        total == BURST as u64
-    });
+    let handed_out = util::eventually(|| taken(&stats.snapshot()) == BURST as u64);
     assert!(handed_out, "{backend}: the queue was taken");
     // Late by far: without waiting for the first reads, axum would have
     // closed these connections by now. Passing does not depend on this
     // pause, only on it being shorter than the read grace.
     std::thread::sleep(LATE);
     for client in &mut clients {
-        send_request(client);
+        client.write_all(GET).expect("send the request");
     }
     expect_answered(backend, &mut clients);
-    stop_workers(stop, threads);
-    expect_all_released(&stats);
+    serving.stop();
+    expect_active(&stats, 0, "all released");
 }
 
 /// The addresses tonic reports for each request: remote, local.
@@ -362,19 +346,15 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
     use tonic_health::pb::{
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let (stop, stop_rx) = watch::channel(false);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let seen = SeenAddrs::default();
     let recorder = Arc::clone(&seen);
-    let threads = spawn_workers(listener, &stop_rx, move |worker, shutdown| {
+    let serving = spawn_workers(listener, false, move |worker, shutdown| {
         serve_tonic(worker, shutdown, Arc::clone(&recorder))
     });
 
-    current_thread_runtime().block_on(async {
+    util::runtime().block_on(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
@@ -388,10 +368,14 @@ fn tonic_serves_grpc_over_connections(backend: Backend) {
                 .expect("health check");
             assert_eq!(response.into_inner().status(), ServingStatus::Serving);
         }
-        assert_eq!(active(&stats), 1, "{backend}: the channel's connection");
+        assert_eq!(
+            active(&stats.snapshot()),
+            1,
+            "{backend}: the channel's connection"
+        );
     });
-    expect_all_released(&stats);
-    stop_workers(stop, threads);
+    expect_active(&stats, 0, "all released");
+    serving.stop();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), REQUESTS, "{backend}: every request intercepted");
     for &(remote, local) in seen.iter() {
@@ -480,35 +464,12 @@ fn read_stream_1(client: &mut TcpStream) -> Vec<u8> {
 /// tonic on `Connections` answers every one (`SERVING`), then returns.
 #[apply(every_backend)]
 fn tonic_answers_a_burst_queued_at_shutdown(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
-    let request = raw_health_check();
-    let mut clients: Vec<TcpStream> = (0..BURST)
-        .map(|_| {
-            let mut client = util::connect(addr);
-            // Its acks are small writes: without this each waits ~40 ms
-            // for the server's delayed ACK.
-            client.set_nodelay(true).unwrap();
-            client.write_all(&request).expect("send the call");
-            client
-        })
-        .collect();
-    let (stop, stop_rx) = watch::channel(true); // the shutdown has started
-    let threads = spawn_workers(listener, &stop_rx, |worker, shutdown| {
-        serve_tonic(worker, shutdown, SeenAddrs::default())
+    let serve = |worker, shutdown| serve_tonic(worker, shutdown, SeenAddrs::default());
+    answers_a_burst_queued_at_shutdown(backend, serve, &raw_health_check(), |clients| {
+        // A gRPC message: not compressed, 2 bytes, field 1 = SERVING (1).
+        let serving = [0, 0, 0, 0, 2, 0x08, 0x01];
+        for (i, client) in clients.iter_mut().enumerate() {
+            assert_eq!(read_stream_1(client), serving, "{backend}: client {i}");
+        }
     });
-    // A gRPC message: not compressed, 2 bytes, field 1 = SERVING (1).
-    let serving = [0, 0, 0, 0, 2, 0x08, 0x01];
-    for (i, client) in clients.iter_mut().enumerate() {
-        assert_eq!(read_stream_1(client), serving, "{backend}: client {i}");
-    }
-    stop_workers(stop, threads);
-    let total: u64 = (stats.snapshot().workers.iter())
-        .map(|w| w.downstream_cx_total)
-        .sum();
-    assert_eq!(total, BURST as u64, "{backend}: each counted once");
-    expect_all_released(&stats);
 }

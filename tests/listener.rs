@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use balancer::{Backend, BalancedListener, BindError, Builder, SteeringError};
 use rstest_reuse::{self, apply};
-use util::echo::{spread, EchoServer, Guard};
+use util::counts::{active, counts, expect_active, spread};
+use util::echo::{EchoServer, Guard};
 use util::{every_backend, least_loaded_backends};
 
 const CONNECTIONS: usize = 40;
@@ -21,11 +22,7 @@ fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer
     for _ in 0..listeners {
         builder = builder.listen(loopback());
     }
-    let listener = builder
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    assert_eq!(listener.backend(), backend, "no silent fallback");
-    EchoServer::start(listener, Guard::Keep)
+    EchoServer::start(util::bind(builder, backend), Guard::Keep)
 }
 
 #[apply(every_backend)]
@@ -33,19 +30,15 @@ fn serves_every_connection_and_counts_return_to_zero(
     backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = echo_server(backend, workers, 1);
-    let clients: Vec<_> = (0..CONNECTIONS)
-        .map(|_| server.open(server.addr(0)))
-        .collect();
+    let clients = server.open_many(server.addr(0), CONNECTIONS);
     let split = server.split(&clients, workers);
     println!("{backend} x{workers}: per-worker split {split:?}");
     assert_eq!(split.iter().sum::<usize>(), CONNECTIONS);
 
     let open = server.stats.snapshot();
-    let counted: Vec<u64> = split.iter().map(|&n| n as u64).collect();
+    let counted = counts(&split);
     assert_eq!(
         open.active_per_worker(),
         counted,
@@ -57,11 +50,8 @@ fn serves_every_connection_and_counts_return_to_zero(
     );
 
     drop(clients);
-    let closed = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
-    assert!(
-        closed.active_per_worker().iter().all(|&n| n == 0),
-        "{closed:?}"
-    );
+    expect_active(&server.stats, 0, "all closed");
+    let closed = server.stats.snapshot();
     let totals: Vec<u64> = closed
         .workers
         .iter()
@@ -79,16 +69,12 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     backend: Backend,
     #[values(2, 4)] workers: usize,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = echo_server(backend, workers, 1);
-    let mut clients: Vec<_> = (0..CONNECTIONS)
-        .map(|_| server.open(server.addr(0)))
-        .collect();
-    let active = server.stats.snapshot().active_per_worker();
-    println!("{backend} x{workers}: after {CONNECTIONS} opened one by one {active:?}");
-    assert!(spread(&active) <= 1, "{active:?}");
+    let mut clients = server.open_many(server.addr(0), CONNECTIONS);
+    let per_worker = server.stats.snapshot().active_per_worker();
+    println!("{backend} x{workers}: after {CONNECTIONS} opened one by one {per_worker:?}");
+    assert!(spread(&per_worker) <= 1, "{per_worker:?}");
 
     // Close every connection of worker 0: the most lopsided close there is.
     let (closing, kept): (Vec<_>, Vec<_>) = clients
@@ -97,27 +83,22 @@ fn least_loaded_backends_stay_within_one_and_see_closes(
     let closed = closing.len();
     drop(closing);
     let expected = (CONNECTIONS - closed) as u64;
-    let snapshot = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == expected);
+    let snapshot = server.wait_for(|s| active(s) == expected);
     assert_eq!(snapshot.active_per_worker()[0], 0, "{snapshot:?}");
     clients = kept;
 
-    clients.extend((0..closed).map(|_| server.open(server.addr(0))));
-    let active = server.stats.snapshot().active_per_worker();
+    clients.extend(server.open_many(server.addr(0), closed));
+    let per_worker = server.stats.snapshot().active_per_worker();
     println!(
-        "{backend} x{workers}: after closing worker 0's {closed} and opening {closed} {active:?}"
+        "{backend} x{workers}: after closing worker 0's {closed} and opening {closed} {per_worker:?}"
     );
-    assert!(spread(&active) <= 1, "{active:?}");
-    assert_eq!(
-        server.split(&clients, workers),
-        active.iter().map(|&n| n as usize).collect::<Vec<_>>()
-    );
+    assert!(spread(&per_worker) <= 1, "{per_worker:?}");
+    assert_eq!(counts(&server.split(&clients, workers)), per_worker);
 }
 
 #[apply(least_loaded_backends)]
 fn two_listeners_balance_on_the_workers_combined_load(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let workers = 4;
     let server = echo_server(backend, workers, 2);
     // One connection per listener: balancing per listener would put both on
@@ -133,13 +114,13 @@ fn two_listeners_balance_on_the_workers_combined_load(backend: Backend) {
         .map(|i| server.open(server.addr(i % 2)))
         .collect();
     let snapshot = server.stats.snapshot();
-    let active = snapshot.active_per_worker();
+    let per_worker = snapshot.active_per_worker();
     let per_listener: Vec<Vec<u64>> = (snapshot.listeners.iter())
         .map(|l| l.workers.iter().map(|c| c.downstream_cx_active).collect())
         .collect();
-    println!("{backend}: combined {active:?}, per listener {per_listener:?}");
-    assert!(spread(&active) <= 1, "{active:?}");
-    assert_eq!(active.iter().sum::<u64>(), (CONNECTIONS + 2) as u64);
+    println!("{backend}: combined {per_worker:?}, per listener {per_listener:?}");
+    assert!(spread(&per_worker) <= 1, "{per_worker:?}");
+    assert_eq!(active(&snapshot), (CONNECTIONS + 2) as u64);
     drop((first, clients));
 }
 
@@ -205,9 +186,7 @@ fn address_in_use_is_a_typed_error(
     backend: Backend,
     #[values(false, true)] other_shares_the_port: bool,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     other.set_reuse_port(other_shares_the_port).unwrap();
     other.bind(&loopback().into()).unwrap();
@@ -335,13 +314,9 @@ fn ipv6_listeners_serve_on_every_backend() {
         if !util::runnable(backend) {
             continue;
         }
-        let listener = Builder::new(backend)
-            .workers(2)
-            .listen("[::1]:0")
-            .bind()
-            .unwrap_or_else(|e| panic!("bind [::1] on {backend}: {e:?}"));
-        let server = EchoServer::start(listener, Guard::Keep);
-        let clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
+        let builder = Builder::new(backend).workers(2).listen("[::1]:0");
+        let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
+        let clients = server.open_many(server.addr(0), 4);
         assert_eq!(
             server.split(&clients, 2).iter().sum::<usize>(),
             4,

@@ -15,6 +15,7 @@ use balancer::{stats::Snapshot, Backend, Builder};
 use rstest_reuse::{self, apply};
 use util::{
     burst,
+    counts::taken,
     echo::{EchoServer, Guard},
     every_backend,
 };
@@ -23,17 +24,10 @@ use util::{
 const NOT_ACCEPTED_FOR: Duration = Duration::from_millis(300);
 
 fn server(backend: Backend, workers: usize, limit: usize) -> EchoServer {
-    let listener = Builder::new(backend)
-        .workers(workers)
+    let builder = (Builder::new(backend).workers(workers))
         .max_connections(limit)
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    EchoServer::start(listener, Guard::Keep)
-}
-
-fn taken(snap: &Snapshot) -> u64 {
-    snap.workers.iter().map(|w| w.downstream_cx_total).sum()
+        .listen("127.0.0.1:0");
+    EchoServer::start(util::bind(builder, backend), Guard::Keep)
 }
 
 /// Whether `stats` reach more than `n` connections taken within
@@ -44,12 +38,10 @@ fn takes_more_than(server: &EchoServer, n: u64) -> bool {
 
 #[apply(every_backend)]
 fn a_full_worker_accepts_again_when_a_connection_closes(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = server(backend, 1, 2);
     let addr = server.addr(0);
-    let mut open: Vec<_> = (0..2).map(|_| server.open(addr)).collect();
+    let mut open = server.open_many(addr, 2);
 
     let mut waiting = util::connect(addr);
     waiting.write_all(b"third\n").unwrap();
@@ -89,9 +81,7 @@ fn a_full_worker_accepts_again_when_a_connection_closes(backend: Backend) {
 fn a_burst_past_one_workers_limit_fills_each_to_the_limit(
     #[values(Backend::Shared, Backend::Ebpf)] backend: Backend,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let server = server(backend, 2, 3);
     let clients = burst::connect_all(server.addr(0), 8);
     let snap = server.wait_for(|s| taken(s) == 6);

@@ -10,7 +10,8 @@ use balancer_testkit::in_new_netns;
 use rstest_reuse::{self, apply};
 use util::least_loaded_backends;
 use util::{
-    echo::{spread, EchoServer, Guard},
+    counts::{expect_active, spread},
+    echo::{EchoServer, Guard},
     privileged,
 };
 
@@ -21,13 +22,10 @@ const WORKERS: usize = 2;
 /// virtual listener on 15001, which hands them to the `0.0.0.0_8080` target.
 fn redirected_server(backend: Backend, guard: Guard) -> EchoServer {
     balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
-    let listener = Builder::new(backend)
-        .workers(WORKERS)
+    let builder = (Builder::new(backend).workers(WORKERS))
         .listen_virtual("127.0.0.1:15001".parse().unwrap())
-        .handoff_target("0.0.0.0:8080".parse().unwrap())
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    EchoServer::start(listener, guard)
+        .handoff_target("0.0.0.0:8080".parse().unwrap());
+    EchoServer::start(util::bind(builder, backend), guard)
 }
 
 #[apply(least_loaded_backends)]
@@ -38,7 +36,7 @@ fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
     in_new_netns(move || {
         let server = redirected_server(backend, Guard::Keep);
         let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let clients: Vec<_> = (0..CONNECTIONS).map(|_| server.open(dst)).collect();
+        let clients: Vec<_> = server.open_many(dst, CONNECTIONS);
         for client in &clients {
             let served = server.served(client);
             assert_eq!(served.original_dst, Some(dst));
@@ -49,9 +47,9 @@ fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
             );
         }
         let snapshot = server.stats.snapshot();
-        let active = snapshot.active_per_worker();
-        println!("{backend}: redirected split {active:?}");
-        assert!(spread(&active) <= 1, "{active:?}");
+        let per_worker = snapshot.active_per_worker();
+        println!("{backend}: redirected split {per_worker:?}");
+        assert!(spread(&per_worker) <= 1, "{per_worker:?}");
         let [virtual_listener, target] = &snapshot.listeners[..] else {
             panic!("{snapshot:?}")
         };
@@ -71,8 +69,7 @@ fn redirected_connections_reach_the_target_and_stay_balanced(backend: Backend) {
             "{text}"
         );
         drop(clients);
-        let closed = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
-        assert_eq!(closed.active_per_worker(), [0, 0]);
+        expect_active(&server.stats, 0, "all closed");
     });
 }
 
@@ -87,7 +84,7 @@ fn a_counter_released_at_handoff_piles_connections_on_one_worker() {
     in_new_netns(|| {
         let server = redirected_server(Backend::Exact, Guard::DropAtHandoff);
         let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let clients: Vec<_> = (0..CONNECTIONS).map(|_| server.open(dst)).collect();
+        let clients: Vec<_> = server.open_many(dst, CONNECTIONS);
         let split = server.split(&clients, WORKERS);
         println!("exact with a released counter: split {split:?}");
         assert_eq!(split, [CONNECTIONS, 0]);
@@ -108,15 +105,12 @@ fn a_dual_stack_virtual_listener_hands_ipv4_connections_to_an_ipv4_target() {
     }
     in_new_netns(move || {
         balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
-        let listener = Builder::new(Backend::Exact)
-            .workers(WORKERS)
+        let builder = (Builder::new(Backend::Exact).workers(WORKERS))
             .listen_virtual("[::]:15001".parse().unwrap())
-            .handoff_target("0.0.0.0:8080".parse().unwrap())
-            .bind()
-            .unwrap_or_else(|e| panic!("bind: {e:?}"));
-        let server = EchoServer::start(listener, Guard::Keep);
+            .handoff_target("0.0.0.0:8080".parse().unwrap());
+        let server = EchoServer::start(util::bind(builder, Backend::Exact), Guard::Keep);
         let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        let clients: Vec<_> = (0..4).map(|_| server.open(dst)).collect();
+        let clients = server.open_many(dst, 4);
         for client in &clients {
             let served = server.served(client);
             assert_eq!(served.original_dst, Some(dst));

@@ -17,23 +17,20 @@ use balancer::{
     Backend,
 };
 use rstest_reuse::{self, apply};
+use util::counts::expect_active;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
 /// A snapshot of `backend` with 2 workers (at most 100 connections each)
 /// serving 4 connections.
 fn serving_snapshot(backend: Backend) -> Snapshot {
-    let listener = balancer::Builder::new(backend)
-        .workers(2)
+    let builder = (balancer::Builder::new(backend).workers(2))
         .max_connections(100)
-        .listen("127.0.0.1:0")
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    let server = EchoServer::start(listener, Guard::Keep);
-    let _clients: Vec<_> = (0..4).map(|_| server.open(server.addr(0))).collect();
-    let snap = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == 4);
-    assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 4, "{snap:?}");
-    snap
+        .listen("127.0.0.1:0");
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
+    let _clients = server.open_many(server.addr(0), 4);
+    expect_active(&server.stats, 4, "serving 4");
+    server.stats.snapshot()
 }
 
 /// Runs `promtool check metrics` on `text`; panics with its findings.
@@ -60,9 +57,7 @@ fn promtool_check(text: &str, what: &str) {
 
 #[apply(every_backend)]
 fn promtool_accepts_the_rendering(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let snap = serving_snapshot(backend);
     let text = snap.to_prometheus();
     let info =

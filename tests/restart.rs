@@ -7,7 +7,6 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
     net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -19,6 +18,8 @@ use std::{
 
 use balancer::{Backend, Builder};
 use rstest_reuse::{self, apply};
+use util::client::try_round_trip;
+use util::counts::{expect_active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -40,8 +41,8 @@ fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Tally> {
         let mut tally = Tally::default();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && tally.echoed < 200_000 {
-            match round_trip(addr) {
-                Ok(()) => tally.echoed += 1,
+            match try_round_trip(addr) {
+                Ok(_) => tally.echoed += 1,
                 Err(e) => tally.failures.push(e.to_string()),
             }
         }
@@ -49,23 +50,9 @@ fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Tally> {
     })
 }
 
-fn round_trip(addr: SocketAddr) -> std::io::Result<()> {
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, util::TIMEOUT)?;
-    stream.set_read_timeout(Some(util::TIMEOUT))?;
-    stream.write_all(b"ping\n")?;
-    let mut echoed = [0; 5];
-    stream.read_exact(&mut echoed)?;
-    assert_eq!(&echoed, b"ping\n");
-    Ok(())
-}
-
 fn bind(backend: Backend, addr: SocketAddr, take_over: bool) -> balancer::BalancedListener {
-    Builder::new(backend)
-        .workers(2)
-        .listen(addr)
-        .take_over(take_over)
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend} on {addr}: {e:?}"))
+    let builder = Builder::new(backend).workers(2).listen(addr);
+    util::bind(builder.take_over(take_over), backend)
 }
 
 /// `Ebpf` keeps every connection with `tcp_migrate_req` off: its migrate
@@ -99,22 +86,17 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
         std::thread::sleep(PHASE);
         let old_stats = old.stats.clone();
         drop(old); // closes every old worker and serves what they return
-        let new_before = total(&new);
+        let new_before = taken(&new.stats.snapshot());
         std::thread::sleep(PHASE);
         stop.store(true, Ordering::Relaxed);
 
         let tallies: Vec<Tally> = clients.into_iter().map(|c| c.join().unwrap()).collect();
         let echoed: usize = tallies.iter().map(|t| t.echoed).sum();
         let failures: Vec<_> = tallies.iter().flat_map(|t| &t.failures).collect();
-        let old_total: u64 = old_stats
-            .snapshot()
-            .workers
-            .iter()
-            .map(|w| w.downstream_cx_total)
-            .sum();
+        let old_total = taken(&old_stats.snapshot());
         println!(
             "{backend}: {echoed} round trips, old set served {old_total}, new set {}",
-            total(&new)
+            taken(&new.stats.snapshot())
         );
         assert!(
             failures.is_empty(),
@@ -124,26 +106,15 @@ fn a_new_listener_set_takes_over_without_refusing_a_connection(backend: Backend)
         );
         assert!(old_total > 0, "the old set served before the switch");
         assert!(
-            total(&new) > new_before,
+            taken(&new.stats.snapshot()) > new_before,
             "the new set serves after the switch"
         );
         assert_eq!(
-            old_total + total(&new),
+            old_total + taken(&new.stats.snapshot()),
             echoed as u64,
             "every round trip was counted once"
         );
-        let snap = new.wait_for(|s| s.active_per_worker() == [0, 0]);
-        assert_eq!(snap.active_per_worker(), [0, 0]);
+        expect_active(&new.stats, 0, "the new set, all closed");
         assert_eq!(old_stats.snapshot().active_per_worker(), [0, 0]);
     });
-}
-
-fn total(server: &EchoServer) -> u64 {
-    server
-        .stats
-        .snapshot()
-        .workers
-        .iter()
-        .map(|w| w.downstream_cx_total)
-        .sum()
 }

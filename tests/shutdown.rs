@@ -7,8 +7,6 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -19,13 +17,15 @@ use std::{
 use balancer::{Backend, DrainReport, Server};
 use rstest_reuse::apply;
 use tokio::io::AsyncWriteExt;
-use util::every_backend;
+use util::{
+    client::{closed, echo},
+    every_backend,
+};
 
 /// Serves every worker of a two-worker `backend` listener with an echo
 /// handler; returns the server and its address.
 fn echo_server(backend: Backend) -> (Server, std::net::SocketAddr) {
-    let listener = util::bind_loopback(backend, 2);
-    let addr = listener.listeners().next().unwrap().1;
+    let (listener, _, addr) = util::loopback(backend, 2);
     let server = listener
         .serve(|conn| async move {
             let (mut rd, mut wr) = tokio::io::split(conn);
@@ -41,38 +41,12 @@ fn shut_down_in_background(
     server: Server,
     drain: Duration,
 ) -> std::thread::JoinHandle<DrainReport> {
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(server.shutdown(drain))
-    })
-}
-
-fn echo(client: &mut TcpStream, line: &str) {
-    client.write_all(line.as_bytes()).unwrap();
-    let mut echoed = vec![0; line.len()];
-    client
-        .read_exact(&mut echoed)
-        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
-    assert_eq!(echoed, line.as_bytes());
-}
-
-/// Reads until EOF or an error; true if the server closed the connection.
-fn closed(client: &mut TcpStream) -> bool {
-    let mut rest = Vec::new();
-    match client.read_to_end(&mut rest) {
-        Ok(_) => rest.is_empty(),
-        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-    }
+    std::thread::spawn(move || util::runtime().block_on(server.shutdown(drain)))
 }
 
 #[apply(every_backend)]
 fn a_drain_resets_no_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, addr) = echo_server(backend);
     let status = server.drain_status();
     let mut served: Vec<_> = (0..10).map(|_| util::connect(addr)).collect();
@@ -101,9 +75,7 @@ fn a_drain_resets_no_connection(backend: Backend) {
 
 #[apply(every_backend)]
 fn the_report_counts_the_connections_cut_at_the_deadline(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, addr) = echo_server(backend);
     let mut idle: Vec<_> = (0..5).map(|_| util::connect(addr)).collect();
     for client in &mut idle {
@@ -122,18 +94,12 @@ fn the_report_counts_the_connections_cut_at_the_deadline(backend: Backend) {
 
 #[apply(every_backend)]
 fn shutdown_on_waits_for_its_future_and_dropping_stops_at_once(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (server, addr) = echo_server(backend);
     let status = server.drain_status();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let shutdown = std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(server.shutdown_on(stopped, Duration::from_secs(30)))
+        util::runtime().block_on(server.shutdown_on(stopped, Duration::from_secs(30)))
     });
     let mut client = util::connect(addr);
     echo(&mut client, "before the stop\n");
@@ -162,11 +128,8 @@ const QUEUED: usize = 5;
 
 #[apply(every_backend)]
 fn the_last_worker_serves_what_was_queued(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 1);
-    let addr = listener.listeners().next().unwrap().1;
+    util::skip_unless_runnable!(backend);
+    let (listener, _, addr) = util::loopback(backend, 1);
     let (busy, release) = (
         Arc::new(AtomicBool::new(true)),
         Arc::new(AtomicBool::new(false)),

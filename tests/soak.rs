@@ -8,13 +8,13 @@
 mod util;
 
 use std::{
-    io::{Read, Write},
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use balancer::Backend;
 use rstest_reuse::{self, apply};
+use util::client::try_round_trip;
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -36,15 +36,7 @@ fn short_connections(addr: SocketAddr, count: u64, deadline: Instant) -> Vec<Str
             failures.push(format!("out of time after {i} connections"));
             break;
         }
-        let round_trip = || -> std::io::Result<()> {
-            let mut stream = std::net::TcpStream::connect_timeout(&addr, util::TIMEOUT)?;
-            stream.set_read_timeout(Some(util::TIMEOUT))?;
-            stream.write_all(b"soak")?;
-            let mut echoed = [0; 4];
-            stream.read_exact(&mut echoed)?;
-            Ok(())
-        };
-        if let Err(e) = round_trip() {
+        if let Err(e) = try_round_trip(addr) {
             failures.push(e.to_string());
         }
     }
@@ -53,9 +45,7 @@ fn short_connections(addr: SocketAddr, count: u64, deadline: Instant) -> Vec<Str
 
 #[apply(every_backend)]
 fn short_connections_all_echo_and_counters_end_consistent(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let total = connections();
     let listener = util::bind_loopback(backend, 2);
     let server = EchoServer::start(listener, Guard::Keep);

@@ -6,7 +6,7 @@
 mod util;
 
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::{ErrorKind, Read},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, OwnedFd},
     process::{Command, Stdio},
@@ -14,23 +14,19 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         mpsc, Arc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use balancer::{
     activation::{self, ActivationError},
     socket2::{Domain, SockRef, Socket, TcpKeepalive, Type},
-    Backend, BalancedListener, BindError, Builder,
+    Backend, BindError, Builder,
 };
 use rstest_reuse::{self, apply};
+use util::client::try_round_trip;
+use util::counts::{expect_active, taken};
 use util::echo::{EchoServer, Guard};
-use util::every_backend;
-
-fn bind(builder: Builder, backend: Backend) -> BalancedListener {
-    builder
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"))
-}
+use util::{every_backend, process};
 
 /// Whether `backend` gives each worker a socket of its own.
 fn per_worker(backend: Backend) -> bool {
@@ -39,27 +35,24 @@ fn per_worker(backend: Backend) -> bool {
 
 #[apply(every_backend)]
 fn an_ipv6_wildcard_listener_accepts_ipv4_by_default(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let builder = Builder::new(backend).workers(2).listen("[::]:0");
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let port = server.addr(0).port();
     let mut clients: Vec<_> = (0..4)
         .map(|_| server.open(SocketAddr::from(([127, 0, 0, 1], port))))
         .collect();
     clients.push(server.open(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))));
-    let snap = server.wait_for(|s| s.active_per_worker().iter().sum::<u64>() == 5);
-    assert_eq!(
-        snap.active_per_worker().iter().sum::<u64>(),
+    expect_active(
+        &server.stats,
         5,
-        "{backend}: {snap:?}"
+        &format!("{backend}: 4 over IPv4, 1 over IPv6"),
     );
 }
 
 #[test]
 fn a_dual_stack_listener_holds_the_ipv4_port_too() {
-    let listener = bind(
+    let listener = util::bind(
         Builder::new(Backend::Shared).listen("[::]:0"),
         Backend::Shared,
     );
@@ -78,14 +71,14 @@ fn only_v6_refuses_ipv4() {
         .workers(1)
         .only_v6(true)
         .listen("[::]:0");
-    let listener = bind(builder, Backend::Shared);
+    let listener = util::bind(builder, Backend::Shared);
     let port = listener.listeners().next().unwrap().1.port();
     let v4 = SocketAddr::from(([127, 0, 0, 1], port));
     let err = TcpStream::connect_timeout(&v4, util::TIMEOUT).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     // An IPv4 listener can have the same port then.
     let v4_too = Builder::new(Backend::Shared).workers(1).listen(v4);
-    let server = EchoServer::start(bind(v4_too, Backend::Shared), Guard::Keep);
+    let server = EchoServer::start(util::bind(v4_too, Backend::Shared), Guard::Keep);
     drop(server.open(v4));
     drop(listener);
 }
@@ -93,7 +86,7 @@ fn only_v6_refuses_ipv4() {
 /// The options set on the accepted stream of a 1-worker `backend` built by
 /// `builder`.
 fn accepted_options(backend: Backend, builder: Builder) -> (bool, bool, Option<[u64; 3]>) {
-    let listener = bind(builder.workers(1).listen("127.0.0.1:0"), backend);
+    let listener = util::bind(builder.workers(1).listen("127.0.0.1:0"), backend);
     let addr = listener.listeners().next().unwrap().1;
     let mut worker = listener.into_workers().remove(0);
     let (tx, rx) = mpsc::channel();
@@ -116,9 +109,7 @@ fn accepted_options(backend: Backend, builder: Builder) -> (bool, bool, Option<[
 
 #[apply(every_backend)]
 fn accepted_connections_get_nodelay_and_keepalive(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let defaults = accepted_options(backend, Builder::new(backend));
     assert_eq!(defaults, (true, false, None), "{backend}: the defaults");
     let keepalive = TcpKeepalive::new()
@@ -134,9 +125,7 @@ fn accepted_connections_get_nodelay_and_keepalive(backend: Backend) {
 
 #[apply(every_backend)]
 fn socket_options_runs_on_every_socket_before_listen(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let calls = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&calls);
     let builder = Builder::new(backend)
@@ -150,7 +139,7 @@ fn socket_options_runs_on_every_socket_before_listen(backend: Backend) {
             }
             socket.set_recv_buffer_size(64 * 1024)
         });
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let per_listener = if per_worker(backend) { 3 } else { 1 };
     assert_eq!(calls.load(Ordering::Relaxed), 2 * per_listener, "{backend}");
     let client = server.open(server.addr(1));
@@ -174,7 +163,7 @@ fn listen_takes_names_and_reports_what_does_not_resolve() {
         .workers(2)
         .listen("localhost:0")
         .listen(("127.0.0.1", 0));
-    let server = EchoServer::start(bind(by_name, Backend::Exact), Guard::Keep);
+    let server = EchoServer::start(util::bind(by_name, Backend::Exact), Guard::Keep);
     assert!(server.addr(0).ip().is_loopback(), "{}", server.addr(0));
     drop(server.open(server.addr(0)));
     drop(server.open(server.addr(1)));
@@ -194,18 +183,16 @@ fn listen_takes_names_and_reports_what_does_not_resolve() {
 
 #[apply(every_backend)]
 fn an_adopted_reuseport_socket_serves_every_backend(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (addr, mut sockets) = util::reuseport_group(1);
     let builder = Builder::new(backend)
         .workers(2)
         .listen_std(sockets.remove(0));
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     assert_eq!(server.addr(0), addr);
-    let clients: Vec<_> = (0..8).map(|_| server.open(addr)).collect();
+    let clients = server.open_many(addr, 8);
     let split = server.split(&clients, 2);
-    if matches!(backend, Backend::Exact | Backend::Ebpf) {
+    if util::least_loaded(backend) {
         assert_eq!(split, [4, 4], "{backend}: both workers serve the address");
     }
     assert_eq!(split.iter().sum::<usize>(), 8);
@@ -213,9 +200,7 @@ fn an_adopted_reuseport_socket_serves_every_backend(backend: Backend) {
 
 #[apply(every_backend)]
 fn an_adopted_socket_without_reuseport_is_refused_where_it_cannot_serve(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let socket = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     let result = Builder::new(backend).workers(2).listen_std(socket).bind();
@@ -267,17 +252,14 @@ const CHILD_BACKEND: &str = "BALANCER_TEST_ACTIVATED_BACKEND";
 fn socket_activation_serves(
     #[values(Backend::Shared, Backend::ReusePort, Backend::Ebpf)] backend: Backend,
 ) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let (addr, sockets) = util::reuseport_group(1);
     let fd = sockets[0].as_raw_fd();
     let mut command = Command::new("sh");
     command
         .args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""])
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", "activated_child", "--ignored", "--nocapture"])
-        .args(["--test-threads", "1"])
+        .args(process::ignored_test_args("activated_child"))
         .env("LISTEN_FDS", "1")
         .env(CHILD_BACKEND, backend.name())
         .stdin(Stdio::piped())
@@ -295,27 +277,12 @@ fn socket_activation_serves(
     }
     let mut child = command.spawn().expect("start the activated child");
     drop(sockets);
-    for i in 0..4 {
-        let mut client = util::connect(addr);
-        client.write_all(format!("ping {i}\n").as_bytes()).unwrap();
-        let mut echoed = [0; 7];
-        client
-            .read_exact(&mut echoed)
+    for _ in 0..4 {
+        try_round_trip(addr)
             .unwrap_or_else(|e| panic!("{backend}: echo from the activated child: {e}"));
-        assert_eq!(&echoed, format!("ping {i}\n").as_bytes());
     }
     drop(child.stdin.take());
-    let deadline = Instant::now() + util::TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{backend}: the child did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = process::wait_exit(&mut child);
     let mut out = String::new();
     child
         .stdout
@@ -345,17 +312,10 @@ fn activated_child() {
     for socket in sockets {
         builder = builder.listen_std(socket);
     }
-    let server = EchoServer::start(bind(builder, backend), Guard::Keep);
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
     let mut rest = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut rest);
-    let served = server
-        .stats
-        .snapshot()
-        .workers
-        .iter()
-        .map(|w| w.downstream_cx_total)
-        .sum::<u64>();
-    assert_eq!(served, 4, "{backend}");
+    assert_eq!(taken(&server.stats.snapshot()), 4, "{backend}");
 }
 
 #[test]

@@ -6,24 +6,18 @@ mod util;
 
 use std::{
     io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::TcpStream,
     time::Duration,
 };
 
 use balancer::{stats::WorkerState, Backend};
 use rstest_reuse::{self, apply};
+use util::client::{closed, expect_echo, send_line};
+use util::counts::{expect_active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
 const QUEUED: usize = 20;
-
-/// Connects and sends one line without waiting for the echo.
-fn send_line(addr: SocketAddr) -> (TcpStream, String) {
-    let mut stream = util::connect(addr);
-    let line = format!("hello from {}\n", stream.local_addr().unwrap());
-    stream.write_all(line.as_bytes()).unwrap();
-    (stream, line)
-}
 
 /// Whether the echo has arrived yet.
 fn echoed_yet(stream: &TcpStream) -> bool {
@@ -38,15 +32,6 @@ fn echoed_yet(stream: &TcpStream) -> bool {
     ready
 }
 
-/// Reads the echo of `line`, failing on a reset or a short read.
-fn expect_echo(stream: &mut TcpStream, line: &str) {
-    let mut echoed = vec![0; line.len()];
-    stream
-        .read_exact(&mut echoed)
-        .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
-    assert_eq!(echoed, line.as_bytes());
-}
-
 /// Worker 0 stops accepting, connections queue for it (in its own socket's
 /// accept queue with `ReusePort` and `Ebpf`, in its handoff queue with
 /// `Exact`), then it is closed: every client gets its echo from worker 1 and
@@ -54,16 +39,11 @@ fn expect_echo(stream: &mut TcpStream, line: &str) {
 /// close instead of being rescued (`tests/busy.rs` covers the rescue).
 #[apply(every_backend)]
 fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = balancer::Builder::new(backend)
-        .workers(2)
+    util::skip_unless_runnable!(backend);
+    let builder = (balancer::Builder::new(backend).workers(2))
         .listen("127.0.0.1:0")
-        .stall_threshold(Duration::ZERO)
-        .bind()
-        .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
-    let (server, idle) = EchoServer::start_holding(listener, Guard::Keep, 0);
+        .stall_threshold(Duration::ZERO);
+    let (server, idle) = EchoServer::start_holding(util::bind(builder, backend), Guard::Keep, 0);
     let mut clients: Vec<_> = (0..QUEUED).map(|_| send_line(server.addr(0))).collect();
     // Let worker 1 answer what it owns; what is left waits for worker 0.
     server.wait_for(|s| s.workers[1].downstream_cx_total > 0);
@@ -112,22 +92,18 @@ fn a_closed_worker_loses_no_queued_connection(backend: Backend) {
     }
 
     // New connections avoid the stopped worker.
-    let later: Vec<_> = (0..10).map(|_| server.open(server.addr(0))).collect();
+    let later = server.open_many(server.addr(0), 10);
     assert_eq!(server.split(&later, 2), [0, 10]);
     drop((clients, later));
-    let snap = server.wait_for(|s| s.active_per_worker() == [0, 0]);
-    assert_eq!(snap.active_per_worker(), [0, 0]);
+    expect_active(&server.stats, 0, "all closed");
 }
 
 /// A handler that panics drops its guard while unwinding: the panicking
 /// connections are counted out, the worker keeps serving.
 #[apply(every_backend)]
 fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let threads = listener
         .spawn(|mut worker| async move {
             while let Ok(conn) = worker.accept().await {
@@ -148,12 +124,7 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
         let mut client = util::connect(addr);
         if i % 2 == 0 {
             client.write_all(b"!").unwrap();
-            let mut byte = [0];
-            let read = client.read(&mut byte);
-            assert!(
-                matches!(read, Ok(0) | Err(_)),
-                "a panicked handler answers nothing"
-            );
+            assert!(closed(&mut client), "a panicked handler answers nothing");
         } else {
             client.write_all(b"x").unwrap();
             let mut byte = [0];
@@ -161,15 +132,12 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
             healthy.push(client);
         }
     }
-    util::eventually(|| stats.snapshot().active_per_worker().iter().sum::<u64>() == 10);
+    expect_active(&stats, 10, "the healthy half open");
     let snap = stats.snapshot();
-    assert_eq!(snap.active_per_worker().iter().sum::<u64>(), 10, "{snap:?}");
-    let total: u64 = snap.workers.iter().map(|w| w.downstream_cx_total).sum();
-    assert_eq!(total, 20);
+    assert_eq!(taken(&snap), 20);
     assert!(snap.workers.iter().all(|w| w.state == WorkerState::Running));
     drop(healthy);
-    util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
-    assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
+    expect_active(&stats, 0, "all closed");
     drop(threads); // detached: they end with the test process
 }
 
@@ -178,11 +146,8 @@ fn a_panicking_handler_leaves_the_counters_right(backend: Backend) {
 /// tasks are dropped, and the other worker takes every later connection.
 #[apply(every_backend)]
 fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
-    let listener = util::bind_loopback(backend, 2);
-    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    util::skip_unless_runnable!(backend);
+    let (listener, stats, addr) = util::loopback(backend, 2);
     let mut threads = listener
         .spawn(|mut worker| async move {
             let mut accepted = 0;
@@ -248,8 +213,7 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
     let snap = stats.snapshot();
     assert_eq!(snap.workers[1].downstream_cx_total, before + 10);
     drop(clients);
-    util::eventually(|| stats.snapshot().active_per_worker() == [0, 0]);
-    assert_eq!(stats.snapshot().active_per_worker(), [0, 0]);
+    expect_active(&stats, 0, "all closed");
 }
 
 /// Every worker closes at the same instant with connections queued on
@@ -259,13 +223,10 @@ fn a_panicked_worker_is_reported_and_reconciled(backend: Backend) {
 /// connection and none is reset. Repeated, since the closes race.
 #[apply(every_backend)]
 fn workers_closing_at_once_return_every_queued_connection(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let workers = 4;
     for round in 0..10 {
-        let listener = util::bind_loopback(backend, workers);
-        let addr = listener.listeners().next().unwrap().1;
+        let (listener, _, addr) = util::loopback(backend, workers);
         let clients: Vec<_> = (0..QUEUED).map(|_| send_line(addr)).collect();
         let start = std::sync::Arc::new(std::sync::Barrier::new(workers));
         let closing: Vec<_> = (listener.into_workers().into_iter())

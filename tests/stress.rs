@@ -6,13 +6,12 @@
 
 mod util;
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-};
+use std::net::{SocketAddr, TcpStream};
 
 use balancer::Backend;
 use rstest_reuse::{self, apply};
+use util::client::round_trip;
+use util::counts::{active, taken};
 use util::echo::{EchoServer, Guard};
 use util::every_backend;
 
@@ -43,20 +42,9 @@ fn random_client(addr: SocketAddr, seed: u64) -> u64 {
     opened
 }
 
-fn round_trip(addr: SocketAddr) -> TcpStream {
-    let mut stream = util::connect(addr);
-    stream.write_all(b"ping").unwrap();
-    let mut echoed = [0; 4];
-    stream.read_exact(&mut echoed).unwrap();
-    assert_eq!(&echoed, b"ping");
-    stream
-}
-
 #[apply(every_backend)]
 fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
-    if !util::runnable(backend) {
-        return;
-    }
+    util::skip_unless_runnable!(backend);
     let listener = util::bind_loopback(backend, WORKERS);
     let server = EchoServer::start(listener, Guard::Keep);
     let addr = server.addr(0);
@@ -65,10 +53,7 @@ fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
         .collect();
     let opened: u64 = clients.into_iter().map(|c| c.join().unwrap()).sum();
 
-    let snap = server.wait_for(|s| {
-        s.active_per_worker().iter().all(|&a| a == 0)
-            && s.workers.iter().map(|w| w.downstream_cx_total).sum::<u64>() == opened
-    });
+    let snap = server.wait_for(|s| active(s) == 0 && taken(s) == opened);
     let totals: Vec<_> = snap.workers.iter().map(|w| w.downstream_cx_total).collect();
     println!("{backend}: {opened} connections from {THREADS} threads, per worker {totals:?}");
     assert_eq!(snap.active_per_worker(), [0; WORKERS], "{snap:?}");
@@ -85,8 +70,8 @@ fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
 
     // The balancer's view (the counters, and for Ebpf the kernel's load map)
     // is back at zero: sequential connections split exactly again.
-    if matches!(backend, Backend::Exact | Backend::Ebpf) {
-        let clients: Vec<_> = (0..4 * WORKERS).map(|_| server.open(addr)).collect();
+    if util::least_loaded(backend) {
+        let clients = server.open_many(addr, 4 * WORKERS);
         assert_eq!(server.split(&clients, WORKERS), [4; WORKERS], "{backend}");
     }
 }

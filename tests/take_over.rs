@@ -17,7 +17,8 @@ use std::{
 use balancer::{stats::Snapshot, Backend, Builder};
 use util::{
     burst::echoed_burst,
-    echo::{spread, EchoServer, Guard},
+    counts::{counts, expect_active, spread},
+    echo::{EchoServer, Guard},
 };
 
 const WORKERS: usize = 2;
@@ -53,13 +54,7 @@ fn successor() {
 /// Starts the successor for `addr` and waits (bounded) until it serves.
 fn start_successor(addr: SocketAddr) -> (Child, String) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "successor",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(util::process::ignored_test_args("successor"))
         .env(ADDR_ENV, addr.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -96,11 +91,6 @@ fn round(server: &EchoServer) -> (Vec<TcpStream>, Vec<usize>) {
     (clients, split)
 }
 
-fn closed(server: &EchoServer) {
-    let snap = server.wait_for(|s| s.active_per_worker().iter().all(|&n| n == 0));
-    assert!(snap.active_per_worker().iter().all(|&n| n == 0), "{snap:?}");
-}
-
 fn others(s: &Snapshot) -> usize {
     s.program.map_or(usize::MAX, |p| p.slots_elsewhere)
 }
@@ -117,7 +107,7 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         println!("alone: {split:?}");
         assert!(spread(&counts(&split)) <= 1, "{split:?}");
         drop(before);
-        closed(&server);
+        expect_active(&server.stats, 0, "all closed");
 
         let (mut successor, ready) = start_successor(addr);
         println!("successor {ready}");
@@ -130,7 +120,7 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
             "least loaded over both sets: {split:?}"
         );
         drop(shared);
-        closed(&server);
+        expect_active(&server.stats, 0, "all closed");
 
         if kill {
             successor.kill().unwrap();
@@ -157,10 +147,6 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         );
         assert!(spread(&counts(&split)) <= 1, "{split:?}");
         drop(after);
-        closed(&server);
+        expect_active(&server.stats, 0, "all closed");
     }
-}
-
-fn counts(split: &[usize]) -> Vec<u64> {
-    split.iter().map(|&n| n as u64).collect()
 }

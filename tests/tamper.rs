@@ -8,7 +8,8 @@ mod util;
 use balancer::{stats::Snapshot, Backend};
 use util::{
     burst::echoed_burst,
-    echo::{spread, EchoServer, Guard},
+    counts::{counts, spread},
+    echo::{EchoServer, Guard},
 };
 
 const WORKERS: usize = 2;
@@ -144,11 +145,7 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
     let healed = server.wait_for(|s| consistent(s) && s.active_per_worker() == [0, 0]);
     assert!(consistent(&healed), "not healed: {healed:?}");
     let clients = echoed_burst(server.addr(0), 40);
-    let split: Vec<u64> = server
-        .split(&clients, WORKERS)
-        .iter()
-        .map(|&n| n as u64)
-        .collect();
+    let split = counts(&server.split(&clients, WORKERS));
     println!("after healing: {split:?}");
     assert!(spread(&split) <= 1, "{split:?}");
 }

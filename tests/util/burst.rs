@@ -3,7 +3,7 @@
 //! read.
 
 use std::{
-    io::{ErrorKind, Read, Write},
+    io::ErrorKind,
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd,
     time::Instant,
@@ -11,7 +11,10 @@ use std::{
 
 use socket2::{Domain, Socket, Type};
 
-use super::TIMEOUT;
+use super::{
+    client::{expect_echo, send_hello},
+    TIMEOUT,
+};
 
 /// Issues `n` non-blocking connects to `addr` back to back, then waits
 /// (bounded) until every one has completed its handshake. Returns blocking
@@ -36,18 +39,11 @@ pub fn connect_all(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// Writes one line on every client, then reads every echo: no client waits
 /// for another's reply before sending. Panics on a reset or a short read.
 pub fn echo_all(clients: &mut [TcpStream]) {
-    let lines: Vec<String> = (clients.iter())
-        .map(|c| format!("hello from {}\n", c.local_addr().unwrap()))
+    let lines: Vec<String> = (clients.iter_mut())
+        .map(|c| send_hello(c).unwrap())
         .collect();
     for (client, line) in clients.iter_mut().zip(&lines) {
-        client.write_all(line.as_bytes()).unwrap();
-    }
-    for (client, line) in clients.iter_mut().zip(&lines) {
-        let mut echoed = vec![0; line.len()];
-        client
-            .read_exact(&mut echoed)
-            .unwrap_or_else(|e| panic!("echo of {line:?}: {e}"));
-        assert_eq!(echoed, line.as_bytes());
+        expect_echo(client, line);
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::{Arc, Mutex},
     thread::JoinHandle,
@@ -107,16 +106,12 @@ impl EchoServer {
     /// Opens a connection to `addr`, checks one echo round trip (so the
     /// server has accepted and counted it) and returns it.
     pub fn open(&self, addr: SocketAddr) -> TcpStream {
-        let mut stream = super::connect(addr);
-        let local = stream.local_addr().unwrap();
-        let payload = format!("hello from {local}\n");
-        stream.write_all(payload.as_bytes()).unwrap();
-        let mut echoed = vec![0; payload.len()];
-        stream
-            .read_exact(&mut echoed)
-            .unwrap_or_else(|e| panic!("echo for {local}: {e}"));
-        assert_eq!(echoed, payload.as_bytes(), "echoed bytes differ");
-        stream
+        super::client::round_trip(addr)
+    }
+
+    /// [`EchoServer::open`] `n` times, one connection after another.
+    pub fn open_many(&self, addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+        (0..n).map(|_| self.open(addr)).collect()
     }
 
     /// Who served `client` (recorded at accept).
@@ -174,10 +169,7 @@ fn spawn_serving(
 ) -> JoinHandle<()> {
     let (record, stopped) = (Arc::clone(served), stopped.clone());
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = super::runtime();
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, serve(worker, guard, record, stopped));
     })
@@ -241,9 +233,4 @@ fn echo(
         let _ = wr.shutdown().await;
         drop(conn_guard);
     });
-}
-
-/// max - min of a split.
-pub fn spread(split: &[u64]) -> u64 {
-    split.iter().max().unwrap() - split.iter().min().unwrap()
 }

@@ -1,6 +1,18 @@
-//! Helpers shared by the integration tests: privilege gating, the backend
-//! lists every test runs over, loopback sockets with timeouts. Network
-//! namespaces and the iptables rule come from `balancer_testkit`.
+//! Helpers for the root package's integration tests (`tests/*.rs`).
+//!
+//! Where a helper goes: the kinds the tests share with the benches and
+//! `cargo xtask` (running commands, network namespaces, the iptables
+//! REDIRECT rule, bounded waits) live in `balancer_testkit` (`testkit/`),
+//! whoever calls them; everything else the tests use lives here, in
+//! `tests/util/`, including a test-only wrapper of a testkit helper
+//! (`eventually` with [`TIMEOUT`], `in_netns_migrating`). One file per kind
+//! of helper, each helper written once: a test file keeps only what no
+//! other test file needs. This file: skipping (`privileged`,
+//! `skip_unless_runnable!`), the backend templates, binding and connecting
+//! on loopback, capabilities; `client.rs`: echo clients one connection at a
+//! time; `burst.rs`: clients that connect all at once; `echo.rs`: the echo
+//! server; `counts.rs`: sums over the stats; `http.rs`: raw HTTP/1
+//! exchanges; `process.rs`: child processes; `raw.rs`: raw TCP segments.
 #![allow(dead_code, unused_imports, unused_macros)] // each test binary uses a different subset
 
 use std::{
@@ -10,7 +22,7 @@ use std::{
     time::Duration,
 };
 
-use balancer::Backend;
+use balancer::{stats::Stats, Backend, BalancedListener, Builder, Worker};
 use rstest_reuse::template;
 use socket2::{Domain, Socket, Type};
 
@@ -31,6 +43,11 @@ pub fn every_backend(
 #[template]
 #[rstest::rstest]
 pub fn least_loaded_backends(#[values(Backend::Exact, Backend::Ebpf)] backend: Backend) {}
+
+/// Whether `backend` balances by load, as [`least_loaded_backends`] lists.
+pub fn least_loaded(backend: Backend) -> bool {
+    matches!(backend, Backend::Exact | Backend::Ebpf)
+}
 
 /// Whether a test that needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) may
 /// run. Unprivileged, it prints why it skips and returns false; under CI
@@ -54,20 +71,60 @@ pub fn privileged(test: &str) -> bool {
 
 /// Whether `backend` can run here: `Ebpf` needs root (see [`privileged`]).
 #[must_use]
-pub fn runnable(backend: balancer::Backend) -> bool {
-    backend != balancer::Backend::Ebpf || privileged("the Ebpf backend")
+pub fn runnable(backend: Backend) -> bool {
+    backend != Backend::Ebpf || privileged("the Ebpf backend")
 }
 
-/// `workers` workers of `backend` on one listener on 127.0.0.1, port 0. The
-/// backend is the one asked for: no silent fallback.
-pub fn bind_loopback(backend: balancer::Backend, workers: usize) -> balancer::BalancedListener {
-    let listener = balancer::Builder::new(backend)
-        .workers(workers)
-        .listen("127.0.0.1:0")
+/// Returns from the calling test (a skip, see [`runnable`]) unless
+/// `backend` can run here: the first line of a test over backends.
+macro_rules! skip_unless_runnable {
+    ($backend:expr) => {
+        if !$crate::util::runnable($backend) {
+            return;
+        }
+    };
+}
+pub(crate) use skip_unless_runnable;
+
+/// Binds `builder`, made with `Builder::new(backend)`; panics with the
+/// error. The backend is the one asked for: no silent fallback.
+pub fn bind(builder: Builder, backend: Backend) -> BalancedListener {
+    let listener = builder
         .bind()
         .unwrap_or_else(|e| panic!("bind {backend}: {e:?}"));
     assert_eq!(listener.backend(), backend, "no silent fallback");
     listener
+}
+
+/// `workers` workers of `backend` on one listener on 127.0.0.1, port 0 (see
+/// [`bind`]).
+pub fn bind_loopback(backend: Backend, workers: usize) -> BalancedListener {
+    bind(
+        Builder::new(backend).workers(workers).listen("127.0.0.1:0"),
+        backend,
+    )
+}
+
+/// [`bind_loopback`], with the set's stats and its address.
+pub fn loopback(backend: Backend, workers: usize) -> (BalancedListener, Stats, SocketAddr) {
+    let listener = bind_loopback(backend, workers);
+    let (stats, addr) = (listener.stats(), listener.listeners().next().unwrap().1);
+    (listener, stats, addr)
+}
+
+/// The one worker of a one-worker [`loopback`] set, its address and the
+/// set's stats.
+pub fn one_worker(backend: Backend) -> (Worker, SocketAddr, Stats) {
+    let (listener, stats, addr) = loopback(backend, 1);
+    (listener.into_workers().pop().unwrap(), addr, stats)
+}
+
+/// A current-thread runtime with IO and time, as each worker's thread runs.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime")
 }
 
 /// `n` listening TCP sockets on one loopback port, all in one `SO_REUSEPORT`
@@ -118,8 +175,11 @@ pub fn drain_counts(listeners: &[TcpListener], expected: usize) -> Vec<usize> {
 }
 
 pub mod burst;
+pub mod client;
+pub mod counts;
 pub mod echo;
-pub mod example;
+pub mod http;
+pub mod process;
 pub mod raw;
 
 /// Runs `body` in a new network namespace where sockets closing lose no
@@ -147,30 +207,6 @@ pub fn eventually(done: impl FnMut() -> bool) -> bool {
 /// thread, so the rest of the test process keeps its own). Root or not,
 /// privileged kernel operations on this thread then fail as for a normal user.
 pub fn drop_effective_capabilities() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let mut header = Header {
-        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: capget v3 with a valid header and room for two data records.
-    let got = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-    assert_eq!(got, 0, "capget: {}", std::io::Error::last_os_error());
-    for d in &mut data {
-        d.effective = 0;
-    }
-    // SAFETY: as above; lowering the effective set is always permitted.
-    let set = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    assert_eq!(set, 0, "capset: {}", std::io::Error::last_os_error());
+    // `None`: the calling thread (capset with pid 0), not the process.
+    caps::clear(None, caps::CapSet::Effective).expect("clear the effective capabilities");
 }

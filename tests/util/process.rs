@@ -1,6 +1,7 @@
-//! The example servers run as child processes, as a user runs them: built
-//! by cargo for the tests' profile, started on port 0, their output read
-//! line by line.
+//! Child processes: the example servers as a user runs them (built by
+//! cargo for the tests' profile, started on port 0, their output read line
+//! by line), this test binary run again for one of its ignored tests, and a
+//! bounded wait for a child's exit.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -90,17 +91,7 @@ impl ExampleServer {
 
     /// Waits (bounded) for the process to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the example did not exit within {TIMEOUT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_exit(&mut self.child)
     }
 
     /// Whether the process still runs.
@@ -121,6 +112,34 @@ impl Drop for ExampleServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (bounded) for `child` to exit; returns its status.
+pub fn wait_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child process did not exit within {TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The arguments that make this test binary run only its ignored test
+/// `name`, printing as it goes: how a test that needs a second process
+/// starts it.
+pub fn ignored_test_args(name: &str) -> [&str; 5] {
+    [
+        "--exact",
+        name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
 }
 
 /// The command that runs example `name` with `args` after `--listen

@@ -1,7 +1,10 @@
 //! What the balancer's tests, benches and `cargo xtask` share: running a
 //! command with its stderr in the error, network namespaces, the iptables
-//! REDIRECT rule of the original-destination scenarios, and bounded waits.
+//! REDIRECT rule of the original-destination scenarios, bounded waits, and
+//! freezing a worker's thread (`freezer`).
 #![deny(missing_docs)]
+
+pub mod freezer;
 
 use std::{
     io,

@@ -179,6 +179,7 @@ pub mod client;
 pub mod counts;
 pub mod echo;
 pub mod http;
+pub mod loaded;
 pub mod process;
 pub mod raw;
 

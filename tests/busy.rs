@@ -17,6 +17,8 @@ use balancer::Backend;
 use balancer_testkit::freezer::FrozenThread;
 use rstest_reuse::apply;
 use util::{
+    burst::echoed_burst,
+    echo::{EchoServer, Guard},
     every_backend,
     loaded::{
         block, connect_and_ask, keep_busy, light_burst, longest, served_by, waited, Light,
@@ -202,4 +204,25 @@ fn idle_workers_never_stall(backend: Backend) {
     }
     drop(clients);
     expect_settled(&server, LIGHT as u64);
+}
+
+/// A worker whose handle nobody polls (its own runtime's thread busy
+/// elsewhere, or a caller that stopped calling `accept` without closing
+/// it): what the kernel queues for it is rescued by the worker that runs,
+/// each client answered well within a second.
+#[apply(every_backend)]
+fn a_worker_nobody_polls_has_its_queue_rescued(backend: Backend) {
+    util::skip_unless_runnable!(backend);
+    let listener = util::bind_loopback(backend, 2);
+    let (server, held) = EchoServer::start_holding(listener, Guard::Keep, 0);
+    let started = std::time::Instant::now();
+    let clients = echoed_burst(server.addr(0), 20);
+    let took = started.elapsed();
+    let split = server.split(&clients, 2);
+    let rescued = server.stats.snapshot().workers[0].rescued_out;
+    println!("unpolled backend={backend} split={split:?} rescued={rescued} took={took:?}");
+    assert_eq!(split, [0, 20], "{backend}: worker 1 serves everything");
+    assert!(took < SECOND, "{backend}: {took:?}");
+    drop(clients);
+    drop(held);
 }

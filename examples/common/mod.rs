@@ -51,6 +51,11 @@ pub struct Args {
     /// A handoff target for the virtual listener, e.g. 0.0.0.0:8080 (repeatable).
     #[arg(long = "target", value_name = "ADDR")]
     pub targets: Vec<SocketAddr>,
+    /// A worker whose event loop has not run for this long while
+    /// connections wait for it is stalled: it gets no new connection and what
+    /// waits is rescued by another worker (0: off).
+    #[arg(long, default_value = "50", value_name = "MILLISECONDS")]
+    pub stall_threshold: u64,
     /// Take the port over from a running instance (restart): join its
     /// SO_REUSEPORT group; then SIGTERM the old one. Give a free --admin.
     #[arg(long)]
@@ -79,6 +84,7 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
             .listen(args.listen)
             .backlog(args.backlog)
             .pin_to_cores(args.pin)
+            .stall_threshold(Duration::from_millis(args.stall_threshold))
             .take_over(args.take_over);
         if let Some(addr) = args.virtual_listener {
             builder = builder.listen_virtual(addr);

@@ -14,13 +14,18 @@
 //!   choice, and a worker that is slow to accept looks loaded, not idle.
 //! - **Placement**: a worker keeps what it accepts; accepting turns one
 //!   in-flight connection into an active one with one atomic add.
+//! - **Busy and stalled workers**: each worker publishes its progress stamp
+//!   and busy weight in its slot (`worker/pulse.rs`); the program weighs
+//!   busy workers down and skips stalled ones (`balancer_common::score`,
+//!   `is_stalled`), and what it steered to a worker that stalled is
+//!   rescued by another (`worker/rescue.rs`), moving the in-flight count.
 //! - **Stop**: the worker's slot is marked unavailable first, so no new
 //!   connection picks it; when its sockets close, the kernel migrates the
 //!   requests queued on them, and handshakes still in flight, through the
 //!   program (a `migrate` program: no sysctl needed) to the least-loaded
 //!   live worker, moving their in-flight counts with them.
 //! - **Upkeep**: every [`UPKEEP_PERIOD`] a waiting worker repairs its slot
-//!   (see below).
+//!   (`repair.rs`).
 //! - **Limit**: 64 workers, the size of the program's maps, which bounds the
 //!   program's scan per connection.
 //! - **Full**: a worker at its

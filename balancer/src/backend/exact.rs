@@ -1,7 +1,10 @@
 //! [`Backend::Exact`]: Envoy's `exact_balance`. Workers accept from one
 //! shared socket; each accepted connection is then counted, under the
-//! [`LiveWorkers`] mutex, against the live worker with the fewest active
-//! connections, and transferred to it if that is not the accepting worker.
+//! [`LiveWorkers`] mutex, against the live worker with the lowest score
+//! (fewest active connections, weighed by how busy it is; a stalled worker
+//! only if every one is), and transferred to it if that is not the
+//! accepting worker. What waits in a stalled worker's transfer queue is
+//! rescued by another (`worker/rescue.rs`).
 //!
 //! Exact under any burst, because the count is taken at the moment of the
 //! choice. Costs a lock per connection and, when the accepting worker is

@@ -14,23 +14,27 @@ pub enum Backend {
     /// cost beyond the thundering herd of wake-ups.
     Shared,
     /// One `SO_REUSEPORT` socket per worker; the kernel hashes the 4-tuple.
-    /// Statistically even over many connections, not exact over few. No
+    /// Statistically even over many connections, not exact over few; what
+    /// the hash queues for a stalled worker is rescued by another. No
     /// per-connection cost.
     #[doc(alias = "SO_REUSEPORT")]
     ReusePort,
     /// Envoy's `exact_balance`: workers accept from one socket, then under a
     /// mutex the connection is counted against the worker with the fewest
-    /// active connections (ties: lowest index) and transferred to it. Exact;
-    /// costs a lock per connection and a cross-thread transfer when the
-    /// accepting worker is not the least loaded.
+    /// active connections (ties: lowest index) and transferred to it, a busy
+    /// worker weighed down and a stalled one skipped (see
+    /// [`Builder::stall_threshold`](crate::Builder::stall_threshold)).
+    /// Exact; costs a lock per connection and a cross-thread transfer when
+    /// the accepting worker is not the least loaded.
     Exact,
     /// One `SO_REUSEPORT` socket per worker with the embedded `steering`
     /// program attached: the kernel steers each new connection to the worker
-    /// with the fewest connections, active plus in flight, and counts it
-    /// there in flight at once, so bursts split as exactly as connections
-    /// opened one by one. No lock; one short program run per SYN, one atomic
-    /// add per accept and close, and a repair of each worker's counts every
-    /// 100 ms (see the README's "How it steers"). Needs root (CAP_BPF,
+    /// with the fewest connections, active plus in flight (a busy worker
+    /// weighed down, a stalled one skipped), and counts it there in flight
+    /// at once, so bursts split as exactly as connections opened one by
+    /// one. No lock; one short program run per SYN, one atomic add per
+    /// accept and close, and a repair of each worker's counts every 100 ms
+    /// (see the README's "How it steers"). Needs root (CAP_BPF,
     /// CAP_NET_ADMIN) and Linux 5.14.
     #[doc(alias = "SO_ATTACH_REUSEPORT_EBPF")]
     Ebpf,

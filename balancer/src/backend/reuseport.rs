@@ -1,7 +1,10 @@
 //! [`Backend::ReusePort`]: one `SO_REUSEPORT` socket per worker; the kernel
 //! hashes each connection's 4-tuple to pick one.
 //!
-//! A worker keeps what it accepts. Its socket is its own, so when it stops
+//! A worker keeps what it accepts. What the hash queues on a worker that
+//! stalls is rescued by the least-loaded live worker, which accepts it from
+//! the stalled worker's socket (`worker/rescue.rs`). Its socket is its own,
+//! so when it stops
 //! it first accepts everything queued there and transfers it to the
 //! least-loaded live worker; a handshake that completes between that drain
 //! and the close is reset unless `net.ipv4.tcp_migrate_req = 1`.

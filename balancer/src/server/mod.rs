@@ -1,4 +1,6 @@
-//! Serving every worker with one connection handler, then a graceful
+//! Serving every worker, with one connection handler
+//! ([`BalancedListener::serve`]) or a server of your own per worker (hyper,
+//! axum, tonic: [`BalancedListener::serve_workers`]), then a graceful
 //! shutdown: stop accepting, close the workers without losing a connection
 //! the kernel accepted, and give open connections until a deadline. The
 //! drain's state and report are in `drain.rs`.
@@ -11,22 +13,28 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use crate::{connection::Connection, listener::BalancedListener, worker::Worker};
+use self::drain::Counting;
+use crate::{
+    connection::{Connection, Drain, DrainSender},
+    listener::BalancedListener,
+    worker::Worker,
+};
 pub use drain::{DrainReport, DrainStatus};
 
-/// Every worker of a [`BalancedListener`] serving connections with one
-/// handler, each on its own thread, until [`Server::shutdown`]; started by
-/// [`BalancedListener::serve`].
+/// Every worker of a [`BalancedListener`] serving, each on its own thread,
+/// until [`Server::shutdown`]; started by [`BalancedListener::serve`] (one
+/// handler per connection) or [`BalancedListener::serve_workers`] (a
+/// server of your own per worker).
 ///
 /// Dropping it without calling `shutdown` stops accepting and closes the
 /// workers as `shutdown` does, with no time to drain: connections still
 /// open are closed at once, on the workers' threads, unawaited.
 #[must_use = "dropping the server stops it at once"]
 pub struct Server {
-    /// The drain deadline, sent once to every worker.
-    stop: watch::Sender<Option<Instant>>,
+    /// Starts the drain of every worker and connection (dropped: at once).
+    drain: DrainSender,
     /// Each worker's report, sent when its thread is done.
     reports: mpsc::UnboundedReceiver<WorkerReport>,
     workers: usize,
@@ -89,27 +97,115 @@ impl BalancedListener {
         H: Fn(Connection) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let workers = self.workers();
-        let status = DrainStatus::new(workers);
-        let (stop, stopped) = watch::channel(None);
-        let (report, reports) = mpsc::unbounded_channel();
+        let status = DrainStatus::new(self.workers(), Counting::Handlers);
         let serving = status.clone();
-        self.spawn_threads(move |worker| {
+        let handler = std::sync::Arc::new(handler);
+        self.start_server(status, move |worker| {
+            let (handler, serving) = (std::sync::Arc::clone(&handler), serving.clone());
+            async move { serve_worker(worker, &*handler, &serving).await }
+        })
+    }
+
+    /// Runs `serve(worker)` for every worker on its own thread (as
+    /// [`BalancedListener::spawn`]) until [`Server::shutdown`]: the way to
+    /// run hyper, axum, tonic or any server that takes a stream of
+    /// connections, with the same lossless drain as
+    /// [`BalancedListener::serve`].
+    ///
+    /// `serve` gets the worker; [`Worker::into_connections`] gives its
+    /// connections as a stream that ends when the drain starts, after
+    /// serving what the worker had queued (pass
+    /// [`Connections::finished`](crate::Connections::finished) as the
+    /// server's graceful-shutdown signal), and each connection carries the
+    /// drain too ([`Connection::drain`]). At the deadline, a worker whose
+    /// future has not completed is stopped: the future is dropped, which
+    /// closes what it still serves, counted in
+    /// [`DrainReport::closed_at_deadline`].
+    ///
+    /// Cost: one thread per worker; nothing per connection beyond what the
+    /// worker's accept costs.
+    ///
+    /// # Errors
+    /// If a thread cannot be spawned; workers already started then stop as
+    /// when a [`Server`] is dropped.
+    ///
+    /// # Examples
+    /// axum, with the `axum` feature:
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// use balancer::{Backend, Builder};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = Builder::new(Backend::Ebpf).listen("127.0.0.1:8080").bind()?;
+    /// let server = listener.serve_workers(|worker| async move {
+    ///     let app = Router::new().route("/", get(|| async { "ok" }));
+    ///     let connections = worker.into_connections();
+    ///     let finished = connections.finished();
+    ///     let _ = axum::serve(connections, app).with_graceful_shutdown(finished).await;
+    /// })?;
+    /// let report = server.shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5)).await;
+    /// println!("{} connections closed at the deadline", report.closed_at_deadline);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn serve_workers<F, Fut>(self, serve: F) -> io::Result<Server>
+    where
+        F: Fn(Worker) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let stats = self.stats();
+        let status = DrainStatus::new(self.workers(), Counting::Connections(stats.clone()));
+        self.start_server(status, move |worker| {
+            let (index, drain) = (worker.index(), worker.drain());
+            let served = serve(worker);
+            let stats = stats.clone();
+            async move {
+                let closed_at_deadline = tokio::select! {
+                    () = served => 0,
+                    () = deadline(&drain) => stats.snapshot().workers[index].downstream_cx_active,
+                };
+                WorkerReport {
+                    served_from_queue: 0,
+                    closed_at_deadline: usize::try_from(closed_at_deadline).unwrap_or(usize::MAX),
+                }
+            }
+        })
+    }
+
+    /// Runs `run(worker)` for every worker on its own thread, each told of
+    /// the server's drain, reporting when it is done.
+    fn start_server<F, Fut>(self, status: DrainStatus, run: F) -> io::Result<Server>
+    where
+        F: Fn(Worker) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = WorkerReport> + 'static,
+    {
+        let workers = self.workers();
+        let drain = DrainSender::new();
+        let (report, reports) = mpsc::unbounded_channel();
+        let workers_drain = drain.subscribe();
+        self.spawn_threads(move |mut worker| {
+            worker.set_drain(workers_drain.clone());
             let mut done = None;
             worker.run(|worker| async {
-                done = Some(serve_worker(worker, &handler, stopped.clone(), &serving).await);
+                done = Some(run(worker).await);
             });
             if let Some(done) = done {
                 let _ = report.send(done);
             }
         })?;
         Ok(Server {
-            stop,
+            drain,
             reports,
             workers,
             status,
         })
     }
+}
+
+/// Completes at the drain's deadline (at once if the server is gone).
+async fn deadline(drain: &Drain) {
+    tokio::time::sleep_until(deadline_of(drain).await.into()).await;
 }
 
 impl Server {
@@ -144,8 +240,7 @@ impl Server {
         let deadline = (started.checked_add(drain_timeout)).unwrap_or(started + forever);
         self.status.start(started, deadline);
         let open_at_start = self.status.connections_open();
-        // Fails only when every worker is done already.
-        let _ = self.stop.send(Some(deadline));
+        self.drain.start(deadline);
         let mut report = DrainReport {
             open_at_start,
             served_from_queue: 0,
@@ -158,6 +253,7 @@ impl Server {
             report.closed_at_deadline += worker.closed_at_deadline;
             report.workers_panicked -= 1;
         }
+        report.served_from_queue += self.drain.served_from_queue();
         report.elapsed = started.elapsed();
         report
     }
@@ -177,22 +273,20 @@ impl Server {
 /// One worker's life under a [`Server`]: accept and serve until stopped,
 /// close, serve what the close returns, wait for its handlers until the
 /// deadline.
-async fn serve_worker<H, Fut>(
-    mut worker: Worker,
-    handler: &H,
-    mut stop: watch::Receiver<Option<Instant>>,
-    status: &DrainStatus,
-) -> WorkerReport
+async fn serve_worker<H, Fut>(mut worker: Worker, handler: &H, status: &DrainStatus) -> WorkerReport
 where
     H: Fn(Connection) -> Fut,
     Fut: Future<Output = ()> + 'static,
 {
     let index = worker.index();
+    let drain = worker.drain();
+    let started = drain.started();
+    tokio::pin!(started);
     loop {
         // Stop first: once stopped, what is queued is served through close.
         tokio::select! {
             biased;
-            _ = stop.wait_for(Option::is_some) => break,
+            () = &mut started => break,
             accepted = worker.accept() => match accepted {
                 Ok(conn) => status.spawn(index, handler(conn)),
                 Err(error) => {
@@ -207,19 +301,20 @@ where
         match conn.try_map_stream(tokio::net::TcpStream::from_std) {
             Ok(conn) => {
                 served_from_queue += 1;
-                status.spawn(index, handler(conn));
+                status.spawn(index, handler(conn.with_drain(&drain)));
             }
             Err(error) => log::warn!("worker {index}: closing a queued connection: {error}"),
         }
     }
-    // Err: the server was dropped, so the deadline is now.
-    let deadline = match stop.wait_for(Option::is_some).await {
-        Ok(deadline) => (*deadline).unwrap_or_else(Instant::now),
-        Err(_) => Instant::now(),
-    };
-    let _ = tokio::time::timeout_at(deadline.into(), status.idle(index)).await;
+    let _ = tokio::time::timeout_at(deadline_of(&drain).await.into(), status.idle(index)).await;
     WorkerReport {
         served_from_queue,
         closed_at_deadline: status.open_on(index),
     }
+}
+
+/// The drain's deadline, once it has started (now, if the server is gone).
+async fn deadline_of(drain: &Drain) -> Instant {
+    drain.started().await;
+    drain.deadline().unwrap_or_else(Instant::now)
 }

@@ -4,7 +4,7 @@
 
 use std::{
     fmt,
-    future::{poll_fn, Future},
+    future::{poll_fn, Future, IntoFuture},
     io,
     net::SocketAddr,
     pin::Pin,
@@ -15,18 +15,28 @@ use std::{
 use tokio::sync::watch;
 
 use super::Worker;
-use crate::connection::{Connection, Unread};
+use crate::connection::{Connection, Drain, Unread};
 
 impl Worker {
     /// This worker's connections as one stream that ends losslessly: it
     /// accepts until `shutdown` completes, then closes the worker
     /// ([`Worker::close`]) and yields the connections that returns. See
     /// [`Connections`] for serving it with hyper, axum or tonic.
-    pub fn connections_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Connections {
-        Connections::new(self, shutdown)
+    pub fn connections_until<F>(self, shutdown: F) -> Connections
+    where
+        F: IntoFuture<Output = ()>,
+        F::IntoFuture: Send + 'static,
+    {
+        Connections::new(self, shutdown.into_future())
+    }
+
+    /// This worker's connections until the server's drain starts
+    /// ([`Worker::drain`]): what a worker run by
+    /// [`BalancedListener::serve_workers`](crate::BalancedListener::serve_workers)
+    /// hands its server.
+    pub fn into_connections(self) -> Connections {
+        let drain = self.drain();
+        self.connections_until(drain)
     }
 }
 
@@ -86,6 +96,8 @@ pub struct Connections {
     unread: Unread,
     read_grace: Duration,
     finished: watch::Sender<bool>,
+    /// The worker's drain, which counts what is served out of its queue.
+    drain: Drain,
 }
 
 enum State {
@@ -122,6 +134,7 @@ impl Connections {
         Self {
             worker: worker.index(),
             local_addr: worker.local_addr(),
+            drain: worker.drain(),
             state: State::Accepting {
                 worker: Box::new(worker),
                 shutdown: Box::pin(shutdown),
@@ -182,6 +195,7 @@ impl Connections {
                 }
                 State::Closed(left) => match left.next() {
                     Some(conn) => {
+                        self.drain.served_from_queue();
                         let conn = conn.try_map_stream(tokio::net::TcpStream::from_std);
                         return Poll::Ready(Some(conn.map(|c| self.handed_out(c))));
                     }

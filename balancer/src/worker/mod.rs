@@ -32,7 +32,7 @@ use self::{
     transfer::{Placement, Transfer, TransferQueue},
 };
 use crate::{
-    connection::{Connection, Incoming},
+    connection::{Connection, Drain, Incoming},
     listener::ListenerId,
     stats::{Stats, WorkerCounters},
 };
@@ -57,6 +57,9 @@ pub struct Worker {
     pulse: Pulse,
     /// A stalled worker whose waiting connections this one is taking.
     rescuing: Option<usize>,
+    /// The server's drain, if a [`Server`](crate::Server) runs this worker;
+    /// given to every connection it accepts.
+    drain: Drain,
     blocking: Option<tokio::runtime::Runtime>,
     /// Retired from the live workers (by `close` or drop).
     stopped: bool,
@@ -97,6 +100,7 @@ impl Worker {
             upkeep: None,
             pulse,
             rescuing: None,
+            drain: Drain::never(),
             blocking: None,
             stopped: false,
             full: false,
@@ -107,6 +111,18 @@ impl Worker {
     /// This worker's index, `0..workers`.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The start of the server's graceful shutdown, when a
+    /// [`Server`](crate::Server) runs this worker
+    /// ([`BalancedListener::serve_workers`](crate::BalancedListener::serve_workers));
+    /// one that never starts otherwise.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    pub(crate) fn set_drain(&mut self, drain: Drain) {
+        self.drain = drain;
     }
 
     /// The counters of every worker and listener.
@@ -171,7 +187,7 @@ impl Worker {
             match taken {
                 Ok(Some(connection)) => {
                     self.backoff.succeeded();
-                    return Poll::Ready(Ok(connection));
+                    return Poll::Ready(Ok(connection.with_drain(&self.drain)));
                 }
                 Ok(None) => {}
                 Err(error) => {

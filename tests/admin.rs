@@ -35,7 +35,7 @@ fn start_admin() -> SocketAddr {
     let (send, addr) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         util::runtime().block_on(async {
-            let admin = AdminServer::bind("127.0.0.1:0".parse().unwrap(), stats)
+            let admin = AdminServer::bind("127.0.0.1:0", stats)
                 .await
                 .unwrap()
                 .limits(limits);
@@ -150,4 +150,23 @@ fn other_methods_get_405_and_head_gets_no_body() {
     assert!(prometheus.contains("version=0.0.4"), "{prometheus}");
     let unknown = exchange(addr, b"GET /nope HTTP/1.1\r\n\r\n");
     assert_eq!(status_line(&unknown), "HTTP/1.1 404 Not Found");
+}
+
+/// An admin port another socket holds is an error that names the address,
+/// with the OS error's kind.
+#[test]
+fn an_admin_port_in_use_is_an_error_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let stats = util::bind_loopback(Backend::ReusePort, 1).stats();
+    let error = util::runtime()
+        .block_on(AdminServer::bind(addr, stats))
+        .unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("binding the admin endpoint on {addr}: ")),
+        "{error}"
+    );
 }

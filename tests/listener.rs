@@ -153,6 +153,44 @@ fn more_workers_than_the_maps_hold_is_a_typed_error() {
     );
 }
 
+/// A handoff target at a virtual listener's address would hand
+/// connections to itself: refused, naming the address.
+#[test]
+fn a_virtual_listener_cannot_be_a_handoff_target() {
+    let err = Builder::new(Backend::ReusePort)
+        .listen_virtual("127.0.0.1:15001")
+        .handoff_target("127.0.0.1:15001")
+        .bind()
+        .unwrap_err();
+    assert!(matches!(err, BindError::VirtualTarget { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .starts_with("127.0.0.1:15001 is a virtual listener"),
+        "{err}"
+    );
+}
+
+/// A listener is found by the address it was given (or bound, for port 0).
+#[test]
+fn a_listener_id_comes_from_its_address() {
+    let listener = Builder::new(Backend::ReusePort)
+        .listen("127.0.0.1:0")
+        .listen_virtual("127.0.0.1:0")
+        .handoff_target("0.0.0.0:8080")
+        .bind()
+        .unwrap();
+    let addrs: Vec<_> = listener.listeners().collect();
+    for (id, addr) in &addrs {
+        assert_eq!(listener.listener_id(addr), Some(*id));
+    }
+    assert_eq!(
+        listener.listener_id("0.0.0.0:8080").map(|id| id.index()),
+        Some(2)
+    );
+    assert_eq!(listener.listener_id("127.0.0.1:1"), None);
+    assert_eq!(listener.listener_id("no such host.invalid:1"), None);
+}
+
 /// `ebpf_slots` that cannot hold the set's workers, or that the program does
 /// not have, fails before anything is loaded: no silent clamp.
 #[test]

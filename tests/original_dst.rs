@@ -23,8 +23,8 @@ const WORKERS: usize = 2;
 fn redirected_server(backend: Backend, guard: Guard) -> EchoServer {
     balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
     let builder = (Builder::new(backend).workers(WORKERS))
-        .listen_virtual("127.0.0.1:15001".parse().unwrap())
-        .handoff_target("0.0.0.0:8080".parse().unwrap());
+        .listen_virtual("127.0.0.1:15001")
+        .handoff_target("0.0.0.0:8080");
     EchoServer::start(util::bind(builder, backend), guard)
 }
 
@@ -106,8 +106,8 @@ fn a_dual_stack_virtual_listener_hands_ipv4_connections_to_an_ipv4_target() {
     in_new_netns(move || {
         balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
         let builder = (Builder::new(Backend::Exact).workers(WORKERS))
-            .listen_virtual("[::]:15001".parse().unwrap())
-            .handoff_target("0.0.0.0:8080".parse().unwrap());
+            .listen_virtual("[::]:15001")
+            .handoff_target("0.0.0.0:8080");
         let server = EchoServer::start(util::bind(builder, Backend::Exact), Guard::Keep);
         let dst: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let clients = server.open_many(dst, 4);
@@ -116,5 +116,49 @@ fn a_dual_stack_virtual_listener_hands_ipv4_connections_to_an_ipv4_target() {
             assert_eq!(served.original_dst, Some(dst));
             assert_eq!(served.listener.index(), 1, "handed to 0.0.0.0_8080");
         }
+    });
+}
+
+/// A listener that is also the handoff target for its own address takes
+/// both the connections made to it and those handed off to it, as one
+/// listener (as an Envoy listener does): redirected clients to
+/// 127.0.0.1:9090 and direct ones to 127.0.0.2:9090 land on the same id.
+#[test]
+fn a_bound_listener_can_be_the_handoff_target_for_its_address() {
+    if !privileged("the original-destination test (netns, iptables)") {
+        return;
+    }
+    in_new_netns(|| {
+        balancer_testkit::redirect(9090, 15001).expect("iptables REDIRECT (run scripts/setup)");
+        let builder = (Builder::new(Backend::Exact).workers(WORKERS))
+            .listen_virtual("127.0.0.1:15001")
+            .listen("0.0.0.0:9090")
+            .handoff_target("0.0.0.0:9090");
+        let listener = util::bind(builder, Backend::Exact);
+        let target = listener
+            .listener_id("0.0.0.0:9090")
+            .expect("an id by address");
+        assert_eq!(
+            listener.listeners().count(),
+            2,
+            "the target adds no listener"
+        );
+        let server = EchoServer::start(listener, Guard::Keep);
+        let redirected = server.open("127.0.0.1:9090".parse().unwrap());
+        let direct = server.open("127.0.0.2:9090".parse().unwrap());
+        assert_eq!(server.served(&redirected).listener, target);
+        assert_eq!(
+            server.served(&redirected).original_dst,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(server.served(&direct).listener, target);
+        let snapshot = server.stats.snapshot();
+        assert_eq!(snapshot.listeners[target.index()].name, "0.0.0.0_9090");
+        assert_eq!(
+            snapshot.listeners[target.index()]
+                .total()
+                .downstream_cx_active,
+            2
+        );
     });
 }

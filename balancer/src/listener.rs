@@ -1,7 +1,13 @@
 //! [`BalancedListener`]: the bound listener set, every worker's handle
 //! ready to run; and [`ListenerId`], which names one of its listeners.
 
-use std::{future::Future, io, net::SocketAddr, sync::Arc, thread::JoinHandle};
+use std::{
+    future::Future,
+    io,
+    net::{SocketAddr, ToSocketAddrs},
+    sync::Arc,
+    thread::JoinHandle,
+};
 
 use crate::{
     backend::Backend,
@@ -68,13 +74,13 @@ impl BalancedListener {
         self.set.listeners.iter()
     }
 
-    /// The listener whose Envoy-style stats name (`127.0.0.1_8080`) is `name`.
-    pub fn listener_id(&self, name: &str) -> Option<ListenerId> {
-        self.set
-            .stats
-            .listener_names()
-            .position(|n| n == name)
-            .map(ListenerId)
+    /// The listener at `addr` (resolved as [`Builder::listen`](crate::Builder::listen)
+    /// resolves it): a bound listener's address, with its real port when
+    /// port 0 was asked for, or a handoff target's. `None` if no listener
+    /// is there (or `addr` does not resolve).
+    pub fn listener_id(&self, addr: impl ToSocketAddrs) -> Option<ListenerId> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().ok()?.collect();
+        (self.set.listeners.iter()).find_map(|(id, at)| addrs.contains(&at).then_some(id))
     }
 
     /// The workers' handles, in index order, for running on threads of your

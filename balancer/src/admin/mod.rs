@@ -109,10 +109,13 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` (port 0 for any free port).
+    /// Binds `addr`: anything [`std::net::TcpListener::bind`] takes (port
+    /// 0 for any free port).
     ///
     /// # Errors
-    /// If the address cannot be bound.
+    /// If the address does not resolve or cannot be bound: the error names
+    /// the address, with the OS error's kind (`AddrInUse` for a port
+    /// another server holds).
     ///
     /// # Cancel safety
     /// Cancel safe: it completes in its first poll.
@@ -125,13 +128,24 @@ impl AdminServer {
     /// let listener = Builder::new(Backend::Exact)
     ///     .listen("127.0.0.1:8080")
     ///     .bind()?;
-    /// let admin = AdminServer::bind("127.0.0.1:15000".parse()?, listener.stats()).await?;
+    /// let admin = AdminServer::bind("127.0.0.1:15000", listener.stats()).await?;
     /// tokio::spawn(admin.serve());
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn bind(addr: SocketAddr, stats: Stats) -> io::Result<Self> {
-        Ok(Self::new(TcpListener::bind(addr).await?, stats))
+    pub async fn bind<A>(addr: A, stats: Stats) -> io::Result<Self>
+    where
+        A: tokio::net::ToSocketAddrs + std::fmt::Debug,
+    {
+        let named = |error: io::Error| {
+            let addr = crate::builder::requested::as_given(&addr);
+            io::Error::new(
+                error.kind(),
+                format!("binding the admin endpoint on {addr}: {error}"),
+            )
+        };
+        let listener = TcpListener::bind(&addr).await.map_err(named)?;
+        Ok(Self::new(listener, stats))
     }
 
     /// Serves on a bound `listener`.

@@ -31,8 +31,9 @@ impl Builder {
     /// address in use, a socket option that cannot be set, an adopted
     /// socket that cannot serve the backend, or (for `Ebpf`) a steering
     /// failure naming the missing capability or kernel feature.
-    pub fn bind(self) -> Result<BalancedListener, BindError> {
+    pub fn bind(mut self) -> Result<BalancedListener, BindError> {
         let addrs = self.resolve()?;
+        let addrs = self.merge_targets(addrs)?;
         self.validate(&addrs)?;
         match self.bind_with(self.backend, &addrs) {
             Err(BindError::Steering { addr, source })
@@ -50,6 +51,39 @@ impl Builder {
     /// Each listener's candidate addresses, in order.
     fn resolve(&self) -> Result<Vec<Vec<SocketAddr>>, BindError> {
         self.listeners.iter().map(Requested::candidates).collect()
+    }
+
+    /// Makes each listener that a handoff target names by its address the
+    /// target itself (dropping the separate target); `addrs` are the
+    /// listeners' candidates, in order, and what is left of them returns.
+    ///
+    /// # Errors
+    /// [`BindError::VirtualTarget`] for a target at a virtual listener's
+    /// address.
+    fn merge_targets(
+        &mut self,
+        mut addrs: Vec<Vec<SocketAddr>>,
+    ) -> Result<Vec<Vec<SocketAddr>>, BindError> {
+        let mut index = 0;
+        while index < self.listeners.len() {
+            let (role, addr) = (self.listeners[index].role, addrs[index][0]);
+            let bound = (role == Role::Target).then(|| {
+                (self.listeners.iter().zip(&addrs))
+                    .position(|(other, at)| other.role != Role::Target && at[0] == addr)
+            });
+            match bound.flatten() {
+                Some(at) if self.listeners[at].role == Role::Virtual => {
+                    return Err(BindError::VirtualTarget { addr });
+                }
+                Some(at) => {
+                    self.listeners[at].role = Role::BoundTarget;
+                    self.listeners.remove(index);
+                    addrs.remove(index);
+                }
+                None => index += 1,
+            }
+        }
+        Ok(addrs)
     }
 
     pub(super) fn bind_with(

@@ -116,6 +116,16 @@ pub enum BindError {
         #[source]
         source: io::Error,
     },
+    /// A handoff target at a virtual listener's address: the virtual
+    /// listener would hand connections to itself.
+    #[error(
+        "{addr} is a virtual listener and cannot be a handoff target: the connections it \
+         accepts are handed to the targets of their original destinations"
+    )]
+    VirtualTarget {
+        /// The address.
+        addr: SocketAddr,
+    },
     /// The same address was added twice.
     #[error("{addr} is added twice: each address can have one listener")]
     DuplicateListener {

@@ -6,13 +6,13 @@
 
 mod bind;
 mod error;
-mod requested;
+pub(crate) mod requested;
 pub(crate) mod socket_options;
 mod validate;
 
 use std::{
     fmt, io,
-    net::{SocketAddr, TcpListener, ToSocketAddrs},
+    net::{TcpListener, ToSocketAddrs},
     num::NonZeroUsize,
     sync::Arc,
     time::Duration,
@@ -245,16 +245,33 @@ impl Builder {
     /// attributed to the virtual listener (the default handler) if none
     /// matches or it was not redirected. Costs one `getsockopt` per
     /// connection.
-    pub fn listen_virtual(self, addr: SocketAddr) -> Self {
-        self.add(addr, Role::Virtual)
+    ///
+    /// `addr` is anything [`Builder::listen`] takes.
+    pub fn listen_virtual<A: ToSocketAddrs + fmt::Debug>(mut self, addr: A) -> Self {
+        self.listeners
+            .push(Requested::resolving(addr, Role::Virtual));
+        self
     }
 
-    /// Adds a handoff target: a listener that binds no socket and receives
-    /// connections from virtual listeners whose original destination is
-    /// `addr` (a wildcard IP such as `0.0.0.0` matches any IP of its family
-    /// on that port). Its stats name is Envoy's, e.g. `0.0.0.0_8080`.
-    pub fn handoff_target(self, addr: SocketAddr) -> Self {
-        self.add(addr, Role::Target)
+    /// Adds a handoff target: a listener that receives connections from
+    /// virtual listeners whose original destination is `addr` (a wildcard
+    /// IP such as `0.0.0.0` matches any IP of its family on that port). Its
+    /// stats name is Envoy's, e.g. `0.0.0.0_8080`; find its
+    /// [`ListenerId`](crate::ListenerId) with
+    /// [`BalancedListener::listener_id`](crate::BalancedListener::listener_id)
+    /// and the same address.
+    ///
+    /// If [`Builder::listen`] also binds `addr`, that listener is the
+    /// target (it takes the connections made to it directly and those
+    /// handed off to it, as an Envoy listener does); no other listener is
+    /// added. Otherwise the target binds no socket. A virtual listener
+    /// cannot be a target ([`BindError::VirtualTarget`]).
+    ///
+    /// `addr` is anything [`Builder::listen`] takes.
+    pub fn handoff_target<A: ToSocketAddrs + fmt::Debug>(mut self, addr: A) -> Self {
+        self.listeners
+            .push(Requested::resolving(addr, Role::Target));
+        self
     }
 
     /// Pins worker `i`'s thread to core `i mod cores` when started with
@@ -341,11 +358,6 @@ impl Builder {
     /// one program, as prefork servers do.)
     pub fn take_over(mut self, take_over: bool) -> Self {
         self.take_over = take_over;
-        self
-    }
-
-    fn add(mut self, addr: SocketAddr, role: Role) -> Self {
-        self.listeners.push(Requested::at(addr, role));
         self
     }
 }

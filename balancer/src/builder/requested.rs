@@ -42,20 +42,12 @@ impl Requested {
         let source = match addr.to_socket_addrs() {
             Ok(addrs) => Source::Addresses(addrs.collect()),
             Err(error) => Source::Unresolved {
-                address: format!("{addr:?}"),
+                address: as_given(&addr),
                 kind: error.kind(),
                 message: error.to_string(),
             },
         };
         Self { source, role }
-    }
-
-    /// A listener at exactly `addr`.
-    pub(crate) fn at(addr: SocketAddr, role: Role) -> Self {
-        Self {
-            source: Source::Addresses(vec![addr]),
-            role,
-        }
     }
 
     /// A listener on `listener`, bound and listening elsewhere.
@@ -95,5 +87,30 @@ impl Requested {
                     reason,
                 }),
         }
+    }
+}
+
+/// How the user wrote an address: its `Debug` form without the quotes a
+/// string gets (`localhost:80`, not `"localhost:80"`).
+pub(crate) fn as_given(addr: &impl fmt::Debug) -> String {
+    let text = format!("{addr:?}");
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(unquoted) => unquoted.to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::as_given;
+
+    #[test]
+    fn an_address_reads_as_it_was_given() {
+        assert_eq!(as_given(&"localhost:80"), "localhost:80");
+        assert_eq!(as_given(&String::from("[::1]:80")), "[::1]:80");
+        assert_eq!(
+            as_given(&("example.invalid", 80)),
+            "(\"example.invalid\", 80)"
+        );
     }
 }

@@ -48,7 +48,9 @@ impl Builder {
             }
         }
         let virtuals: Vec<_> = self.with_role(Role::Virtual, addrs).collect();
-        for target in self.with_role(Role::Target, addrs) {
+        let targets =
+            (self.with_role(Role::Target, addrs)).chain(self.with_role(Role::BoundTarget, addrs));
+        for target in targets.collect::<Vec<_>>() {
             if virtuals.is_empty() {
                 return Err(BindError::TargetWithoutVirtual { target });
             }
@@ -84,7 +86,7 @@ fn check_address(addr: SocketAddr, role: Role) -> Result<(), BindError> {
         "a multicast address cannot accept TCP connections"
     } else if addr.ip() == Ipv4Addr::BROADCAST {
         "the broadcast address cannot accept TCP connections"
-    } else if role == Role::Target && addr.port() == 0 {
+    } else if role.is_target() && addr.port() == 0 {
         "a handoff target needs a port: it matches original destinations"
     } else {
         return Ok(());

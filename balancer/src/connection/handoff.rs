@@ -20,6 +20,16 @@ pub(crate) enum Role {
     Virtual,
     /// Not bound; receives connections from virtual listeners.
     Target,
+    /// Bound, and receives connections from virtual listeners whose
+    /// original destination is its address.
+    BoundTarget,
+}
+
+impl Role {
+    /// Whether virtual listeners hand connections to it.
+    pub(crate) fn is_target(self) -> bool {
+        matches!(self, Self::Target | Self::BoundTarget)
+    }
 }
 
 /// A listener: its address (bound, or a target's configured one) and role.
@@ -58,7 +68,7 @@ impl Listeners {
     ) -> Incoming<S> {
         let original_dst = match self.0[listener.index()].role {
             Role::Virtual => original_dst::original_destination(&stream).ok(),
-            Role::Plain | Role::Target => None,
+            Role::Plain | Role::Target | Role::BoundTarget => None,
         };
         Incoming {
             stream,
@@ -73,7 +83,7 @@ impl Listeners {
     pub(crate) fn route(&self, dst: SocketAddr) -> Option<ListenerId> {
         let targets = || {
             (self.0.iter().enumerate())
-                .filter(|(_, l)| l.role == Role::Target && matches(l.addr, dst))
+                .filter(|(_, l)| l.role.is_target() && matches(l.addr, dst))
                 .map(|(i, l)| (ListenerId(i), l.addr))
         };
         let exact = targets().find(|(_, addr)| addr.ip() == dst.ip());
@@ -119,10 +129,12 @@ mod tests {
             spec("0.0.0.0:8080", Role::Target),
             spec("10.0.0.5:8080", Role::Target),
             spec("10.0.0.6:9090", Role::Plain),
+            spec("10.0.0.7:7070", Role::BoundTarget),
         ]);
         let route = |dst: &str| listeners.route(dst.parse().unwrap()).map(ListenerId::index);
         assert_eq!(route("10.0.0.5:8080"), Some(2));
         assert_eq!(route("10.0.0.7:8080"), Some(1));
         assert_eq!(route("10.0.0.6:9090"), None);
+        assert_eq!(route("10.0.0.7:7070"), Some(4));
     }
 }

@@ -91,10 +91,6 @@ impl Stats {
         &self.inner.listeners[listener].per_worker[worker]
     }
 
-    pub(crate) fn listener_names(&self) -> impl Iterator<Item = &str> {
-        self.inner.listeners.iter().map(|l| l.name.as_str())
-    }
-
     /// Reads every counter. Each value is read atomically, but the snapshot
     /// as a whole is not: a connection that opens or closes meanwhile may be
     /// seen in one counter and not another.

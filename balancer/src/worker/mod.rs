@@ -151,8 +151,13 @@ impl Worker {
     ///
     /// # Errors
     /// Other `accept` failures; and, leaving the sockets intact, a call from
-    /// outside a tokio runtime or from a runtime without IO or time enabled (tokio
-    /// prints its panic message for the latter before this returns).
+    /// outside a tokio runtime or from a runtime without IO or time enabled.
+    /// tokio offers no way to ask a runtime for the latter: it panics where
+    /// they are used, so the first `accept` tries them and catches the
+    /// panic (tokio's message is not printed). A program built with
+    /// `panic = "abort"` cannot catch it: give its workers a runtime with
+    /// both (`Builder::enable_all`), as [`BalancedListener::spawn`](crate::BalancedListener::spawn)
+    /// and the servers do.
     pub async fn accept(&mut self) -> io::Result<Connection> {
         poll_fn(|cx| self.poll_accept(cx)).await
     }

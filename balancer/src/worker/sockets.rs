@@ -44,25 +44,23 @@ impl Sockets {
         tokio::runtime::Handle::try_current().map_err(|error| {
             io::Error::other(format!("Worker::accept needs a tokio runtime: {error}"))
         })?;
-        // tokio panics instead of failing when the runtime's timer is off
-        // (the accept back-off and the upkeep need it): check it first.
-        std::panic::catch_unwind(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).map_err(
-            |_| {
-                io::Error::other(
-                    "Worker::accept needs a tokio runtime with time enabled (Builder::enable_time)",
-                )
-            },
-        )?;
-        // The same for the IO driver; registering duplicates keeps the
-        // sockets whatever happens.
-        let registered = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        // tokio offers no way to ask a runtime whether its timer and IO
+        // driver are on: it panics when they are used without. The accept
+        // back-off and the pulse need the timer: try it first, then
+        // register duplicates (the sockets stay whatever happens).
+        quietly(|| drop(tokio::time::sleep(std::time::Duration::ZERO))).ok_or_else(|| {
+            io::Error::other(
+                "Worker::accept needs a tokio runtime with time enabled (Builder::enable_time)",
+            )
+        })?;
+        let registered = quietly(|| {
             (sockets.iter())
                 .map(|(id, socket)| {
                     Ok((*id, tokio::net::TcpListener::from_std(socket.try_clone()?)?))
                 })
                 .collect::<io::Result<Vec<_>>>()
-        }))
-        .unwrap_or_else(|_| {
+        })
+        .unwrap_or_else(|| {
             Err(io::Error::other(
                 "Worker::accept needs a tokio runtime with IO enabled (Builder::enable_io)",
             ))
@@ -170,4 +168,31 @@ pub(super) fn detach(
         None => stream.peer_addr()?,
     };
     Ok((stream, peer))
+}
+
+/// Runs `probe`, which panics inside tokio when the runtime lacks a driver;
+/// such a panic becomes `None`, and tokio's message is not printed (the
+/// process's panic hook is wrapped once, so that it stays silent for this
+/// thread while a probe runs, and otherwise does what it did). Built with
+/// `panic = "abort"`, a panic cannot be caught: the process aborts there,
+/// as tokio's own would.
+fn quietly<T>(probe: impl FnOnce() -> T) -> Option<T> {
+    use std::{cell::Cell, panic, sync::Once};
+
+    thread_local! {
+        static PROBING: Cell<bool> = const { Cell::new(false) };
+    }
+    static WRAP_HOOK: Once = Once::new();
+    WRAP_HOOK.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !PROBING.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PROBING.with(|probing| probing.set(true));
+    let result = panic::catch_unwind(AssertUnwindSafe(probe)).ok();
+    PROBING.with(|probing| probing.set(false));
+    result
 }

@@ -201,6 +201,19 @@ pub fn connections(addr: SocketAddr, count: u64, concurrency: u64) -> anyhow::Re
     })
 }
 
+/// The server's `/stats` from its admin endpoint at `admin`, waiting up to
+/// 10 s for it: it listens a little after the data port does (later with
+/// many workers).
+pub fn stats_when_ready(admin: SocketAddr) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get(admin, "/stats") {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            result => return result.with_context(|| format!("reading http://{admin}/stats")),
+        }
+    }
+}
+
 /// A plain GET over HTTP/1.1 with `Connection: close`, returning the body
 /// (for admin endpoints).
 async fn get_async(addr: SocketAddr, path: &str) -> anyhow::Result<String> {

@@ -201,6 +201,107 @@ pub fn connections(addr: SocketAddr, count: u64, concurrency: u64) -> anyhow::Re
     })
 }
 
+/// The server's `/stats` from its admin endpoint at `admin`, waiting up to
+/// 10 s for it: it listens a little after the data port does (later with
+/// many workers).
+pub fn stats_when_ready(admin: SocketAddr) -> anyhow::Result<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match get(admin, "/stats") {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            result => return result.with_context(|| format!("reading http://{admin}/stats")),
+        }
+    }
+}
+
+/// One light connection of a burst: the worker that answered it
+/// (`X-Worker`) and how long after the burst started the answer came.
+#[derive(Clone, Debug)]
+pub struct Light {
+    pub worker: String,
+    pub waited: Duration,
+}
+
+/// A burst of `n` light connections as Fortio and wrk open them: every
+/// `connect()` issued at once, then, all connected, one `GET /` each. Each
+/// answer is awaited by a task of its own, so a slow answer does not delay
+/// the others' clocks; each wait runs from the burst's start (the first
+/// `connect()` issued) to that connection's complete response. The
+/// connections stay open until every one is answered.
+pub fn light_burst(addr: SocketAddr, n: usize) -> anyhow::Result<Vec<Light>> {
+    runtime()?.block_on(async {
+        let started = Instant::now();
+        let connected = connect_all(addr, vec!["/".into(); n], Open::Burst).await?;
+        let asks: Vec<_> = (connected.into_iter())
+            .map(|mut client| {
+                tokio::task::spawn_local(async move {
+                    client.send().await?;
+                    let worker = client.receive().await?;
+                    let waited = started.elapsed();
+                    anyhow::Ok((Light { worker, waited }, client))
+                })
+            })
+            .collect();
+        let mut lights = Vec::with_capacity(n);
+        let mut open = Vec::with_capacity(n);
+        for ask in asks {
+            let (light, client) = ask.await??;
+            lights.push(light);
+            open.push(client);
+        }
+        drop(open);
+        Ok(lights)
+    })
+}
+
+/// A keep-alive connection held open on a blocking socket: its worker from
+/// the first response, then requests pipelined on it whose answers are
+/// never read (a client keeping its worker busy).
+pub struct HeldConnection {
+    stream: std::net::TcpStream,
+    /// The `X-Worker` value of the first response.
+    pub worker: String,
+}
+
+impl HeldConnection {
+    /// Connects and sends one `GET /` to learn the connection's worker.
+    pub fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(&get_request("/"))?;
+        let mut buf = Vec::with_capacity(1024);
+        let worker = loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream
+                .read(&mut chunk)
+                .context("reading the first response")?;
+            if n == 0 {
+                bail!("server closed the connection");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(worker) = parse_response(&buf)? {
+                break worker;
+            }
+        };
+        Ok(Self { stream, worker })
+    }
+
+    /// Sends `requests` requests for `path` at once, reading no answer.
+    pub fn pipeline(&mut self, path: &str, requests: usize) -> anyhow::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(&get_request(path).repeat(requests))?;
+        Ok(())
+    }
+}
+
+/// A keep-alive `GET` of `path`.
+fn get_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes()
+}
+
 /// A plain GET over HTTP/1.1 with `Connection: close`, returning the body
 /// (for admin endpoints).
 async fn get_async(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
@@ -252,10 +353,9 @@ impl Client {
             .await
             .with_context(|| format!("connecting to {addr} timed out"))??;
         stream.set_nodelay(true)?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").into_bytes();
         Ok(Self {
             stream,
-            request,
+            request: get_request(&path),
             buf: Vec::with_capacity(1024),
         })
     }

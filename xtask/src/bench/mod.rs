@@ -9,6 +9,8 @@
 //! - program cost: the steering program's nanoseconds per run over a churn,
 //!   from the kernel's `bpf_stats_enabled` accounting, at 2, 8 and 64 workers;
 //! - skew: a few connections far heavier than the rest;
+//! - busy and hung: a burst of light connections while one worker is busy
+//!   with CPU-heavy requests, or its thread frozen (see `held.rs`);
 //! - handoff: iptables REDIRECT through a virtual listener in a network
 //!   namespace, handoff-safe counters next to Envoy's old released counter;
 //! - anchors: nginx (with and without reuseport) and HAProxy next to our
@@ -24,6 +26,7 @@
 
 mod cgroup;
 mod costs;
+mod held;
 mod load;
 mod netns;
 mod program_cost;
@@ -42,7 +45,7 @@ use std::{
 use anyhow::Context;
 use load::Open;
 use program_cost::ProgramCostRow;
-use report::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow};
+use report::{AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, Report, SkewRow};
 use serde::Serialize;
 use server::Ours;
 
@@ -72,11 +75,12 @@ fn heavy_path() -> String {
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A reduced run (about 4 minutes): shorter phases, anchors at 2 workers.
+    /// A reduced run (about 4.5 minutes): shorter phases, anchors at 2 workers
+    /// (busy and hung are the same in both).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (keep-alive, churn, program-cost, skew,
-    /// handoff, anchors, seed, costs); all by default.
+    /// Run only these scenarios (keep-alive, churn, program-cost, skew, busy,
+    /// hung, handoff, anchors, seed, costs); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
     /// CPU time each request burns in the seed scenario's handler.
@@ -97,6 +101,8 @@ enum Scenario {
     Churn,
     ProgramCost,
     Skew,
+    Busy,
+    Hung,
     Handoff,
     Anchors,
     Seed,
@@ -185,6 +191,16 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if runs(Scenario::Skew) {
         report.skew = bench.skew(&plan)?;
     }
+    if runs(Scenario::Busy) || runs(Scenario::Hung) {
+        let settings = held::Settings::new();
+        if runs(Scenario::Busy) {
+            report.busy = bench.busy(&settings)?;
+        }
+        if runs(Scenario::Hung) {
+            report.hung = bench.hung(&settings)?;
+        }
+        report.held = Some(settings);
+    }
     if runs(Scenario::Handoff) {
         report.handoff = bench.handoff(&plan)?;
     }
@@ -207,9 +223,10 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ends the run on SIGINT or SIGTERM after stopping the servers it started
-/// and removing its CPU groups (the default action would leave both behind;
-/// the groups until the next run). A thread waits for the signals on its own
+/// Ends the run on SIGINT or SIGTERM after thawing a worker thread it froze,
+/// stopping the servers it started and removing its CPU groups (the default
+/// action would leave all behind: a frozen thread holds its server, killed
+/// or not, and the groups stay until the next run). A thread waits for the signals on its own
 /// runtime; handlers, unlike a blocked signal mask, are not inherited by the
 /// servers it starts.
 fn clean_up_on_signal() -> anyhow::Result<()> {
@@ -236,6 +253,7 @@ fn clean_up_on_signal() -> anyhow::Result<()> {
                 "{}: stopping the servers, removing this run's CPU groups",
                 name.0
             );
+            balancer_testkit::freezer::thaw_own();
             for child in cgroup::children(std::process::id()) {
                 let pid = nix::unistd::Pid::from_raw(child as i32);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -368,6 +386,42 @@ impl Bench {
                     None,
                 )?;
                 rows.push(SkewRow::new(backend, workers, &run));
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A burst of light connections while one worker is busy, per backend.
+    fn busy(&mut self, settings: &held::Settings) -> anyhow::Result<Vec<HeldRow>> {
+        let mut rows = Vec::new();
+        for backend in BACKENDS {
+            self.progress(&format!("busy {backend} x{}", settings.workers));
+            let ours = self.ours(backend, settings.workers);
+            let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
+            let server = ours.start()?;
+            let run = held::busy(settings, &server, admin)
+                .with_context(|| format!("busy worker, {backend}"))?;
+            rows.push(HeldRow::new(backend, settings, &run));
+        }
+        Ok(rows)
+    }
+
+    /// A burst of light connections into a frozen worker's hang, at each of
+    /// the settings' times, per backend.
+    fn hung(&mut self, settings: &held::Settings) -> anyhow::Result<Vec<HeldRow>> {
+        let mut rows = Vec::new();
+        for &after in &settings.hung_burst_after_ms {
+            for backend in BACKENDS {
+                self.progress(&format!(
+                    "hung {backend} x{}, burst {after} ms into the freeze",
+                    settings.workers
+                ));
+                let ours = self.ours(backend, settings.workers);
+                let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
+                let server = ours.start()?;
+                let run = held::hung(settings, &server, admin, Duration::from_millis(after))
+                    .with_context(|| format!("hung worker, {backend}"))?;
+                rows.push(HeldRow::new(backend, settings, &run));
             }
         }
         Ok(rows)

@@ -5,10 +5,7 @@
 //! (one run per SYN, a second per SYN cookie's final ACK); the program scans
 //! every worker's load, so the cost grows with the worker count.
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::net::SocketAddr;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -55,7 +52,7 @@ pub fn measure(
     admin: SocketAddr,
     churn: impl FnOnce() -> anyhow::Result<f64>,
 ) -> anyhow::Result<ProgramCostRow> {
-    let id = program_id(&stats_when_ready(admin)?)?;
+    let id = program_id(&load::stats_when_ready(admin)?)?;
     let (time_before, runs_before) = run_stats(id)?;
     churn()?;
     let (time_after, runs_after) = run_stats(id)?;
@@ -68,18 +65,6 @@ pub fn measure(
         runs,
         ns_per_run: (time_after - time_before) as f64 / runs as f64,
     })
-}
-
-/// The server's `/stats`, waiting up to 10 s for its admin endpoint, which
-/// listens a little after the data port does (later with many workers).
-fn stats_when_ready(admin: SocketAddr) -> anyhow::Result<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match load::get(admin, "/stats") {
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            result => return result.with_context(|| format!("reading http://{admin}/stats")),
-        }
-    }
 }
 
 /// The steering program's id from the Envoy `/stats` text.

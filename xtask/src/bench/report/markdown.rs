@@ -3,8 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{seed_table::seed_ratios, Report};
-use crate::bench::{load::Open, seed::Seed, CONNECTIONS};
+use super::{seed_table::seed_ratios, table::wait_label, HeldRow, Report};
+use crate::bench::{held, load::Open, seed::Seed, CONNECTIONS};
 
 impl Report {
     /// The whole of report.md.
@@ -23,6 +23,11 @@ impl Report {
                 self.split_chart_workers(),
                 one_by_one,
             ));
+        }
+        if let Some(settings) = &self.held {
+            if !self.busy.is_empty() || !self.hung.is_empty() {
+                markdown.push_str(&held_markdown(settings, !self.busy.is_empty(), &self.hung));
+            }
         }
         if let Some(seed) = &self.seed {
             markdown.push_str(&seed_markdown(seed));
@@ -59,6 +64,75 @@ fn keep_alive_markdown(connections: usize, split_workers: usize, one_by_one: boo
          cores with the workers, so this shows cost, not what balance buys (the seed charts \
          below do).\n\n",
     );
+    m
+}
+
+/// The busy and hung section of report.md: what was done, from `settings`
+/// (the busy part when `busy` ran), and the longest wait of each burst sent
+/// at the freeze among `hung`.
+fn held_markdown(settings: &held::Settings, busy: bool, hung: &[HeldRow]) -> String {
+    let s = settings;
+    let mut m = format!(
+        "## Busy and hung workers\n\n{workers} workers, one of them held while a burst of \
+         {light} light connections arrives: every `connect()` issued at once, then one `GET /` \
+         on each, each answer read on its own so that a slow one does not hold up the others' \
+         clocks; a wait runs from the burst's start to that connection's response. The held \
+         worker is the one that answered a first `GET /` on a keep-alive connection \
+         (`X-Worker`).",
+        workers = s.workers,
+        light = s.light,
+    );
+    if busy {
+        let _ = write!(
+            m,
+            " Busy: that connection then sends {} pipelined `GET {}` ({} ms of CPU each; the \
+             handler lets the worker's other tasks run between requests), and the burst starts \
+             {} ms later.",
+            s.busy_requests,
+            s.busy_path(),
+            s.busy_spin_us as f64 / 1000.0,
+            s.busy_burst_after_ms
+        );
+    }
+    if !hung.is_empty() {
+        let bursts: Vec<String> = (s.hung_burst_after_ms.iter())
+            .map(|&ms| match ms {
+                0 => "at the moment of the freeze, before anyone can know".to_owned(),
+                ms => format!("{ms} ms into the freeze"),
+            })
+            .collect();
+        let _ = write!(
+            m,
+            " Hung: the worker's thread (`wrk:worker_N` in the server process) is frozen for \
+             {} s with the cgroup v1 freezer, and the burst starts {} (a server each).",
+            s.hang_ms as f64 / 1000.0,
+            bursts.join(", or ")
+        );
+    }
+    let _ = write!(
+        m,
+        " `placed` counts the light connections the held worker answered, `{}` those that \
+         waited at least {} ms; `stalls` and `rescued out/in` are the server's own counters for \
+         the held worker (`/stats`), read after the burst while the busy worker still spins, or \
+         after the thaw. A worker is stalled when connections wait for it and its event loop \
+         has been idle longer than the stall threshold, {} ms (the library's default, which \
+         the example keeps).\n\n",
+        wait_label(s.long_wait_ms),
+        s.long_wait_ms,
+        s.stall_threshold_ms
+    );
+    let at_freeze: Vec<String> = (hung.iter())
+        .filter(|r| r.burst_after_ms == 0)
+        .map(|r| format!("{} {:.0} ms", r.backend, r.max_us as f64 / 1000.0))
+        .collect();
+    if !at_freeze.is_empty() {
+        let _ = writeln!(
+            m,
+            "The longest wait of the burst at the freeze: {} (stall threshold {} ms).\n",
+            at_freeze.join(", "),
+            s.stall_threshold_ms
+        );
+    }
     m
 }
 
@@ -102,7 +176,7 @@ fn seed_markdown(seed: &Seed) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::keep_alive_markdown;
+    use super::{held, held_markdown, keep_alive_markdown, HeldRow};
 
     #[test]
     fn keep_alive_prose_names_the_settings_it_is_given() {
@@ -116,5 +190,69 @@ mod tests {
     #[test]
     fn keep_alive_prose_mentions_one_by_one_runs_only_when_there_are_some() {
         assert!(!keep_alive_markdown(40, 4, false).contains("one by one"));
+    }
+
+    fn held_row(backend: &str, burst_after_ms: u64, max_us: u64) -> HeldRow {
+        HeldRow {
+            backend: backend.into(),
+            workers: 3,
+            burst_after_ms,
+            worker: 1,
+            light: 17,
+            placed_on_worker: 0,
+            waited_long: 0,
+            long_wait_ms: 700,
+            p50_us: 1000,
+            p99_us: 2000,
+            max_us,
+            busy_permille: 0,
+            stalls: 1,
+            rescued_out: 2,
+            rescued_in: 0,
+        }
+    }
+
+    #[test]
+    fn held_prose_names_the_settings_it_is_given() {
+        let settings = held::Settings {
+            workers: 3,
+            light: 17,
+            busy_requests: 9,
+            busy_spin_us: 25_000,
+            busy_burst_after_ms: 120,
+            hang_ms: 1500,
+            hung_burst_after_ms: vec![200, 0],
+            long_wait_ms: 700,
+            stall_threshold_ms: 30,
+        };
+        let hung = [held_row("ebpf", 200, 9000), held_row("ebpf", 0, 81_000)];
+        let m = held_markdown(&settings, true, &hung);
+        assert!(
+            m.contains("3 workers, one of them held while a burst of 17 light"),
+            "{m}"
+        );
+        assert!(
+            m.contains("sends 9 pipelined `GET /spin/25000` (25 ms of CPU each"),
+            "{m}"
+        );
+        assert!(m.contains("the burst starts 120 ms later"), "{m}");
+        assert!(m.contains("frozen for 1.5 s"), "{m}");
+        assert!(
+            m.contains("200 ms into the freeze, or at the moment"),
+            "{m}"
+        );
+        assert!(m.contains("at least 700 ms"), "{m}");
+        assert!(m.contains("stall threshold, 30 ms"), "{m}");
+        assert!(m.contains("burst at the freeze: ebpf 81 ms"), "{m}");
+        assert!(
+            m.contains("`>=700ms` those that waited at least 700 ms"),
+            "{m}"
+        );
+        for literal in ["40", "100 ms", "2.5 s", "500 ms", "50 ms", "1 s", ">=1s"] {
+            assert!(!m.contains(literal), "{literal} in {m}");
+        }
+        let busy_only = held_markdown(&settings, true, &[]);
+        assert!(!busy_only.contains(" Hung:") && !busy_only.contains("at the freeze"));
+        assert!(!held_markdown(&settings, false, &hung).contains(" Busy:"));
     }
 }

@@ -15,9 +15,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub use rows::{AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, SkewRow};
+pub use rows::{AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, SkewRow};
 
-use super::{costs::CostRow, program_cost::ProgramCostRow, seed::Seed};
+use super::{costs::CostRow, held, program_cost::ProgramCostRow, seed::Seed};
 
 /// Everything one run measured; serialized as `bench.json`.
 #[derive(Serialize)]
@@ -29,6 +29,10 @@ pub struct Report {
     pub churn: Vec<ChurnRow>,
     pub program_cost: Vec<ProgramCostRow>,
     pub skew: Vec<SkewRow>,
+    /// The busy and hung scenarios' settings, when either ran.
+    pub held: Option<held::Settings>,
+    pub busy: Vec<HeldRow>,
+    pub hung: Vec<HeldRow>,
     pub handoff: Vec<HandoffRow>,
     pub anchors: Vec<AnchorRow>,
     pub seed: Option<Seed>,
@@ -46,6 +50,9 @@ impl Report {
             churn: Vec::new(),
             program_cost: Vec::new(),
             skew: Vec::new(),
+            held: None,
+            busy: Vec::new(),
+            hung: Vec::new(),
             handoff: Vec::new(),
             anchors: Vec::new(),
             seed: None,

@@ -3,11 +3,12 @@
 //! per row.
 
 use super::{
-    seed_table::seed_table, AnchorRow, ChurnRow, HandoffRow, KeepAliveRow, Report, SkewRow,
+    seed_table::seed_table, AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, Report, SkewRow,
 };
 use crate::bench::{
     costs::{self, CostRow},
     heavy_path,
+    held::Settings,
     program_cost::ProgramCostRow,
     wrk, CHURN_CONCURRENCY, CONNECTIONS, HANDOFF_PORT, HANDOFF_WORKERS, HEAVY, HEAVY_COST_US,
     VIRTUAL_LISTENER_PORT,
@@ -21,6 +22,14 @@ impl Report {
         t.push_str(&churn(&self.churn));
         t.push_str(&program_cost(&self.program_cost));
         t.push_str(&skew(&self.skew));
+        if let Some(settings) = &self.held {
+            if !self.busy.is_empty() {
+                t.push_str(&busy(settings, &self.busy));
+            }
+            if !self.hung.is_empty() {
+                t.push_str(&hung(settings, &self.hung));
+            }
+        }
         t.push_str(&handoff(&self.handoff));
         t.push_str(&anchors(&self.anchors));
         if let Some(seed) = &self.seed {
@@ -121,6 +130,119 @@ fn skew(rows: &[SkewRow]) -> String {
             )
         },
     )
+}
+
+fn busy(settings: &Settings, rows: &[HeldRow]) -> String {
+    let s = settings;
+    section(
+        &format!(
+            "\nbusy: one worker of {} answers {} pipelined GET {} ({} ms CPU each) on a \
+             keep-alive connection; {} ms later a burst of {} light connections (all connect, \
+             then one GET / each); waits from the burst's start to each response; the busy \
+             worker's counters (/stats) after the burst",
+            s.workers,
+            s.busy_requests,
+            s.busy_path(),
+            s.busy_spin_us as f64 / 1000.0,
+            s.busy_burst_after_ms,
+            s.light
+        ),
+        &format!(
+            "{:<10} {:>2} {:>6}  {:>6} {:>5}  {:>7} {:>7} {:>7}  {:>5} {:>6} {:>14}",
+            "backend",
+            "w",
+            "worker",
+            "placed",
+            wait_label(s.long_wait_ms),
+            "p50ms",
+            "p99ms",
+            "maxms",
+            "busy%",
+            "stalls",
+            "rescued out/in"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<10} {:>2} {:>6}  {:>6} {:>5}  {:>7.1} {:>7.1} {:>7.1}  {:>5.1} {:>6} {:>14}",
+                r.backend,
+                r.workers,
+                r.worker,
+                r.placed_on_worker,
+                r.waited_long,
+                r.p50_us as f64 / 1000.0,
+                r.p99_us as f64 / 1000.0,
+                r.max_us as f64 / 1000.0,
+                r.busy_permille as f64 / 10.0,
+                r.stalls,
+                format!("{}/{}", r.rescued_out, r.rescued_in)
+            )
+        },
+    )
+}
+
+fn hung(settings: &Settings, rows: &[HeldRow]) -> String {
+    let s = settings;
+    let bursts: Vec<String> = (s.hung_burst_after_ms.iter())
+        .map(|&ms| match ms {
+            0 => "at the freeze".to_owned(),
+            ms => format!("{ms} ms into it"),
+        })
+        .collect();
+    section(
+        &format!(
+            "\nhung: one worker of {} frozen for {} s (cgroup v1 freezer on its thread); a burst \
+             of {} light connections {} (a server each); stall threshold {} ms; waits from the \
+             burst's start to each response; the hung worker's counters (/stats) after the thaw",
+            s.workers,
+            s.hang_ms as f64 / 1000.0,
+            s.light,
+            bursts.join(" or "),
+            s.stall_threshold_ms
+        ),
+        &format!(
+            "{:<10} {:>2} {:<9} {:>6}  {:>6} {:>5}  {:>7} {:>7} {:>7}  {:>6} {:>14}",
+            "backend",
+            "w",
+            "burst",
+            "worker",
+            "placed",
+            wait_label(s.long_wait_ms),
+            "p50ms",
+            "p99ms",
+            "maxms",
+            "stalls",
+            "rescued out/in"
+        ),
+        rows,
+        |r| {
+            format!(
+                "{:<10} {:>2} {:<9} {:>6}  {:>6} {:>5}  {:>7.1} {:>7.1} {:>7.1}  {:>6} {:>14}",
+                r.backend,
+                r.workers,
+                match r.burst_after_ms {
+                    0 => "at freeze".to_owned(),
+                    ms => format!("+{ms}ms"),
+                },
+                r.worker,
+                r.placed_on_worker,
+                r.waited_long,
+                r.p50_us as f64 / 1000.0,
+                r.p99_us as f64 / 1000.0,
+                r.max_us as f64 / 1000.0,
+                r.stalls,
+                format!("{}/{}", r.rescued_out, r.rescued_in)
+            )
+        },
+    )
+}
+
+/// The column heading of waits of at least `ms`: `>=1s`, `>=250ms`.
+pub(super) fn wait_label(ms: u64) -> String {
+    match ms % 1000 {
+        0 => format!(">={}s", ms / 1000),
+        _ => format!(">={ms}ms"),
+    }
 }
 
 fn handoff(rows: &[HandoffRow]) -> String {

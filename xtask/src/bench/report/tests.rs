@@ -2,7 +2,7 @@
 //! that the charts and bench.json are written.
 
 use super::*;
-use crate::bench::{heavy_path, load::Open, Spread, CHURN_CONCURRENCY, CONNECTIONS};
+use crate::bench::{heavy_path, held, load::Open, Spread, CHURN_CONCURRENCY, CONNECTIONS};
 
 /// A report with a few synthetic rows in every section.
 fn sample() -> Report {
@@ -21,6 +21,23 @@ fn sample() -> Report {
         p50_us: 120,
         p99_us: 900,
         p999_us: 2100,
+    };
+    let held_row = |backend: &str, burst_after_ms: u64| HeldRow {
+        backend: backend.into(),
+        workers: 4,
+        burst_after_ms,
+        worker: 2,
+        light: CONNECTIONS,
+        placed_on_worker: 1,
+        waited_long: 0,
+        long_wait_ms: 1000,
+        p50_us: 1500,
+        p99_us: 72_000,
+        max_us: 72_000,
+        busy_permille: 990,
+        stalls: 1,
+        rescued_out: 3,
+        rescued_in: 0,
     };
     let mut churn = vec![
         ChurnRow::new("reuseport", 2, 20000.0),
@@ -69,6 +86,9 @@ fn sample() -> Report {
             light_p99_us: 3000,
             light_p999_us: 6000,
         }],
+        held: Some(held::Settings::new()),
+        busy: vec![held_row("shared", 300), held_row("ebpf", 300)],
+        hung: vec![held_row("ebpf", 500), held_row("ebpf", 0)],
         handoff: vec![HandoffRow {
             backend: "ebpf".into(),
             counter: "handoff-safe".into(),
@@ -161,6 +181,30 @@ fn table_headings_state_the_scenario_constants() {
     assert!(t.contains(&format!("{CHURN_CONCURRENCY} concurrent")));
     assert!(t.contains(&format!("of {CONNECTIONS} request {}", heavy_path())));
     assert!(t.contains("At 4 workers, ebpf against shared"));
+    let s = held::Settings::new();
+    assert!(t.contains(&format!(
+        "busy: one worker of {} answers {} pipelined GET {}",
+        s.workers,
+        s.busy_requests,
+        s.busy_path()
+    )));
+    assert!(t.contains(&format!("frozen for {} s", s.hang_ms as f64 / 1000.0)));
+}
+
+#[test]
+fn the_hung_table_has_a_line_per_burst_saying_when_it_came() {
+    let t = sample().table();
+    let hung = t.split("\nhung: ").nth(1).expect("a hung section");
+    let lines: Vec<&str> = hung.lines().skip(2).take_while(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 2, "{hung}");
+    assert!(
+        lines[0].contains("+500ms") && lines[1].contains("at freeze"),
+        "{hung}"
+    );
+    assert!(
+        lines[1].contains("72.0") && lines[1].contains("3/0"),
+        "{hung}"
+    );
 }
 
 #[test]
@@ -184,6 +228,9 @@ fn finish_writes_bench_json_the_charts_and_report_md() {
         "churn",
         "program_cost",
         "skew",
+        "held",
+        "busy",
+        "hung",
         "handoff",
         "anchors",
         "seed",

@@ -7,7 +7,7 @@
 //! See `--help` for the flags. Worker threads are named `wrk:worker_N`, so
 //! `top -H` shows each one's CPU as in the Envoy measurements.
 
-mod common;
+use balancer_examples as common;
 
 use tokio::io::AsyncWriteExt;
 

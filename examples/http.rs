@@ -15,7 +15,7 @@
 //! wrk -t2 -c40 -d10s http://127.0.0.1:8080/
 //! ```
 
-mod common;
+use balancer_examples as common;
 
 fn main() -> Result<(), common::Report> {
     let args = common::args();

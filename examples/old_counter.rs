@@ -12,7 +12,7 @@
 //!
 //! [`Connection`]: balancer::Connection
 
-mod common;
+use balancer_examples as common;
 
 fn main() -> Result<(), common::Report> {
     let args = common::args();

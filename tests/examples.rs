@@ -21,6 +21,7 @@ use nix::sys::{
 };
 use rstest::rstest;
 use util::client::{closed, read_echo, round_trip};
+use util::grpc::{raw_health_check, read_stream_1, SERVING};
 use util::http::{exchange, read_to_close, send};
 use util::process::{example_command, ExampleServer};
 
@@ -350,6 +351,35 @@ fn a_framework_example_drains_cleanly_on_sigterm(#[values("axum", "hyper")] exam
     // Graceful: the idle keep-alive connection is closed, not left to the
     // deadline.
     assert!(closed(&mut idle), "the idle connection was closed");
+    let line = server.wait_for_line("stopped");
+    assert!(
+        line.contains("(0 connections were closed at the drain deadline)"),
+        "exit line: {line}"
+    );
+    assert!(server.wait_exit().success());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "waited for the deadline"
+    );
+}
+
+/// The tonic example answers a gRPC health check, and on SIGTERM ends the
+/// idle connection gracefully (HTTP/2 GOAWAY), closing nothing at the
+/// deadline.
+#[test]
+fn the_tonic_example_answers_a_health_check_and_drains_on_sigterm() {
+    let mut server = example_server("tonic", "60");
+    let mut client = util::connect(server.addr);
+    client.write_all(&raw_health_check()).unwrap();
+    // Answered while serving: the server keeps the connection open.
+    wait_for_active(&server, 2, 1);
+    let start = Instant::now();
+    server.signal(Signal::SIGTERM);
+    assert_eq!(
+        read_stream_1(&mut client),
+        SERVING,
+        "the health check's answer"
+    );
     let line = server.wait_for_line("stopped");
     assert!(
         line.contains("(0 connections were closed at the drain deadline)"),

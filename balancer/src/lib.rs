@@ -15,44 +15,68 @@
 //! off from a virtual listener to the listener for its original destination.
 //!
 //! ```no_run
+//! use std::time::Duration;
+//!
 //! use balancer::{Backend, Builder};
 //!
-//! let listener = Builder::new(Backend::Ebpf)
-//!     .workers(2)
-//!     .listen("127.0.0.1:8080")
-//!     .bind()?;
-//! let stats = listener.stats();
-//! let threads = listener.spawn(|mut worker| async move {
-//!     while let Ok(mut conn) = worker.accept().await {
-//!         tokio::task::spawn_local(async move {
-//!             let (mut rd, mut wr) = conn.get_mut().split();
-//!             let _ = tokio::io::copy(&mut rd, &mut wr).await;
-//!         }); // counted until the task drops `conn`
-//!     }
-//! })?;
-//! println!("{}", stats.snapshot().to_envoy_text());
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = Builder::new(Backend::Ebpf)
+//!         .workers(2)
+//!         .listen("127.0.0.1:8080")
+//!         .bind()?;
+//!     let stats = listener.stats();
+//!     // Every worker on a thread of its own, each connection a task there.
+//!     let server = listener.serve(|conn| async move {
+//!         let (mut rd, mut wr) = tokio::io::split(conn); // counted until dropped
+//!         let _ = tokio::io::copy(&mut rd, &mut wr).await;
+//!     })?;
+//!     let report = server
+//!         .shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5))
+//!         .await;
+//!     println!("{report:?}\n{}", stats.snapshot().to_envoy_text());
+//!     Ok(())
+//! }
 //! ```
 //!
 //! # Where things are
-//! Folders follow a connection's life: `builder/` binds ([`Builder`],
-//! [`BindError`]); `backend/` holds what each [`Backend`] does, one file
-//! each; `worker/` runs a worker ([`Worker`]: accept, transfer, stop,
-//! [`Connections`]); `connection/` serves a connection ([`Connection`], its
-//! [`ConnectionGuard`], hand-off routing); `server/` runs every worker with
-//! one handler until a graceful [`Server::shutdown`]; [`stats`] counts and
-//! renders; [`admin`] serves the stats over HTTP (feature `admin`, on by
-//! default); `steering/` loads and feeds the eBPF program; `sys/` makes
-//! every system call.
+//! - Binding: [`Builder`] (options, checks) and [`BindError`]; the bound
+//!   set is a [`BalancedListener`], whose listeners are named by
+//!   [`ListenerId`].
+//! - Serving: [`BalancedListener::serve`] (a handler per connection),
+//!   [`BalancedListener::serve_workers`] (hyper, axum, tonic or a server of
+//!   your own per worker: see [`integrations`]), or
+//!   [`BalancedListener::spawn`] and a [`Worker`] of your own; all stop
+//!   losslessly with [`Server::shutdown`], which reports a [`DrainReport`]
+//!   and tells every worker and connection through a [`Drain`].
+//! - A [`Worker`] accepts [`Connection`]s (or a [`Connections`] stream for
+//!   a server); each carries its [`ConnectionGuard`]. Busy and hung workers
+//!   are handled by every backend: see [`Builder::stall_threshold`].
+//! - Observing: [`stats`] (snapshots, Envoy text, Prometheus) and the
+//!   [`admin`] endpoint; systemd's sockets: [`activation`]; the original
+//!   destination of a redirected connection: [`original_dst`].
+//!
+//! # Features
+//! | feature | default | what |
+//! | --- | --- | --- |
+//! | `admin` | yes | [`admin::AdminServer`], an HTTP admin endpoint (stats, readiness, drain) |
+//! | `axum` | no | `axum::serve::Listener` for [`Connections`] (`integrations::axum`) |
+//! | `tonic` | no | `tonic::transport::server::Connected` for [`Connection`], and the `Stream` tonic's `serve_with_incoming` takes (`integrations::tonic`) |
+//! | `stream` | no | `futures_core::Stream` for [`Connections`] |
+//!
+//! hyper needs no feature: `hyper_util::rt::TokioIo::new(conn)` serves a
+//! [`Connection`] ([`integrations::hyper`]).
 #![deny(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod activation;
 #[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
 pub mod admin;
 mod backend;
 mod builder;
 mod connection;
-mod integrations;
+pub mod integrations;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
@@ -66,7 +90,7 @@ mod worker;
 
 pub use backend::{Backend, UnknownBackend};
 pub use builder::{BindError, Builder};
-pub use connection::{Accepted, Connection, ConnectionGuard};
+pub use connection::{Accepted, Connection, ConnectionGuard, Drain};
 pub use listener::{BalancedListener, ListenerId};
 pub use server::{DrainReport, DrainStatus, Server};
 /// The socket2 version whose types [`Builder::socket_options`] and
@@ -74,3 +98,9 @@ pub use server::{DrainReport, DrainStatus, Server};
 pub use socket2;
 pub use steering::SteeringError;
 pub use worker::{Connections, Worker};
+
+/// The README's code blocks, compiled as doc tests: every snippet there
+/// compiles as pasted.
+#[cfg(all(doctest, feature = "axum", feature = "tonic"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeSnippets;

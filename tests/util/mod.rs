@@ -178,6 +178,7 @@ pub mod burst;
 pub mod client;
 pub mod counts;
 pub mod echo;
+pub mod grpc;
 pub mod http;
 pub mod loaded;
 pub mod process;

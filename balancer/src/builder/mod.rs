@@ -118,7 +118,7 @@ impl Builder {
         self
     }
 
-    /// Adds a listener on `addr`: a [`SocketAddr`] or anything
+    /// Adds a listener on `addr`: a [`SocketAddr`](std::net::SocketAddr) or anything
     /// [`std::net::TcpListener::bind`] takes, such as `"localhost:8080"`,
     /// `"[::]:8080"` or `("0.0.0.0", 8080)` (port 0 picks a free port). A
     /// name is resolved here; if it resolves to several addresses, the first

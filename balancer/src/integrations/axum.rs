@@ -1,12 +1,28 @@
-//! `axum::serve` on a worker: [`Connections`] as an `axum::serve::Listener`.
+//! axum on every worker: [`Connections`] is an `axum::serve::Listener`, so
+//! `axum::serve` takes a worker's connections; pass
+//! [`Connections::finished`] as its graceful-shutdown signal and it stops
+//! only after the worker is closed and what it had queued is served.
 //!
+//! A complete server, with ctrl-c, a lossless stop and a drain deadline:
 //! ```no_run
-//! # async fn serve(worker: balancer::Worker, stop: tokio::sync::oneshot::Receiver<()>) {
-//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
-//! let connections = worker.connections_until(async { let _ = stop.await; });
-//! let finished = connections.finished();
-//! let _ = axum::serve(connections, app).with_graceful_shutdown(finished).await;
-//! # }
+//! use std::time::Duration;
+//!
+//! use axum::{routing::get, Router};
+//! use balancer::{Backend, Builder};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = Builder::new(Backend::Ebpf).listen("127.0.0.1:8080").bind()?;
+//!     let server = listener.serve_workers(|worker| async move {
+//!         let app = Router::new().route("/", get(|| async { "ok" }));
+//!         let connections = worker.into_connections();
+//!         let finished = connections.finished();
+//!         let _ = axum::serve(connections, app).with_graceful_shutdown(finished).await;
+//!     })?;
+//!     let report = server.shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5)).await;
+//!     println!("{report:?}");
+//!     Ok(())
+//! }
 //! ```
 
 use std::{io, net::SocketAddr, time::Duration};

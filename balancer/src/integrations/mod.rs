@@ -1,10 +1,17 @@
-//! Glue for servers whose traits this crate implements, each behind the
-//! feature of the same name (off by default): `axum` (its
-//! `serve::Listener` for [`Connections`](crate::Connections)) and `tonic`
-//! (its `Connected` for [`Connection`](crate::Connection)). hyper needs no
-//! glue: `hyper_util::rt::TokioIo::new(conn)` serves a `Connection`.
+//! Serving a worker's connections with the Rust servers users run: one
+//! page per server, each with a complete program (ctrl-c, a lossless stop,
+//! a drain deadline) on [`BalancedListener::serve_workers`](crate::BalancedListener::serve_workers).
+//!
+//! | server | what this crate provides | feature |
+//! | --- | --- | --- |
+//! | `axum` (module `axum`) | `axum::serve::Listener` for [`Connections`](crate::Connections) | `axum` |
+//! | [`hyper`] (hyper-util's auto server) | nothing needed: `TokioIo::new(conn)` serves a [`Connection`](crate::Connection) | none |
+//! | `tonic` (module `tonic`) | `Connected` for [`Connection`](crate::Connection), a `Stream` of [`Connections`](crate::Connections) | `tonic` |
 
 #[cfg(feature = "axum")]
-mod axum;
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
+pub mod hyper;
 #[cfg(feature = "tonic")]
-mod tonic;
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub mod tonic;

@@ -1,17 +1,29 @@
-//! tonic on a worker: [`Connection`] as tonic's `Connected`, so a worker's
-//! [`Connections`](crate::Connections) (a `Stream` of them) goes to
-//! `serve_with_incoming_shutdown`.
+//! tonic on every worker: [`Connection`] is tonic's `Connected` (so
+//! `Request::remote_addr` works), and a worker's
+//! [`Connections`](crate::Connections) is the `Stream` that
+//! `serve_with_incoming_shutdown` takes.
 //!
+//! A complete gRPC server (the standard health service), with ctrl-c, a
+//! lossless stop and a drain deadline:
 //! ```no_run
-//! # async fn serve(
-//! #     worker: balancer::Worker,
-//! #     stop: tokio::sync::oneshot::Receiver<()>,
-//! #     router: tonic::transport::server::Router, // Server::builder().add_service(...)
-//! # ) {
-//! let connections = worker.connections_until(async { let _ = stop.await; });
-//! let finished = connections.finished();
-//! let _ = router.serve_with_incoming_shutdown(connections, finished).await;
-//! # }
+//! use std::time::Duration;
+//!
+//! use balancer::{Backend, Builder};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = Builder::new(Backend::Ebpf).listen("127.0.0.1:50051").bind()?;
+//!     let server = listener.serve_workers(|worker| async move {
+//!         let (_, health) = tonic_health::server::health_reporter();
+//!         let router = tonic::transport::Server::builder().add_service(health);
+//!         let connections = worker.into_connections();
+//!         let finished = connections.finished();
+//!         let _ = router.serve_with_incoming_shutdown(connections, finished).await;
+//!     })?;
+//!     let report = server.shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5)).await;
+//!     println!("{report:?}");
+//!     Ok(())
+//! }
 //! ```
 
 use ::tonic::transport::server::{Connected, TcpConnectInfo};

@@ -130,19 +130,23 @@ impl BalancedListener {
     /// when a [`Server`] is dropped.
     ///
     /// # Examples
-    /// axum, with the `axum` feature:
+    /// A server of your own on each worker: an echo loop over the worker's
+    /// connections (for hyper, axum and tonic see
+    /// [`integrations`](crate::integrations)):
     /// ```no_run
     /// use std::time::Duration;
-    /// use axum::{routing::get, Router};
     /// use balancer::{Backend, Builder};
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let listener = Builder::new(Backend::Ebpf).listen("127.0.0.1:8080").bind()?;
     /// let server = listener.serve_workers(|worker| async move {
-    ///     let app = Router::new().route("/", get(|| async { "ok" }));
-    ///     let connections = worker.into_connections();
-    ///     let finished = connections.finished();
-    ///     let _ = axum::serve(connections, app).with_graceful_shutdown(finished).await;
+    ///     let mut connections = worker.into_connections();
+    ///     while let Some(Ok(conn)) = connections.next().await {
+    ///         tokio::task::spawn_local(async move {
+    ///             let (mut rd, mut wr) = tokio::io::split(conn);
+    ///             let _ = tokio::io::copy(&mut rd, &mut wr).await;
+    ///         });
+    ///     }
     /// })?;
     /// let report = server.shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5)).await;
     /// println!("{} connections closed at the deadline", report.closed_at_deadline);

@@ -10,11 +10,10 @@
 //! connection, serves what the last worker had queued, and open connections
 //! get `--drain-timeout` seconds to finish.
 
-mod common;
-
 use std::time::Duration;
 
 use balancer::Worker;
+use balancer_examples as common;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn, Request, Response};
@@ -35,10 +34,10 @@ fn main() -> Result<(), common::Report> {
 
 /// One worker: hyper on each connection until the drain starts, then on
 /// what the worker had queued, then until its open connections finish.
-async fn serve(worker: Worker, drain: common::DrainStarted) {
+async fn serve(worker: Worker) {
     let server = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
-    let mut connections = worker.connections_until(drain);
+    let mut connections = worker.into_connections();
     while let Some(conn) = connections.next().await {
         let conn = match conn {
             Ok(conn) => conn,

@@ -1,22 +1,18 @@
-//! What the example servers share: flags, logging, binding with a stated
-//! default backend, the library's admin endpoint, and a graceful shutdown on
-//! SIGINT/SIGTERM with an exit line that says what the drain cut.
-
-#![allow(dead_code, reason = "each example uses a part of it")]
+//! What the example servers share (the `balancer-examples` package's
+//! library): flags, logging, binding with a stated default backend, the
+//! library's admin endpoint, the HTTP responder (`http.rs`), and a graceful
+//! shutdown on SIGINT/SIGTERM with an exit line that says what the drain
+//! cut. Not part of the `balancer` crate: an example of using it.
 
 pub mod http;
 
-use std::{future::Future, net::SocketAddr, pin::Pin, thread::JoinHandle, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use balancer::{
-    admin::AdminServer, stats::Stats, Backend, BalancedListener, BindError, Builder, Connection,
-    Server, Worker,
+    admin::AdminServer, Backend, BalancedListener, BindError, Builder, Connection, Server, Worker,
 };
 use clap::Parser;
-use tokio::{
-    signal::unix::{signal, Signal, SignalKind},
-    sync::watch,
-};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser, Debug)]
 pub struct Args {
@@ -116,135 +112,21 @@ where
     H: Fn(Connection) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    serve_until_signal(listener, args, move |listener| {
-        Ok(Workers::Server(listener.serve(handle)?))
-    })
+    serve_until_signal(listener, args, move |listener| listener.serve(handle))
 }
 
-/// Completes when the drain starts: what a worker serving with a
-/// framework's own loop gives [`Worker::connections_until`].
-pub type DrainStarted = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Runs `serve(worker, drain_started)` for every worker on its own thread,
-/// and the admin endpoint, until SIGINT/SIGTERM; then drains: `serve` stops
-/// accepting and shuts down gracefully, and gets `--drain-timeout` seconds
-/// to return. The connections still open then are closed, and the exit line
-/// says how many. A second signal during the drain exits at once with
-/// status 128 + its number.
+/// Runs `serve(worker)` for every worker, on the library's [`Server`]
+/// ([`BalancedListener::serve_workers`]: axum, hyper or tonic on each
+/// worker), and the admin endpoint, until SIGINT/SIGTERM; then drains as
+/// [`run`] does.
 pub fn run_workers<F, Fut>(listener: BalancedListener, args: &Args, serve: F) -> Result<(), Report>
 where
-    F: Fn(Worker, DrainStarted) -> Fut + Send + Sync + 'static,
+    F: Fn(Worker) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     serve_until_signal(listener, args, move |listener| {
-        let stats = listener.stats();
-        let (phase, watching) = watch::channel(Phase::Serving);
-        let threads = listener.spawn(move |worker| {
-            let served = serve(worker, Box::pin(reached(watching.clone(), Phase::Draining)));
-            let deadline = reached(watching.clone(), Phase::Closing);
-            async move {
-                tokio::select! {
-                    () = served => {}
-                    () = deadline => {}
-                }
-            }
-        })?;
-        Ok(Workers::Threads(WorkerThreads {
-            threads,
-            phase,
-            stats,
-        }))
+        listener.serve_workers(serve)
     })
-}
-
-/// What serves the data plane: the library's [`Server`], or worker threads
-/// serving with a loop of their own.
-enum Workers {
-    Server(Server),
-    Threads(WorkerThreads),
-}
-
-/// Worker threads serving with a framework's own loop, told where the drain
-/// is.
-struct WorkerThreads {
-    threads: Vec<JoinHandle<()>>,
-    phase: watch::Sender<Phase>,
-    stats: Stats,
-}
-
-/// Where a drain of [`WorkerThreads`] is.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd)]
-enum Phase {
-    Serving,
-    /// Stop accepting, shut down gracefully.
-    Draining,
-    /// The deadline: stop serving; what is open is closed.
-    Closing,
-}
-
-/// Completes once the drain has reached `phase` (or its sender is gone).
-async fn reached(mut watching: watch::Receiver<Phase>, phase: Phase) {
-    let _ = watching.wait_for(|now| *now >= phase).await;
-}
-
-impl Workers {
-    /// Counts the connections still served, for after [`Workers::drain`]
-    /// took the workers.
-    fn open_counter(&self) -> Box<dyn Fn() -> usize> {
-        match self {
-            Self::Server(server) => {
-                let status = server.drain_status();
-                Box::new(move || status.connections_open())
-            }
-            Self::Threads(threads) => {
-                let stats = threads.stats.clone();
-                Box::new(move || active(&stats))
-            }
-        }
-    }
-
-    /// Drains for up to `timeout`; returns how many connections were
-    /// closed at the deadline.
-    async fn drain(self, timeout: Duration) -> usize {
-        match self {
-            Self::Server(server) => server.shutdown(timeout).await.closed_at_deadline,
-            Self::Threads(threads) => threads.drain(timeout).await,
-        }
-    }
-}
-
-impl WorkerThreads {
-    /// Starts the drain and waits up to `timeout` for every thread to end;
-    /// then counts the connections still open, and closes them.
-    async fn drain(self, timeout: Duration) -> usize {
-        let Self {
-            threads,
-            phase,
-            stats,
-        } = self;
-        phase.send_replace(Phase::Draining);
-        let mut joined = tokio::task::spawn_blocking(move || {
-            for thread in threads {
-                if thread.join().is_err() {
-                    log::error!("a worker thread panicked");
-                }
-            }
-        });
-        if tokio::time::timeout(timeout, &mut joined).await.is_ok() {
-            return 0;
-        }
-        // Counted before any worker closes what it still serves.
-        let closed = active(&stats);
-        phase.send_replace(Phase::Closing);
-        let _ = joined.await;
-        closed
-    }
-}
-
-/// Connections counted against a worker, over every worker.
-fn active(stats: &Stats) -> usize {
-    let active: u64 = stats.snapshot().active_per_worker().iter().sum();
-    usize::try_from(active).unwrap_or(usize::MAX)
 }
 
 /// Serves the admin endpoint and the workers `start` starts until
@@ -252,7 +134,7 @@ fn active(stats: &Stats) -> usize {
 fn serve_until_signal(
     listener: BalancedListener,
     args: &Args,
-    start: impl FnOnce(BalancedListener) -> std::io::Result<Workers>,
+    start: impl FnOnce(BalancedListener) -> std::io::Result<Server>,
 ) -> Result<(), Report> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -267,35 +149,38 @@ fn serve_until_signal(
             listener.backend(),
             admin.local_addr()?
         );
-        let workers = start(listener)?;
-        let admin = match &workers {
-            Workers::Server(server) => admin.drain_status(server.drain_status()),
-            Workers::Threads(_) => admin,
-        };
-        tokio::spawn(admin.serve());
+        let server = start(listener)?;
+        tokio::spawn(admin.drain_status(server.drain_status()).serve());
         println!("{serving}");
         let signal = signals.next().await;
-        drain(workers, signal, signals, args.drain_timeout).await;
+        drain(server, signal, signals, args.drain_timeout).await;
         Ok(())
     })
 }
 
-/// Drains `workers` after `signal`, or exits at the next one.
-async fn drain(workers: Workers, signal: Received, mut signals: Signals, seconds: u64) {
+/// Drains `server` after `signal`, or exits at the next one.
+async fn drain(server: Server, signal: Received, mut signals: Signals, seconds: u64) {
     println!(
         "{}: draining (up to {seconds}s; again to exit now)",
         signal.name
     );
-    let open = workers.open_counter();
+    let status = server.drain_status();
     // Pinned out here, so the drain is not dropped (closing what it
     // serves) before the second signal's line counts what is open.
-    let drained = std::pin::pin!(workers.drain(Duration::from_secs(seconds)));
+    let drained = std::pin::pin!(server.shutdown(Duration::from_secs(seconds)));
     tokio::select! {
-        closed = drained => {
-            println!("stopped ({closed} connections were closed at the drain deadline)");
+        report = drained => {
+            println!(
+                "stopped ({} connections were closed at the drain deadline)",
+                report.closed_at_deadline
+            );
         }
         again = signals.next() => {
-            println!("{} again: exiting with {} connections open", again.name, open());
+            println!(
+                "{} again: exiting with {} connections open",
+                again.name,
+                status.connections_open()
+            );
             std::process::exit(128 + again.number);
         }
     }

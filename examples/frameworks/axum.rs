@@ -9,29 +9,23 @@
 //! connection: axum serves what the last worker had queued, then stops once
 //! open connections finish (at most `--drain-timeout` seconds).
 
-mod common;
-
 use axum::{http::HeaderName, response::IntoResponse, routing::get, Extension, Router};
-use balancer::Worker;
+use balancer_examples as common;
 
 fn main() -> Result<(), common::Report> {
     let args = common::args();
     let listener = common::bind(&args)?;
-    common::run_workers(listener, &args, serve)
-}
-
-/// One worker: axum until the drain starts, then what the worker had
-/// queued, then until its open connections finish.
-async fn serve(worker: Worker, drain: common::DrainStarted) {
-    let app = Router::new()
-        .route("/", get(ok))
-        .layer(Extension(worker.index()));
-    let connections = worker.connections_until(drain);
-    let finished = connections.finished();
-    let served = axum::serve(connections, app).with_graceful_shutdown(finished);
-    if let Err(error) = served.await {
-        log::error!("axum: {error}");
-    }
+    common::run_workers(listener, &args, |worker| async move {
+        let app = Router::new()
+            .route("/", get(ok))
+            .layer(Extension(worker.index()));
+        let connections = worker.into_connections();
+        let finished = connections.finished();
+        let served = axum::serve(connections, app).with_graceful_shutdown(finished);
+        if let Err(error) = served.await {
+            log::error!("axum: {error}");
+        }
+    })
 }
 
 async fn ok(Extension(worker): Extension<usize>) -> impl IntoResponse {

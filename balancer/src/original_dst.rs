@@ -5,7 +5,30 @@
 //! address the client asked for, readable with `SO_ORIGINAL_DST`. A *virtual*
 //! listener (Envoy's `virtualOutbound`) uses it to hand each connection to the
 //! listener registered for that destination (`0.0.0.0_8080`): see
-//! `connection/handoff.rs`.
+//! [`Builder::handoff_target`](crate::Builder::handoff_target).
+//!
+//! A transparent TCP proxy on every worker: each redirected connection is
+//! forwarded to where its client meant to go, with ctrl-c, a lossless stop
+//! and a drain deadline:
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use balancer::{Backend, Builder};
+//! use tokio::net::TcpStream;
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = Builder::new(Backend::Ebpf).listen_virtual("127.0.0.1:15001").bind()?;
+//!     let server = listener.serve(|mut inbound| async move {
+//!         let Some(dst) = inbound.original_dst() else { return };
+//!         let Ok(mut outbound) = TcpStream::connect(dst).await else { return };
+//!         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+//!     })?;
+//!     let report = server.shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5)).await;
+//!     println!("{report:?}");
+//!     Ok(())
+//! }
+//! ```
 
 use std::{
     io,

@@ -111,10 +111,12 @@ impl Builder {
             .map(|w| WorkerCounters::new(strategy.load_slot(w)).with_limit(self.max_connections))
             .map(Arc::new)
             .collect();
-        // A worker is not stalled before it has had a chance to run: its
-        // clock starts now.
-        let now = crate::sys::clock::monotonic_coarse_ns();
-        counters.iter().for_each(|c| c.ran(now));
+        // A worker is not stalled before its thread has had a chance to
+        // start (slow on a loaded machine): its clock starts a grace period
+        // from now, or when it first runs.
+        let grace = u64::try_from(STARTUP_GRACE.as_nanos()).unwrap_or(u64::MAX);
+        let start = crate::sys::clock::monotonic_coarse_ns().saturating_add(grace);
+        counters.iter().for_each(|c| c.ran(start));
         let names = listeners.iter().map(|l| listener_name(l.addr)).collect();
         let program = strategy
             .program_view()
@@ -248,6 +250,10 @@ fn per_worker(
     }
     per_worker
 }
+
+/// How long after bind a worker that has not run yet is not stalled: its
+/// thread's start, on a loaded machine, is not a hang.
+const STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Duplicates of each worker's sockets, for the others to rescue what
 /// waits on them when it stalls.

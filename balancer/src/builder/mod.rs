@@ -327,7 +327,8 @@ impl Builder {
     /// is taken by the least-loaded live worker within a tick of the
     /// threshold (a tick is a fifth of it). `Shared` needs none of this:
     /// every worker accepts from the one socket. An idle worker waiting for
-    /// connections is never stalled, whatever the threshold.
+    /// connections is never stalled, whatever the threshold; nor is one
+    /// whose thread has not started yet, for a second after `bind`.
     ///
     /// Cost: each worker's event loop ticks every fifth of the threshold
     /// while it waits (a timer wake-up and a clock read); a stamp per accept

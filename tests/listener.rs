@@ -144,12 +144,12 @@ fn more_workers_than_the_maps_hold_is_a_typed_error() {
         .bind()
         .unwrap_err();
     assert!(
-        matches!(err, BindError::TooManyWorkers { workers: w, max: 64, .. } if w == workers),
+        matches!(err, BindError::TooManyWorkers { workers: w, max: 1024, .. } if w == workers),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        "65 workers is more than the ebpf backend supports (at most 64)"
+        "1025 workers is more than the ebpf backend supports (at most 1024)"
     );
 }
 
@@ -195,7 +195,7 @@ fn a_listener_id_comes_from_its_address() {
 /// not have, fails before anything is loaded: no silent clamp.
 #[test]
 fn ebpf_slots_out_of_range_are_a_typed_error() {
-    for (slots, workers) in [(0, 1), (3, 4), (65, 4), (1000, 4)] {
+    for (slots, workers) in [(0, 1), (3, 4), (1025, 4), (5000, 4)] {
         let err = Builder::new(Backend::Ebpf)
             .workers(workers)
             .ebpf_slots(slots)
@@ -203,17 +203,41 @@ fn ebpf_slots_out_of_range_are_a_typed_error() {
             .bind()
             .unwrap_err();
         assert!(
-            matches!(err, BindError::EbpfSlots { slots: s, workers: w, max: 64 } if s == slots && w == workers),
+            matches!(err, BindError::EbpfSlots { slots: s, workers: w, max: 1024 } if s == slots && w == workers),
             "{err:?}"
         );
         assert_eq!(
             err.to_string(),
             format!(
                 "ebpf_slots({slots}) is out of range: the program's slots must hold this set's \
-                 {workers} workers, and it has at most 64"
+                 {workers} workers, and it has at most 1024"
             )
         );
     }
+    let err = (Builder::new(Backend::ReusePort).ebpf_slots(8))
+        .listen(loopback())
+        .bind()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "ebpf_slots is an option of the ebpf backend, not of reuseport"
+    );
+}
+
+/// CPU locality without its prerequisites is refused, saying which.
+#[test]
+fn cpu_locality_needs_ebpf_and_pinned_workers() {
+    let err = |builder: Builder| builder.listen(loopback()).bind().unwrap_err().to_string();
+    assert_eq!(
+        err(Builder::new(Backend::Exact)
+            .cpu_locality(true)
+            .pin_to_cores(true)),
+        "cpu_locality cannot be used here: it needs the ebpf backend, whose program chooses by CPU"
+    );
+    assert_eq!(
+        err(Builder::new(Backend::Ebpf).cpu_locality(true)),
+        "cpu_locality cannot be used here: it needs pinned workers: add pin_to_cores(true)"
+    );
 }
 
 /// Another server on the port, whether or not it shares it: a plain

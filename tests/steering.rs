@@ -4,6 +4,7 @@
 mod util;
 
 use balancer::{internals::BareSteering, SteeringError};
+use balancer_common::{busy_weight, WEIGHT_UNIT};
 use util::{connect, drain_counts, privileged, reuseport_group};
 
 const CONNECTIONS: usize = 20;
@@ -170,9 +171,9 @@ fn a_stalled_worker_gets_at_most_the_connection_that_showed_it_stalled() {
     let now = BareSteering::now();
     // Worker 0 has not run for far longer than the threshold; the others
     // ran just now (fresh for a second, longer than this test takes).
-    steering.set_progress(0, 0, 0);
+    steering.set_progress(0, 0, WEIGHT_UNIT);
     for worker in 1..4 {
-        steering.set_progress(worker, now, 0);
+        steering.set_progress(worker, now, WEIGHT_UNIT);
     }
     let counts = split(addr, &listeners);
     println!("worker 0 stale -> split {counts:?}");
@@ -187,7 +188,7 @@ fn a_stalled_worker_gets_at_most_the_connection_that_showed_it_stalled() {
     );
     // With every worker stale and loaded, the program still picks.
     for worker in 0..4 {
-        steering.set_progress(worker, 0, 0);
+        steering.set_progress(worker, 0, WEIGHT_UNIT);
     }
     let counts = split(addr, &listeners);
     println!("every worker stale -> split {counts:?}");
@@ -207,9 +208,9 @@ fn a_busy_worker_is_weighed_down_by_the_capacity_it_has_left() {
         BareSteering::load_with_stall_threshold(4, threshold).expect("load the program");
     steering.attach(&listeners).expect("attach to the group");
     let now = BareSteering::now();
-    steering.set_progress(0, now, balancer_common::busy_weight(1000));
+    steering.set_progress(0, now, busy_weight(1000));
     for worker in 1..4 {
-        steering.set_progress(worker, now, balancer_common::busy_weight(100));
+        steering.set_progress(worker, now, busy_weight(100));
     }
     let counts = split(addr, &listeners);
     println!("worker 0 saturated -> split {counts:?}");

@@ -1,9 +1,12 @@
 //! Another process with CAP_SYS_ADMIN can open the steering maps by id
 //! (`bpftool map show`): the config map is frozen, and whatever it writes in
-//! the load map, each worker's upkeep sets its slot back within a bounded
-//! time, after which a burst splits exactly again. Needs root and bpftool.
+//! the load map (mapped, as the workers map it), each worker's upkeep sets
+//! its slot back within a bounded time, after which a burst splits exactly
+//! again. Needs root and bpftool.
 
 mod util;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use balancer::{stats::Snapshot, Backend};
 use util::{
@@ -57,34 +60,83 @@ fn value_of(out: &str) -> Vec<String> {
         .collect()
 }
 
-fn lookup(id: u32, slot: u8) -> String {
-    format!("map lookup id {id} key {slot} 0 0 0")
+/// The load map as another process sees it: opened by id
+/// (`BPF_MAP_GET_FD_BY_ID`, what bpftool does) and mapped shared, as any
+/// process with CAP_SYS_ADMIN can.
+struct ForeignLoads {
+    words: *mut u64,
+    len: usize,
+    _fd: std::os::fd::OwnedFd,
 }
 
-/// Slot `slot`'s value in map `id`.
-fn read_slot(id: u32, slot: u8) -> Vec<String> {
-    value_of(&bpftool_batch(&lookup(id, slot)))
-}
-
-/// Writes `bytes` (hex) at `offset` of slot `slot` in map `id`, and reads
-/// the slot back in the same bpftool process: the write took effect. (A
-/// snapshot taken after bpftool exits may already show the upkeep's repair
-/// on a slow machine.)
-fn write_slot(id: u32, slot: u8, offset: usize, bytes: &[&str]) {
-    let mut value = read_slot(id, slot);
-    for (i, byte) in bytes.iter().enumerate() {
-        value[offset + i] = (*byte).to_owned();
+impl ForeignLoads {
+    fn open(id: u32) -> Self {
+        use std::os::fd::FromRawFd;
+        const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+        // `union bpf_attr` for the command: the map id, then zeroes.
+        let attr = [id, 0, 0, 0];
+        // SAFETY: the attr is a readable prefix of `union bpf_attr` of the
+        // size passed; the call returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_GET_FD_BY_ID,
+                attr.as_ptr(),
+                std::mem::size_of_val(&attr),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "opening map {id}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new fd that nothing else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+        let len = std::mem::size_of::<balancer_common::Loads>();
+        // SAFETY: a fresh shared mapping of the map's one value; checked
+        // below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+        Self {
+            words: ptr.cast(),
+            len,
+            _fd: fd,
+        }
     }
-    let update = format!(
-        "map update id {id} key {slot} 0 0 0 value hex {}",
-        value.join(" ")
-    );
-    let out = bpftool_batch(&format!("{update}\n{}\n", lookup(id, slot)));
-    assert_eq!(
-        value_of(&out),
-        value,
-        "the write to slot {slot} took effect"
-    );
+
+    /// Slot `slot`'s 8-byte field at byte `offset` (0: the load word, 16:
+    /// the penalty).
+    fn field(&self, slot: usize, offset: usize) -> &AtomicU64 {
+        let index = slot * std::mem::size_of::<balancer_common::WorkerSlot>() / 8 + offset / 8;
+        assert!(index * 8 < self.len);
+        // SAFETY: inside the mapping, 8-byte aligned (page-aligned base),
+        // and every user of the map accesses its fields atomically.
+        unsafe { AtomicU64::from_ptr(self.words.add(index)) }
+    }
+
+    /// Writes `value` there, and reads it back at once: the write took
+    /// effect (a later snapshot may already show the upkeep's repair).
+    fn write(&self, slot: usize, offset: usize, value: u64) {
+        let field = self.field(slot, offset);
+        field.store(value, Ordering::SeqCst);
+        assert_eq!(field.load(Ordering::SeqCst), value, "slot {slot}+{offset}");
+    }
+}
+
+impl Drop for ForeignLoads {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `open`, unmapped once.
+        unsafe { libc::munmap(self.words.cast(), self.len) };
+    }
 }
 
 /// The program's view agrees with the workers' own counts, and every slot
@@ -124,13 +176,9 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
     let open = echoed_burst(server.addr(0), 10);
     // Worker 0's load word to zero under 5 open connections (they will
     // wrap it below zero when they close), worker 1 made unavailable.
-    write_slot(program.loads_map_id, 0, 0, &["00"; 8]);
-    write_slot(
-        program.loads_map_id,
-        1,
-        16,
-        &["00", "00", "00", "00", "00", "00", "00", "40"],
-    );
+    let loads = ForeignLoads::open(program.loads_map_id);
+    loads.write(0, 0, 0);
+    loads.write(1, 16, balancer_common::UNAVAILABLE);
     let tampered = server.stats.snapshot();
     println!(
         "tampered: {:?}",

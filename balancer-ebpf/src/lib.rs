@@ -14,8 +14,8 @@
 //!    (`SLOTS` slots, a constant set at load): `(active + in_flight + 1)`
 //!    times its busy weight (`balancer_common::score`), a stalled worker
 //!    (work waiting, event loop idle for longer than `STALL_NS`) only if
-//!    every worker is; it scans from the connection's 4-tuple hash so that
-//!    equal scores spread instead of always landing on index 0;
+//!    every worker is; among equal scores, the connection's 4-tuple hash
+//!    decides (`balancer_common::tie`), so that they share the connections;
 //! 3. on a SYN, adds one to that worker's in-flight count before the next
 //!    SYN is steered, so a burst of SYNs never sees stale loads, and
 //!    remembers the choice by hash in `PENDING`; the worker turns in-flight
@@ -29,7 +29,9 @@
 //! The program never refuses a connection: when the maps are not populated,
 //! the listener is unknown or the chosen slot is empty, it returns `SK_PASS`
 //! without a selection and the kernel's own hash picks a socket of the group.
-//! Its cost is one scan of at most `MAX_WORKERS` slots and two atomic adds.
+//! Its cost is one branch-free scan of at most `FLAT_SLOTS` slots (or,
+//! above, of the block summaries and one block's slots, twice when a
+//! summary was stale) and two atomic adds.
 //!
 //! Concurrent SYNs on different CPUs may both see the same worker as least
 //! loaded before either's count lands; each such race puts one connection
@@ -48,7 +50,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::{bpf_sock, sk_action::SK_PASS},
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns},
     macros::{map, sk_reuseport},
     maps::{Array, HashMap, ReusePortSockArray},
     programs::{SkReuseportContext, SockContext},
@@ -56,14 +58,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    is_stalled, score, socket_index, ListenAddr, Load, Pending, SocketSlot, WorkerSlot,
-    BPF_F_MMAPABLE, MAX_LISTENERS, MAX_WORKERS, PENDING_SLOTS, STALLED, UNAVAILABLE,
+    key, scanned_slots, socket_index, stall_mask, tie, untied, Blocks, ListenAddr, Load, Loads,
+    Lowest, Masks, Pending, SocketSlot, WorkerSlot, BLOCK_SLOTS, BPF_F_MMAPABLE, FLAT_SLOTS,
+    MAX_BLOCKS, MAX_CPUS, MAX_LISTENERS, MAX_SLOTS, PENDING_SLOTS, UNAVAILABLE,
 };
 
 /// Listener `l`'s socket of worker `w` at `socket_index(l, w)`.
 #[map]
 static SOCKETS: ReusePortSockArray =
-    ReusePortSockArray::with_max_entries(MAX_LISTENERS * MAX_WORKERS, 0);
+    ReusePortSockArray::with_max_entries(MAX_LISTENERS * MAX_SLOTS, 0);
 
 /// A listening socket's bound address to its listener index.
 #[map]
@@ -73,12 +76,22 @@ static LISTENERS: HashMap<ListenAddr, u32> = HashMap::with_max_entries(MAX_LISTE
 /// migration, when the closing socket's port is already cleared).
 #[map]
 static SOCKET_SLOTS: HashMap<u64, SocketSlot> =
-    HashMap::with_max_entries(MAX_LISTENERS * MAX_WORKERS, 0);
+    HashMap::with_max_entries(MAX_LISTENERS * MAX_SLOTS, 0);
 
-/// Worker `i`'s load word and counters at index `i`, shared with userspace
-/// through `mmap`.
+/// Every worker's load word and counters, worker `i`'s at index `i` of the
+/// one entry, shared with userspace through `mmap`.
 #[map]
-static LOADS: Array<WorkerSlot> = Array::with_max_entries(MAX_WORKERS, BPF_F_MMAPABLE);
+static LOADS: Array<Loads> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// Every block's summary, block `b`'s at index `b` of the one entry: about
+/// the lowest key of its slots (above `FLAT_SLOTS` slots only), shared
+/// with userspace through `mmap`.
+#[map]
+static BLOCKS: Array<Blocks> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+
+/// A CPU's pinned worker, as `slot + 1` (zero: none).
+#[map]
+static CPUS: Array<u32> = Array::with_max_entries(MAX_CPUS, 0);
 
 /// The worker slots to scan, set by the loader (`SLOTS_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -88,6 +101,11 @@ static SLOTS: Global<u32> = Global::new(0);
 /// (`STALL_NS_GLOBAL`); zero: stall detection off.
 #[unsafe(no_mangle)]
 static STALL_NS: Global<u64> = Global::new(0);
+
+/// Non-zero: prefer the least-loaded worker pinned to this CPU
+/// (`LOCALITY_GLOBAL`).
+#[unsafe(no_mangle)]
+static LOCALITY: Global<u32> = Global::new(0);
 
 /// The worker each recent SYN was counted against, by 4-tuple hash.
 #[map]
@@ -107,6 +125,7 @@ pub fn steering(ctx: SkReuseportContext) -> u32 {
 
 fn steer(ctx: &SkReuseportContext) -> Option<()> {
     let workers = configured_workers()?;
+    let loads = Slots::get()?;
     let hash = ctx.hash();
     let (listener, syn, closing) = match ctx.migrating_sk() {
         Some(migrating) => {
@@ -117,17 +136,21 @@ fn steer(ctx: &SkReuseportContext) -> Option<()> {
     };
     let migrating = ctx.migrating_sk().is_some();
     let counted = migrating || syn;
-    // One scan per run, in one place: the verifier walks it once.
+    // One choice per run, in one place: the verifier walks it once.
     let remembered = if counted { None } else { recall(hash) };
-    let worker = match remembered {
-        Some(worker) => worker,
-        None => least_loaded(hash, workers)?,
+    let choice = match remembered {
+        Some(worker) => Choice::remembered(worker),
+        None => choose(loads, hash, workers)?,
     };
+    let worker = choice.worker;
     if counted {
-        claim(worker);
+        loads.claim(worker, choice.local);
+    }
+    if choice.block != NO_BLOCK {
+        summarize(loads, choice.block, worker, choice.second);
     }
     if let Some(closing) = closing {
-        add_to_load(closing, Load::CLAIM.wrapping_neg());
+        loads.add(closing, Load::CLAIM.wrapping_neg());
     }
     if syn {
         remember(hash, worker);
@@ -136,7 +159,7 @@ fn steer(ctx: &SkReuseportContext) -> Option<()> {
         Ok(()) => debug!(ctx, "steering: listener {} worker {}", listener, worker),
         Err(err) => {
             if counted {
-                add_to_load(worker, Load::CLAIM.wrapping_neg());
+                loads.add(worker, Load::CLAIM.wrapping_neg());
             }
             debug!(
                 ctx,
@@ -169,11 +192,13 @@ fn migration_source(
     }
 }
 
-/// The worker slots to scan, or `None` while userspace has not set them.
+/// The worker slots to scan, or `None` while userspace has not set them
+/// (or set a count the scan does not take: above `FLAT_SLOTS`, whole
+/// blocks only).
 #[inline(always)]
 fn configured_workers() -> Option<u32> {
     let workers = SLOTS.load();
-    (workers != 0 && workers <= MAX_WORKERS).then_some(workers)
+    (workers != 0 && workers <= MAX_SLOTS && scanned_slots(workers) == workers).then_some(workers)
 }
 
 /// The listener bound at `sk`'s local address (with `any_address`, at its
@@ -233,87 +258,292 @@ fn is_syn(ctx: &SkReuseportContext) -> bool {
     flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
-/// Scans the workers from `hash % workers`, wrapping around, and returns
-/// the first with the lowest key (see [`key`]), or `None` if every worker
-/// is unavailable.
-///
-/// Written for the verifier, which walks every step of the scan: worker
-/// indices reach memory only as map keys, and the lowest key starts from a
-/// loaded value rather than a constant, so no comparison in the scan can be
-/// decided statically and the walk stays linear in `MAX_WORKERS`.
+/// The worker chosen for a connection, whether it is the one pinned to this
+/// CPU, and, after a two-level scan, its block and the block's second-lowest
+/// key (to correct the block's summary). Plain integers with a sentinel,
+/// not an `Option` of a pair: the compiler leaves a `None`'s payload
+/// unwritten, and the verifier refuses to read an unwritten register.
+struct Choice {
+    worker: u32,
+    local: bool,
+    /// [`NO_BLOCK`] after a flat scan.
+    block: u32,
+    second: u64,
+}
+
+/// `Choice::block` after a flat scan.
+const NO_BLOCK: u32 = u32::MAX;
+
+impl Choice {
+    #[inline(always)]
+    fn remembered(worker: u32) -> Self {
+        Self {
+            worker,
+            local: false,
+            block: NO_BLOCK,
+            second: u64::MAX,
+        }
+    }
+}
+
+/// The available worker with the lowest key, scanning from the
+/// connection's hash so that ties spread: every slot up to `FLAT_SLOTS`,
+/// else the best block's; with locality on, the worker pinned to this CPU
+/// if it is tied for the lowest. `None` if every worker is unavailable.
 #[inline(always)]
-fn least_loaded(hash: u32, workers: u32) -> Option<u32> {
+fn choose(loads: Slots, hash: u32, workers: u32) -> Option<Choice> {
     // SAFETY: the helper only reads the kernel's coarse clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let stall = STALL_NS.load();
-    // Hidden from the compiler, which would otherwise replace `% workers`
-    // below with a counter reset to the constant 0, which the verifier
-    // would then track through every step.
-    let start = core::hint::black_box(hash % workers);
-    let (mut best, mut lowest) = (start, key(start, now, stall)?);
-    for step in 1..MAX_WORKERS {
-        if step >= workers {
+    let at = Clock {
+        now,
+        stall: STALL_NS.load(),
+        masks: Masks::new(),
+    };
+    let (lowest, block) = if workers <= FLAT_SLOTS {
+        (
+            scan::<false>(loads, hash, 0, workers, FLAT_SLOTS, at)?,
+            NO_BLOCK,
+        )
+    } else {
+        let summaries = Summaries::get()?;
+        let mut block = best_block(summaries, hash, workers, at.masks)?;
+        let mut lowest = scan_block(loads, hash, block.at, at)?;
+        if untied(lowest.key) > block.second {
+            // The block's summary read lower than its slots are (they took
+            // connections on another CPU, stalled or stopped since), below
+            // another block's: correct it, and look once more.
+            summaries.set(block.at, untied(lowest.key));
+            block = best_block(summaries, hash, workers, at.masks)?;
+            lowest = scan_block(loads, hash, block.at, at)?;
+        }
+        (lowest, block.at)
+    };
+    if lowest.key >= UNAVAILABLE {
+        return None;
+    }
+    // Plain integers with a sentinel, as in `Choice`.
+    let pinned = if LOCALITY.load() != 0 {
+        local_worker()
+    } else {
+        NO_WORKER
+    };
+    let local = pinned < workers && untied(loads.key(pinned, hash, at)) == untied(lowest.key);
+    Some(Choice {
+        worker: if local { pinned } else { lowest.at },
+        local,
+        block,
+        second: lowest.second,
+    })
+}
+
+/// Scans `count` slots from `first` (at most `bound` steps, a constant, for
+/// the verifier); ties break by the hash ([`tie`]). With `SECOND`, also
+/// the second-lowest key (for block summaries). `None` if `count` is zero.
+///
+/// Written for the verifier, which walks every step of the scan: each
+/// step is branch-free ([`Lowest::see`], [`Slots::key`]) and indexes the
+/// slots in place, so the walk is one path, linear in `bound`.
+#[inline(always)]
+fn scan<const SECOND: bool>(
+    loads: Slots,
+    hash: u32,
+    first: u32,
+    count: u32,
+    bound: u32,
+    at: Clock,
+) -> Option<Lowest> {
+    if count == 0 {
+        return None;
+    }
+    let mut lowest = Lowest::new(first, loads.key(first, hash, at));
+    for step in 1..bound {
+        if step >= count {
             break;
         }
-        let worker = (start + step) % workers;
-        let Some(key) = key(worker, now, stall) else {
-            continue;
-        };
-        if key < lowest {
-            (best, lowest) = (worker, key);
+        let worker = first + step;
+        let key = loads.key(worker, hash, at);
+        if SECOND {
+            lowest.see(at.masks, worker, key);
+        } else {
+            lowest.see_lowest(at.masks, worker, key);
         }
     }
-    (lowest < UNAVAILABLE).then_some(best)
+    Some(lowest)
 }
 
-/// What the scan compares for worker `worker` at `now`: its score
-/// (`(active + in_flight + 1) · weight`), plus `STALLED` if it is stalled,
-/// plus its penalty (`UNAVAILABLE` for a slot that must not be chosen).
-/// Userspace updates the slot concurrently, so it is read with volatile
-/// loads.
+/// The lowest-keyed slot of block `block` (of `BLOCK_SLOTS`: above
+/// `FLAT_SLOTS`, the scanned slots are whole blocks), and the block's
+/// second-lowest key.
 #[inline(always)]
-fn key(worker: u32, now: u64, stall: u64) -> Option<u64> {
-    let slot = LOADS.get_ptr(worker)?;
-    // SAFETY: the pointer comes from a successful array lookup, so it points
-    // at a live, aligned WorkerSlot inside the map's value area.
-    let (penalty, load, stamp, weight) = unsafe {
-        (
-            read_volatile(&(*slot).penalty),
-            Load(read_volatile(&(*slot).load)),
-            read_volatile(&(*slot).stamp),
-            read_volatile(&(*slot).weight),
-        )
-    };
-    let stalled = if is_stalled(now, stamp, load.in_flight(), stall) {
-        STALLED
-    } else {
-        0
-    };
-    Some(
-        penalty
-            .wrapping_add(stalled)
-            .wrapping_add(score(load.total(), weight)),
-    )
+fn scan_block(loads: Slots, hash: u32, block: u32, at: Clock) -> Option<Lowest> {
+    let first = block * BLOCK_SLOTS;
+    scan::<true>(loads, hash, first, BLOCK_SLOTS, BLOCK_SLOTS, at)
 }
 
-/// Counts a connection in flight for `worker`: its load word and its
-/// selections rise by one.
+/// The block with the lowest summary (ties break by the hash); its
+/// `second` is the next block's summary.
 #[inline(always)]
-fn claim(worker: u32) {
-    add_to_load(worker, Load::CLAIM);
-    if let Some(slot) = LOADS.get_ptr_mut(worker) {
-        // SAFETY: the slot is a live, aligned WorkerSlot in the map; its
-        // fields are only accessed atomically.
+fn best_block(summaries: Summaries, hash: u32, workers: u32, masks: Masks) -> Option<Lowest> {
+    let blocks = workers / BLOCK_SLOTS;
+    if blocks == 0 {
+        return None;
+    }
+    let mut lowest = Lowest::new(0, summaries.get_at(0) + tie(0, hash));
+    for block in 1..MAX_BLOCKS {
+        if block >= blocks {
+            break;
+        }
+        lowest.see(masks, block, summaries.get_at(block) + tie(block, hash));
+    }
+    lowest.key = untied(lowest.key);
+    lowest.second = untied(lowest.second);
+    Some(lowest)
+}
+
+/// After a choice in `block`: its summary becomes the lower of `worker`'s
+/// key now (one more in flight, if counted) and the second-lowest key the
+/// scan saw.
+#[inline(always)]
+fn summarize(loads: Slots, block: u32, worker: u32, second: u64) {
+    let Some(summaries) = Summaries::get() else {
+        return;
+    };
+    let at = Clock {
+        // SAFETY: the helper only reads the kernel's coarse clock.
+        now: unsafe { bpf_ktime_get_coarse_ns() },
+        stall: STALL_NS.load(),
+        masks: Masks::new(),
+    };
+    let (key, second) = (untied(loads.key(worker, 0, at)), untied(second));
+    summaries.set(block, at.masks.below(key, second).pick(key, second));
+}
+
+/// The worker pinned to the CPU running this program, or [`NO_WORKER`].
+#[inline(always)]
+fn local_worker() -> u32 {
+    // SAFETY: the helper only reads the current CPU's number.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // Zero (no worker) wraps to the sentinel.
+    CPUS.get(cpu).copied().unwrap_or(0).wrapping_sub(1)
+}
+
+/// No worker: above every slot index.
+const NO_WORKER: u32 = u32::MAX;
+
+/// What a slot's key depends on besides the slot, read once per run: the
+/// time, the stall threshold, and the maker of masks.
+#[derive(Clone, Copy)]
+struct Clock {
+    now: u64,
+    stall: u64,
+    masks: Masks,
+}
+
+/// Every worker's slot (the one entry of `LOADS`), indexed in place.
+///
+/// A slot's index is masked into the array, which the verifier checks from
+/// the mask alone: one lookup per run instead of one per slot, and no
+/// null check per slot.
+#[derive(Clone, Copy)]
+struct Slots(*mut WorkerSlot);
+
+impl Slots {
+    #[inline(always)]
+    fn get() -> Option<Self> {
+        LOADS.get_ptr_mut(0).map(|all| Self(all.cast()))
+    }
+
+    /// Worker `worker`'s slot.
+    #[inline(always)]
+    fn slot(self, worker: u32) -> *mut WorkerSlot {
+        // The compiler drops the mask where it can bound the index itself
+        // (below `FLAT_SLOTS`, say); the verifier cannot always follow it,
+        // so the index is hidden from the compiler.
+        let index = core::hint::black_box(worker) & (MAX_SLOTS - 1);
+        // SAFETY: the index is below `MAX_SLOTS`, the array's length, so the
+        // pointer stays inside the map value the lookup returned.
+        unsafe { self.0.add(index as usize) }
+    }
+
+    /// What the scan compares for worker `worker` at `at.now`
+    /// (`balancer_common::key`): its penalty (`UNAVAILABLE` for a slot that
+    /// must not be chosen), `STALLED` if it is stalled, and its score
+    /// (`(active + in_flight + 1) · weight`). Userspace updates the slot
+    /// concurrently, so it is read with volatile loads.
+    #[inline(always)]
+    fn key(self, worker: u32, hash: u32, at: Clock) -> u64 {
+        let slot = self.slot(worker);
+        // SAFETY: `slot` points at a live, aligned WorkerSlot in the map.
+        let (penalty, load, stamp, weight) = unsafe {
+            (
+                read_volatile(&(*slot).penalty),
+                Load(read_volatile(&(*slot).load)),
+                read_volatile(&(*slot).stamp),
+                read_volatile(&(*slot).weight),
+            )
+        };
+        let stalled = stall_mask(at.masks, at.now, stamp, load.in_flight(), at.stall);
+        key(at.masks, penalty, load, weight, stalled, tie(worker, hash))
+    }
+
+    /// Counts a connection in flight for `worker`: its load word and its
+    /// selections (and its local ones, if chosen as this CPU's) rise by
+    /// one.
+    #[inline(always)]
+    fn claim(self, worker: u32, local: bool) {
+        self.add(worker, Load::CLAIM);
+        let slot = self.slot(worker);
+        // SAFETY: a live, aligned WorkerSlot in the map; its fields are only
+        // accessed atomically.
         unsafe { atomic(addr_of_mut!((*slot).selections)) }.fetch_add(1, Ordering::Relaxed);
+        if local {
+            // SAFETY: as above.
+            unsafe { atomic(addr_of_mut!((*slot).local)) }.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Adds `delta` (wrapping) to worker `worker`'s load word.
+    #[inline(always)]
+    fn add(self, worker: u32, delta: u64) {
+        let slot = self.slot(worker);
+        // SAFETY: as in `claim`.
+        unsafe { atomic(addr_of_mut!((*slot).load)) }.fetch_add(delta, Ordering::Relaxed);
     }
 }
 
-/// Adds `delta` (wrapping) to worker `worker`'s load word.
-#[inline(always)]
-fn add_to_load(worker: u32, delta: u64) {
-    if let Some(slot) = LOADS.get_ptr_mut(worker) {
-        // SAFETY: as in `claim`.
-        unsafe { atomic(addr_of_mut!((*slot).load)) }.fetch_add(delta, Ordering::Relaxed);
+/// Every block's summary (the one entry of `BLOCKS`), indexed in place like
+/// [`Slots`].
+#[derive(Clone, Copy)]
+struct Summaries(*mut u64);
+
+impl Summaries {
+    #[inline(always)]
+    fn get() -> Option<Self> {
+        BLOCKS.get_ptr_mut(0).map(|all| Self(all.cast()))
+    }
+
+    #[inline(always)]
+    fn entry(self, block: u32) -> *mut u64 {
+        // Hidden from the compiler, as in `Slots::slot`.
+        let index = core::hint::black_box(block) & (MAX_BLOCKS - 1);
+        // SAFETY: the index is below `MAX_BLOCKS`, the array's length.
+        unsafe { self.0.add(index as usize) }
+    }
+
+    /// Block `block`'s summary.
+    #[inline(always)]
+    fn get_at(self, block: u32) -> u64 {
+        // SAFETY: a live, aligned u64 in the map, written concurrently: one
+        // volatile load.
+        unsafe { read_volatile(self.entry(block)) }
+    }
+
+    /// Sets block `block`'s summary.
+    #[inline(always)]
+    fn set(self, block: u32, summary: u64) {
+        // SAFETY: as in `get_at`; one 8-byte store (racing writers each
+        // store a recent minimum).
+        unsafe { write_volatile(self.entry(block), summary) };
     }
 }
 

@@ -50,13 +50,20 @@ pub struct EchoServer {
 impl EchoServer {
     /// Starts one thread per worker of `listener`.
     pub fn start(listener: BalancedListener, guard: Guard) -> Self {
-        Self::start_some(listener, guard, None).0
+        Self::start_some(listener, guard, None, false).0
+    }
+
+    /// [`EchoServer::start`], each worker's thread pinned to its core
+    /// (`Worker::pin_current_thread`), as `Builder::pin_to_cores` pins
+    /// them under `spawn`.
+    pub fn start_pinned(listener: BalancedListener) -> Self {
+        Self::start_some(listener, Guard::Keep, None, true).0
     }
 
     /// Starts one thread per worker except worker `held`, whose handle is
     /// returned unserved: its sockets stay open but nothing accepts on them.
     pub fn start_holding(listener: BalancedListener, guard: Guard, held: usize) -> (Self, Worker) {
-        let (server, held) = Self::start_some(listener, guard, Some(held));
+        let (server, held) = Self::start_some(listener, guard, Some(held), false);
         (server, held.expect("the held worker exists"))
     }
 
@@ -64,6 +71,7 @@ impl EchoServer {
         listener: BalancedListener,
         guard: Guard,
         held: Option<usize>,
+        pinned: bool,
     ) -> (Self, Option<Worker>) {
         let stats = listener.stats();
         let backend = listener.backend();
@@ -77,7 +85,7 @@ impl EchoServer {
                 kept = Some(worker);
                 continue;
             }
-            threads.push(spawn_serving(worker, guard, &served, &stopped));
+            threads.push(spawn_serving(worker, guard, &served, &stopped, pinned));
         }
         let server = Self {
             stats,
@@ -94,7 +102,7 @@ impl EchoServer {
 
     /// Starts serving a worker held back by [`EchoServer::start_holding`].
     pub fn resume(&mut self, worker: Worker) {
-        let thread = spawn_serving(worker, self.guard, &self.served, &self.stopped);
+        let thread = spawn_serving(worker, self.guard, &self.served, &self.stopped, false);
         self.threads.push(thread);
     }
 
@@ -166,9 +174,15 @@ fn spawn_serving(
     guard: Guard,
     served: &Arc<Mutex<HashMap<SocketAddr, Served>>>,
     stopped: &tokio::sync::watch::Receiver<bool>,
+    pinned: bool,
 ) -> JoinHandle<()> {
     let (record, stopped) = (Arc::clone(served), stopped.clone());
     std::thread::spawn(move || {
+        if pinned {
+            worker
+                .pin_current_thread()
+                .expect("pin the worker's thread");
+        }
         let runtime = super::runtime();
         let local = tokio::task::LocalSet::new();
         local.block_on(&runtime, serve(worker, guard, record, stopped));

@@ -26,8 +26,9 @@
 //!   live worker, moving their in-flight counts with them.
 //! - **Upkeep**: every [`UPKEEP_PERIOD`] a waiting worker repairs its slot
 //!   (`repair.rs`).
-//! - **Limit**: 64 workers, the size of the program's maps, which bounds the
-//!   program's scan per connection.
+//! - **Limit**: 1,024 worker slots, the size of the program's maps; up to
+//!   64 the program compares every slot, above it compares blocks of 16 by
+//!   a summary first (`balancer_common::FLAT_SLOTS`, `BLOCKS_MAP`).
 //! - **Full**: a worker at its
 //!   [`max_connections`](crate::Builder::max_connections) stops accepting
 //!   and its slot reads unavailable, so new connections go to the others;
@@ -46,7 +47,7 @@ use std::{
     time::Duration,
 };
 
-use balancer_common::{Load, MAX_WORKERS};
+use balancer_common::{Load, MAX_SLOTS};
 
 use super::{
     repair::{Reading, Repair, UPKEEP_PERIOD},
@@ -56,7 +57,10 @@ use crate::{
     connection::Incoming,
     steering::{LoadMap, LoadSlot, ProgramView, Slot, Steering, SteeringError, SteeringOptions},
     sys,
-    worker::transfer::{LiveWorkers, Placement},
+    worker::{
+        core_of,
+        transfer::{LiveWorkers, Placement},
+    },
 };
 
 pub(super) struct Ebpf {
@@ -121,7 +125,7 @@ impl Strategy for Ebpf {
     }
 
     fn max_workers(&self) -> usize {
-        MAX_WORKERS as usize
+        MAX_SLOTS as usize
     }
 
     fn layout(&self) -> Layout {
@@ -141,10 +145,16 @@ impl Strategy for Ebpf {
     }
 
     fn activate(&mut self) -> Result<(), SteeringError> {
-        match &mut self.steering {
-            Some(steering) => steering.activate(),
-            None => Ok(()),
+        let Some(steering) = &mut self.steering else {
+            return Ok(());
+        };
+        if self.options.cpu_locality {
+            for worker in 0..self.upkeeps.len() {
+                let core = core_of(worker).map_err(SteeringError::Pinning)?;
+                steering.pin(worker, core.id)?;
+            }
         }
+        steering.activate()
     }
 
     fn program_view(&self) -> Result<Option<ProgramView>, SteeringError> {

@@ -14,7 +14,7 @@
 //! | `shared.rs` | nothing but its socket layout: one socket, every worker accepts |
 //! | `reuseport.rs` | a stopping worker drains its own accept queue |
 //! | `exact.rs` | every accepted connection is placed by the exact balancer |
-//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots (the arithmetic: `repair.rs`), makes a full worker's slot unavailable, 64 workers at most |
+//! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots (the arithmetic: `repair.rs`), makes a full worker's slot unavailable, 1,024 workers at most |
 //!
 //! One `match`, in [`Backend::strategy`], chooses the implementation; worker
 //! code only calls the trait. A trait object rather than an enum with a
@@ -49,9 +49,8 @@ use crate::{
 };
 
 impl Backend {
-    /// The most workers this backend supports: 64 for `Ebpf` (the size of
-    /// the program's maps, which bounds its cost per connection), 1024 for
-    /// the others (a thread each).
+    /// The most workers this backend supports: 1,024 for every backend (a
+    /// thread each; for `Ebpf`, the size of the program's maps).
     pub fn max_workers(self) -> usize {
         self.strategy(SteeringOptions::default(), false)
             .max_workers()

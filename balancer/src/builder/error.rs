@@ -37,6 +37,22 @@ pub enum BindError {
         /// The most slots the program has.
         max: usize,
     },
+    /// [`Builder::cpu_locality`](crate::Builder::cpu_locality) without what
+    /// it needs.
+    #[error("cpu_locality cannot be used here: {reason}")]
+    CpuLocality {
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// An option of the `Ebpf` backend ([`Builder::ebpf_slots`](crate::Builder::ebpf_slots))
+    /// on another backend, which would ignore it.
+    #[error("{option} is an option of the ebpf backend, not of {backend}")]
+    EbpfOnly {
+        /// The option.
+        option: &'static str,
+        /// The backend asked for.
+        backend: Backend,
+    },
     /// `max_connections(0)`: no worker could accept anything.
     #[error("max_connections must be at least 1")]
     ZeroMaxConnections,

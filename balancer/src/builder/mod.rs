@@ -295,10 +295,15 @@ impl Builder {
     /// For `Backend::Ebpf`: the worker slots the steering program serves,
     /// over every listener set that will share it (see
     /// [`Builder::take_over`]): at least this set's workers, at most
-    /// [`Backend::max_workers`] (64), else `bind` fails with
+    /// [`Backend::max_workers`] (1,024), else `bind` fails with
     /// [`BindError::EbpfSlots`]. Default: twice this set's workers (room
-    /// for a successor of the same size), at most 64. Each slot costs the
-    /// program about 3.5 ns per new connection.
+    /// for a successor of the same size), at most 1,024.
+    ///
+    /// Up to 64 slots the program compares every slot for each new
+    /// connection (bursts split within one connection per worker; a few
+    /// nanoseconds per slot); above, it compares blocks of 16 slots by a
+    /// summary, then the best block's slots, so its cost stays near flat
+    /// (bursts split within two). `cargo xtask bench` measures both.
     pub fn ebpf_slots(mut self, slots: usize) -> Self {
         self.steering.slots = Some(slots);
         self
@@ -340,6 +345,20 @@ impl Builder {
         self
     }
 
+    /// For `Backend::Ebpf` with pinned workers ([`Builder::pin_to_cores`]):
+    /// among the least-loaded workers, the steering program chooses the one
+    /// pinned to the CPU that runs the connection's SYN, so that the
+    /// connection is served where its packets arrive. Locality never costs
+    /// balance: the local worker is chosen only when it is tied for the
+    /// lowest load (bursts still split within one). Each worker's
+    /// `local_selections` (stats) counts the connections chosen that way.
+    /// Off by default; without `Ebpf` and pinned workers `bind` fails with
+    /// [`BindError::CpuLocality`].
+    pub fn cpu_locality(mut self, on: bool) -> Self {
+        self.steering.cpu_locality = on;
+        self
+    }
+
     /// Takes over addresses that a running listener set (this process's or
     /// one being replaced, of the same user) listens on, instead of failing
     /// with [`BindError::AddressInUse`]: the new sockets join the old ones'
@@ -378,7 +397,8 @@ mod tests {
 
     #[test]
     fn the_default_worker_count_never_exceeds_the_backend_limit() {
-        assert_eq!(default_workers(Backend::Ebpf, 96), 64);
+        assert_eq!(default_workers(Backend::Ebpf, 96), 96);
+        assert_eq!(default_workers(Backend::Ebpf, 4096), 1024);
         assert_eq!(default_workers(Backend::Ebpf, 8), 8);
         assert_eq!(default_workers(Backend::ReusePort, 96), 96);
         assert_eq!(default_workers(Backend::Shared, 4096), 1024);

@@ -27,7 +27,25 @@ impl Builder {
         if self.max_connections == Some(0) {
             return Err(BindError::ZeroMaxConnections);
         }
+        if self.steering.cpu_locality {
+            let reason = if self.backend != Backend::Ebpf {
+                "it needs the ebpf backend, whose program chooses by CPU"
+            } else if !self.pin_to_cores {
+                "it needs pinned workers: add pin_to_cores(true)"
+            } else {
+                ""
+            };
+            if !reason.is_empty() {
+                return Err(BindError::CpuLocality { reason });
+            }
+        }
         if let Some(slots) = self.steering.slots {
+            if self.backend != Backend::Ebpf {
+                return Err(BindError::EbpfOnly {
+                    option: "ebpf_slots",
+                    backend: self.backend,
+                });
+            }
             let max = Backend::Ebpf.max_workers();
             if slots < self.workers || slots > max {
                 let workers = self.workers;

@@ -170,6 +170,7 @@ impl WorkerCounters {
                     in_flight: loads.in_flight(worker),
                     selections: loads.selections(worker),
                     available: loads.is_available(worker),
+                    local_selections: loads.local_selections(worker),
                 }
             }),
         }

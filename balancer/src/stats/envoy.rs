@@ -55,11 +55,12 @@ impl Snapshot {
             ];
             lines(&mut out, &prefix, &values);
             if let Some(k) = &w.steering {
-                let values: [(&str, &dyn Display); 4] = [
+                let values: [(&str, &dyn Display); 5] = [
                     ("active", &k.active),
                     ("in_flight", &k.in_flight),
                     ("selections", &k.selections),
                     ("available", &u64::from(k.available)),
+                    ("local_selections", &k.local_selections),
                 ];
                 lines(&mut out, &format!("{prefix}.steering"), &values);
             }

@@ -259,6 +259,10 @@ pub struct SteeringSnapshot {
     pub selections: u64,
     /// Whether the program may choose this worker (false once it stops).
     pub available: bool,
+    /// Of `selections`, those made on the CPU the worker is pinned to
+    /// (with [`Builder::cpu_locality`](crate::Builder::cpu_locality)): the
+    /// connections it accepts on their receiving CPU.
+    pub local_selections: u64,
 }
 
 impl WorkerSnapshot {

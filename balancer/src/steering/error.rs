@@ -118,6 +118,10 @@ pub enum SteeringError {
     /// Mapping the load array into memory (`mmap`) failed.
     #[error("mapping the load array into memory failed")]
     MapLoads(#[source] io::Error),
+    /// Listing the CPU cores, to tell the program which worker each one
+    /// runs (CPU locality), failed.
+    #[error("listing the CPU cores for CPU locality failed")]
+    Pinning(#[source] io::Error),
     /// Starting the thread that forwards the program's debug log failed.
     #[error("starting the eBPF log thread failed")]
     Logger(#[source] io::Error),

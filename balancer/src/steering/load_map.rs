@@ -2,14 +2,19 @@
 //! this process, and which of them this process owns.
 
 use std::{
+    mem::size_of,
     os::fd::AsFd,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use aya::maps::{Array, IterableMap, MapData};
-use balancer_common::{Load, WorkerSlot, LOADS_MAP, MAX_WORKERS, UNAVAILABLE};
+use balancer_common::{
+    block_of, key, Blocks, Load, Loads, Mask, Masks, WorkerSlot, BLOCKS_MAP, FLAT_SLOTS, LOADS_MAP,
+    MAX_BLOCKS, MAX_SLOTS, MAX_WEIGHT, UNAVAILABLE, WEIGHT_UNIT,
+};
 
 use super::{
+    maps::Mapped,
     owner::{process_alive, process_tag, FREEING},
     Slot, SteeringError,
 };
@@ -30,11 +35,15 @@ use crate::sys::mmap::{page_size, SharedMapping};
 /// them and releases them when its last handle drops.
 pub(crate) struct LoadMap {
     mapping: SharedMapping,
+    /// The block summaries (`BLOCKS_MAP`), kept low where a worker's key
+    /// falls; used above `FLAT_SLOTS` slots.
+    blocks: SharedMapping,
     slots: u32,
     /// The slots this process claimed, released on drop.
     owned: Vec<Slot>,
-    // Keeps the map's fd open for as long as the mapping is used.
-    _map: Array<MapData, WorkerSlot>,
+    // Keep the maps' fds open for as long as the mappings are used.
+    _map: Array<MapData, Loads>,
+    _blocks: Array<MapData, Blocks>,
 }
 
 impl std::fmt::Debug for LoadMap {
@@ -58,23 +67,26 @@ enum Field {
     Owner,
     Stamp,
     Weight,
+    Local,
 }
 
 impl LoadMap {
-    /// Maps `map`, whose program scans `slots` slots.
-    pub(super) fn new(map: MapData, slots: u32) -> Result<Self, SteeringError> {
-        let map: Array<MapData, WorkerSlot> = Array::try_from(aya::maps::Map::Array(map))
+    /// Maps the loads and block summaries of a program that scans `slots`
+    /// slots.
+    pub(super) fn new(mapped: Mapped, slots: u32) -> Result<Self, SteeringError> {
+        let map: Array<MapData, Loads> = Array::try_from(aya::maps::Map::Array(mapped.loads))
             .map_err(|source| SteeringError::map("opening", LOADS_MAP, source))?;
-        let bytes = MAX_WORKERS as usize * std::mem::size_of::<WorkerSlot>();
-        let len = bytes.div_ceil(page_size()) * page_size();
-        let mapping = SharedMapping::new(IterableMap::map(&map).fd().as_fd(), len)
-            .map_err(SteeringError::MapLoads)?;
-        debug_assert!(mapping.len() >= bytes);
+        let blocks: Array<MapData, Blocks> = Array::try_from(aya::maps::Map::Array(mapped.blocks))
+            .map_err(|source| SteeringError::map("opening", BLOCKS_MAP, source))?;
+        let mapping = map_all(IterableMap::map(&map), size_of::<Loads>())?;
+        let blocks_mapping = map_all(IterableMap::map(&blocks), size_of::<Blocks>())?;
         Ok(Self {
             mapping,
-            slots: slots.min(MAX_WORKERS),
+            blocks: blocks_mapping,
+            slots: slots.min(MAX_SLOTS),
             owned: Vec::new(),
             _map: map,
+            _blocks: blocks,
         })
     }
 
@@ -92,6 +104,11 @@ impl LoadMap {
     pub(super) fn reset(&self) {
         for slot in self.all() {
             self.free(slot, 0);
+        }
+        // Every slot is free, so unavailable: a block's summary falls as
+        // its slots are claimed and made available.
+        for block in 0..MAX_BLOCKS {
+            self.block(block).store(UNAVAILABLE, Ordering::Relaxed);
         }
     }
 
@@ -158,9 +175,12 @@ impl LoadMap {
         };
         if taken {
             self.set_available(slot, false);
-            for field in [Field::Load, Field::Stamp, Field::Weight] {
+            for field in [Field::Load, Field::Stamp] {
                 self.field(slot, field).store(0, Ordering::Relaxed);
             }
+            // Not busy: what a claimer starts from (the program reads the
+            // weight as it is).
+            (self.field(slot, Field::Weight)).store(WEIGHT_UNIT, Ordering::Relaxed);
             field.store(0, Ordering::Release);
         }
         taken
@@ -236,22 +256,63 @@ impl LoadMap {
         let penalty = if available { 0 } else { UNAVAILABLE };
         self.field(slot, Field::Penalty)
             .store(penalty, Ordering::Relaxed);
+        self.lower_block(slot);
+    }
+
+    /// Connections the program chose `slot` for on the CPU its worker is
+    /// pinned to (with CPU locality on).
+    pub(crate) fn local_selections(&self, slot: Slot) -> u64 {
+        self.field(slot, Field::Local).load(Ordering::Relaxed)
+    }
+
+    /// Lowers the summary of `slot`'s block to `slot`'s key if that is
+    /// lower: after the key fell (a connection closed, the worker ran or
+    /// became available), so that the program does not pass the block
+    /// over. Above `FLAT_SLOTS` slots only; a load and a compare when
+    /// nothing is lower, so that the workers of one block do not contend.
+    fn lower_block(&self, slot: Slot) {
+        if self.slots <= FLAT_SLOTS {
+            return;
+        }
+        let penalty = self.field(slot, Field::Penalty).load(Ordering::Relaxed);
+        let weight = self.field(slot, Field::Weight).load(Ordering::Relaxed);
+        let key = key(
+            Masks::new(),
+            penalty,
+            self.load(slot),
+            weight,
+            Mask::NONE,
+            0,
+        );
+        let summary = self.block(block_of(slot.index()));
+        let mut current = summary.load(Ordering::Relaxed);
+        while key < current {
+            match summary.compare_exchange_weak(current, key, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => current = now,
+            }
+        }
     }
 
     /// Publishes what the program reads of a worker's progress: when its
     /// event loop last ran (`stamp`, coarse monotonic nanoseconds) and its
     /// busy weight.
+    /// The weight is clamped to `WEIGHT_UNIT..=MAX_WEIGHT`: the program
+    /// reads it as it is, and a zero would make the worker win every scan.
     pub(crate) fn publish(&self, slot: Slot, stamp: u64, weight: u64) {
         self.field(slot, Field::Stamp)
             .store(stamp, Ordering::Relaxed);
         self.field(slot, Field::Weight)
-            .store(weight, Ordering::Relaxed);
+            .store(weight.clamp(WEIGHT_UNIT, MAX_WEIGHT), Ordering::Relaxed);
+        self.lower_block(slot);
     }
 
     /// Adds `delta` (wrapping) to `slot`'s load word.
     pub(crate) fn add(&self, slot: Slot, delta: u64) {
         self.field(slot, Field::Load)
             .fetch_add(delta, Ordering::Relaxed);
+        self.lower_block(slot);
     }
 
     /// Turns one of `slot`'s in-flight connections into an active one, or,
@@ -280,8 +341,8 @@ impl LoadMap {
             self.slots
         );
         let slots = self.mapping.as_ptr().as_ptr().cast::<WorkerSlot>();
-        // SAFETY: the mapping holds MAX_WORKERS slots (checked at
-        // construction), `slot < slots <= MAX_WORKERS`, mmap returns
+        // SAFETY: the mapping holds MAX_SLOTS slots (checked at
+        // construction), `slot < slots <= MAX_SLOTS`, mmap returns
         // page-aligned memory so every u64 field is aligned, and the kernel
         // and every process sharing the map access the fields only
         // atomically or with single aligned loads, so an `AtomicU64` view is
@@ -295,10 +356,32 @@ impl LoadMap {
                 Field::Owner => &raw mut (*slot).owner,
                 Field::Stamp => &raw mut (*slot).stamp,
                 Field::Weight => &raw mut (*slot).weight,
+                Field::Local => &raw mut (*slot).local,
             };
             AtomicU64::from_ptr(field)
         }
     }
+}
+
+impl LoadMap {
+    fn block(&self, block: u32) -> &AtomicU64 {
+        assert!(block < MAX_BLOCKS, "block {block} out of range");
+        let blocks = self.blocks.as_ptr().as_ptr().cast::<u64>();
+        // SAFETY: the mapping holds MAX_BLOCKS u64s (checked at
+        // construction), page-aligned, and the program and every process
+        // sharing it access them only atomically or with single aligned
+        // loads and stores, for the mapping's lifetime, which `&self`
+        // bounds.
+        unsafe { AtomicU64::from_ptr(blocks.add(block as usize)) }
+    }
+}
+
+/// A shared mapping of all of `map`, which holds at least `bytes`.
+fn map_all(map: &MapData, bytes: usize) -> Result<SharedMapping, SteeringError> {
+    let len = bytes.div_ceil(page_size()) * page_size();
+    let mapping = SharedMapping::new(map.fd().as_fd(), len).map_err(SteeringError::MapLoads)?;
+    debug_assert!(mapping.len() >= bytes);
+    Ok(mapping)
 }
 
 impl Drop for LoadMap {

@@ -6,10 +6,10 @@ use std::{
     os::fd::{AsFd, BorrowedFd, OwnedFd},
 };
 
-use aya::maps::{HashMap, Map, MapData, MapError, ReusePortSockArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, ReusePortSockArray};
 use balancer_common::{
-    socket_index, ListenAddr, SocketSlot, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS, PENDING_MAP,
-    RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
+    socket_index, ListenAddr, SocketSlot, BLOCKS_MAP, CPUS_MAP, LISTENERS_MAP, LOADS_MAP,
+    MAX_LISTENERS, PENDING_MAP, RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 use super::{loader::Loaded, Slot, SteeringError};
@@ -25,6 +25,8 @@ pub(super) struct PerMap<T> {
     /// The frozen read-only globals: the program's configuration.
     pub(super) config: T,
     pub(super) pending: T,
+    pub(super) blocks: T,
+    pub(super) cpus: T,
 }
 
 impl PerMap<&'static str> {
@@ -36,11 +38,13 @@ impl PerMap<&'static str> {
         loads: LOADS_MAP,
         config: RODATA_MAP,
         pending: PENDING_MAP,
+        blocks: BLOCKS_MAP,
+        cpus: CPUS_MAP,
     };
 }
 
 /// How many maps the processes sharing the program share.
-const SHARED_MAPS: usize = 6;
+const SHARED_MAPS: usize = 8;
 
 impl<T> PerMap<T> {
     /// Each value with its map's name through `f`, in handover order.
@@ -56,6 +60,8 @@ impl<T> PerMap<T> {
             loads: f(names.loads, self.loads)?,
             config: f(names.config, self.config)?,
             pending: f(names.pending, self.pending)?,
+            blocks: f(names.blocks, self.blocks)?,
+            cpus: f(names.cpus, self.cpus)?,
         })
     }
 
@@ -68,12 +74,14 @@ impl<T> PerMap<T> {
             &self.loads,
             &self.config,
             &self.pending,
+            &self.blocks,
+            &self.cpus,
         ]
     }
 
     /// Values given in handover order.
     pub(super) fn from_array(values: [T; SHARED_MAPS]) -> Self {
-        let [sockets, listeners, socket_slots, loads, config, pending] = values;
+        let [sockets, listeners, socket_slots, loads, config, pending, blocks, cpus] = values;
         Self {
             sockets,
             listeners,
@@ -81,6 +89,8 @@ impl<T> PerMap<T> {
             loads,
             config,
             pending,
+            blocks,
+            cpus,
         }
     }
 }
@@ -148,14 +158,22 @@ pub(super) struct Maps {
     sockets: ReusePortSockArray<MapData>,
     listeners: HashMap<MapData, ListenAddr, u32>,
     socket_slots: HashMap<MapData, u64, SocketSlot>,
+    cpus: Array<MapData, u32>,
     /// What a handover sends.
     shared: SharedFds,
+}
+
+/// The maps this process maps into memory: the per-worker loads and the
+/// block summaries.
+pub(super) struct Mapped {
+    pub(super) loads: MapData,
+    pub(super) blocks: MapData,
 }
 
 impl Maps {
     /// Opens the maps of the object this process loaded. Returns them and
     /// the load map's data.
-    pub(super) fn from_loaded(loaded: Loaded) -> Result<(Self, MapData), SteeringError> {
+    pub(super) fn from_loaded(loaded: Loaded) -> Result<(Self, Mapped), SteeringError> {
         let Loaded { program, mut maps } = loaded;
         let data = PerMap::NAMES.try_map(|name, _| {
             maps.remove(name).ok_or_else(|| {
@@ -169,15 +187,15 @@ impl Maps {
     }
 
     /// Opens handed-over fds.
-    pub(super) fn from_fds(fds: SharedFds) -> Result<(Self, MapData), SteeringError> {
+    pub(super) fn from_fds(fds: SharedFds) -> Result<(Self, Mapped), SteeringError> {
         let data = (fds.maps).try_map(|name, fd| {
             MapData::from_fd(fd).map_err(|source| SteeringError::map("opening", name, source))
         })?;
         Self::open(fds.program, data)
     }
 
-    /// Returns the maps, then the load map's data.
-    fn open(program: OwnedFd, data: PerMap<MapData>) -> Result<(Self, MapData), SteeringError> {
+    /// Returns the maps, then those to map into memory.
+    fn open(program: OwnedFd, data: PerMap<MapData>) -> Result<(Self, Mapped), SteeringError> {
         let dup = |_, map: &MapData| map.fd().as_fd().try_clone_to_owned();
         let shared = SharedFds {
             program,
@@ -190,6 +208,8 @@ impl Maps {
             listeners,
             socket_slots,
             loads,
+            blocks,
+            cpus,
             ..
         } = data;
         let maps = Self {
@@ -202,9 +222,19 @@ impl Maps {
             socket_slots: typed(socket_slots, SOCKET_SLOTS_MAP, |m| {
                 HashMap::try_from(Map::HashMap(m))
             })?,
+            cpus: typed(cpus, CPUS_MAP, |m| Array::try_from(Map::Array(m)))?,
             shared,
         };
-        Ok((maps, loads))
+        Ok((maps, Mapped { loads, blocks }))
+    }
+
+    /// Names the worker in `slot` as the one pinned to CPU `cpu`, for
+    /// locality.
+    pub(super) fn pin(&mut self, cpu: usize, slot: Slot) -> Result<(), SteeringError> {
+        let cpu = u32::try_from(cpu).unwrap_or(u32::MAX);
+        (self.cpus.set(cpu, slot.index() + 1, 0)).map_err(|source| {
+            SteeringError::map(format!("pinning {slot} to CPU {cpu}"), CPUS_MAP, source)
+        })
     }
 
     /// The program's fd.

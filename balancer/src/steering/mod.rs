@@ -46,7 +46,9 @@ mod slot;
 
 use std::{net::SocketAddr, os::fd::AsFd, sync::Arc};
 
-use balancer_common::{MAX_WORKERS, PROGRAM, SLOTS_GLOBAL, STALL_NS_GLOBAL};
+use balancer_common::{
+    scanned_slots, LOCALITY_GLOBAL, MAX_SLOTS, PROGRAM, SLOTS_GLOBAL, STALL_NS_GLOBAL,
+};
 
 pub use error::SteeringError;
 pub(crate) use load_map::LoadMap;
@@ -72,6 +74,9 @@ pub(crate) struct SteeringOptions {
     /// A worker with connections waiting whose event loop has not run for
     /// longer is stalled and skipped; zero: never.
     pub(crate) stall_threshold: std::time::Duration,
+    /// Among the least-loaded workers, prefer the one pinned to the CPU
+    /// that runs the SYN.
+    pub(crate) cpu_locality: bool,
 }
 
 /// The loaded `steering` program and its maps, for one set of workers and
@@ -128,7 +133,7 @@ impl Steering {
     ) -> Result<Self, SteeringError> {
         let slots = options.slots.unwrap_or(workers).max(workers);
         assert!(
-            (1..=MAX_WORKERS as usize).contains(&slots),
+            (1..=MAX_SLOTS as usize).contains(&slots),
             "the builder checks the slot count: {slots}"
         );
         probe::check_capabilities()?;
@@ -138,14 +143,17 @@ impl Steering {
         } else {
             0
         };
-        let slots = slots as u32;
+        // Above 64, whole blocks of 16: the extra slots stay free.
+        let slots = scanned_slots(slots as u32);
         let slots_global = slots.to_ne_bytes();
         let stall = u64::try_from(options.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
         let stall_global = stall.to_ne_bytes();
+        let locality_global = u32::from(options.cpu_locality).to_ne_bytes();
         let globals = [
             ("AYA_LOG_LEVEL", std::slice::from_ref(&level)),
             (SLOTS_GLOBAL, &slots_global[..]),
             (STALL_NS_GLOBAL, &stall_global[..]),
+            (LOCALITY_GLOBAL, &locality_global[..]),
         ];
         let loaded = loader::load(object, PROGRAM, &globals)?;
         let (maps, loads) = Maps::from_loaded(loaded)?;
@@ -251,6 +259,13 @@ impl Steering {
             loads: Arc::clone(&self.loads),
             ids: self.maps.shared().ids()?,
         })
+    }
+
+    /// Names worker `worker` as the one pinned to CPU `cpu`, for CPU
+    /// locality.
+    pub(crate) fn pin(&mut self, worker: usize, cpu: usize) -> Result<(), SteeringError> {
+        let slot = self.slots[worker];
+        self.maps.pin(cpu, slot)
     }
 
     /// Worker `worker`'s slot in [`Steering::loads`].

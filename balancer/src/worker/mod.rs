@@ -38,6 +38,7 @@ use crate::{
 };
 pub use connections::Connections;
 pub(crate) use rescue::PeerSockets;
+pub(crate) use run::core_of;
 pub(crate) use set::WorkerSet;
 pub(crate) use sockets::Sockets;
 

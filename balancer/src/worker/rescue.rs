@@ -27,7 +27,7 @@ use std::{
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
-use balancer_common::score;
+use balancer_common::{score, Masks};
 
 use super::{sockets::detach, transfer::Transfer, WorkerSet};
 use crate::{listener::ListenerId, stats::WorkerProgress, sys};
@@ -164,7 +164,7 @@ impl WorkerSet {
         let score_of = |worker: usize| {
             let counters = self.counters(worker);
             let active = i64::try_from(counters.active()).unwrap_or(i64::MAX);
-            score(active, counters.progress().weight())
+            score(Masks::new(), active, counters.progress().weight())
         };
         let mine = score_of(me);
         (0..self.stats.workers())

@@ -56,14 +56,23 @@ impl Worker {
     /// # Errors
     /// If the cores cannot be listed or the affinity cannot be set.
     pub fn pin_current_thread(&self) -> io::Result<()> {
-        let cores = core_affinity::get_core_ids()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| io::Error::other("cannot list the CPU cores"))?;
-        let core = cores[self.index % cores.len()];
+        let core = core_of(self.index)?;
         if core_affinity::set_for_current(core) {
             Ok(())
         } else {
             Err(io::Error::other(format!("cannot pin to core {}", core.id)))
         }
     }
+}
+
+/// The core worker `index` is pinned to: `index mod cores`, over the cores
+/// this process may run on.
+///
+/// # Errors
+/// If the cores cannot be listed.
+pub(crate) fn core_of(index: usize) -> io::Result<core_affinity::CoreId> {
+    let cores = core_affinity::get_core_ids()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| io::Error::other("cannot list the CPU cores"))?;
+    Ok(cores[index % cores.len()])
 }

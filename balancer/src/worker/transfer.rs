@@ -24,7 +24,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use balancer_common::{is_stalled, score, STALLED};
+use balancer_common::{is_stalled, score, Masks, STALLED};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::{
@@ -258,7 +258,7 @@ fn pick_key(active: u64, weight: u64, full: bool, stalled: bool) -> u64 {
         .unwrap_or(i64::MAX)
         .min(i64::from(u32::MAX));
     let stalled = if stalled { STALLED } else { 0 };
-    (u64::from(full) << 62) | (stalled + score(connections, weight))
+    (u64::from(full) << 62) | (stalled + score(Masks::new(), connections, weight))
 }
 
 /// The key of a retired worker: never picked.

@@ -108,7 +108,7 @@ pub(super) const WORKER_FAMILIES: [Family<WorkerSnapshot>; 13] = [
     },
 ];
 
-pub(super) const STEERING_FAMILIES: [Family<SteeringSnapshot>; 4] = [
+pub(super) const STEERING_FAMILIES: [Family<SteeringSnapshot>; 5] = [
     Family {
         name: "worker_steering_active",
         kind: "gauge",
@@ -132,5 +132,11 @@ pub(super) const STEERING_FAMILIES: [Family<SteeringSnapshot>; 4] = [
         kind: "gauge",
         help: "1 if the steering program may choose the worker, else 0.",
         value: |k| f64::from(u8::from(k.available)),
+    },
+    Family {
+        name: "worker_steering_local_selections_total",
+        kind: "counter",
+        help: "Connections the steering program chose the worker for on the CPU it is pinned to.",
+        value: |k| k.local_selections as f64,
     },
 ];

@@ -110,6 +110,9 @@ enum Scenario {
 }
 
 /// Phase lengths for one run.
+/// The (workers, slots) the program-cost scenario measures.
+const PROGRAM_COST_SLOTS: [(usize, usize); 5] = [(2, 2), (8, 8), (64, 64), (2, 256), (2, 1024)];
+
 struct Plan {
     workers: Vec<usize>,
     anchor_workers: Vec<usize>,
@@ -346,18 +349,24 @@ impl Bench {
         Ok(rows)
     }
 
-    /// The steering program's time per run over a churn, at 2 and 8 workers
-    /// (as in the table) and at 64, the most the maps hold.
+    /// The steering program's time per run over a churn, by the slots it
+    /// scans: at 2 and 8 workers in as many slots (as in the table), at 64
+    /// (the most it scans flat), and at 256 and 1,024 slots (blocks; two
+    /// workers, the other slots free: the scan's cost depends on the slots,
+    /// not on how many are live).
     fn program_cost(&mut self, plan: &Plan) -> anyhow::Result<Vec<ProgramCostRow>> {
         let _stats = program_cost::StatsEnabled::new()?;
         let mut rows = Vec::new();
-        for workers in [2, 8, 64] {
-            self.progress(&format!("steering program cost x{workers}"));
-            let ours = self.ours("ebpf", workers);
+        for (workers, slots) in PROGRAM_COST_SLOTS {
+            self.progress(&format!(
+                "steering program cost x{workers} in {slots} slots"
+            ));
+            let mut ours = self.ours("ebpf", workers);
+            ours.extra = vec!["--ebpf-slots".into(), slots.to_string()];
             let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
             let server = ours.start()?;
             let churn = || load::churn(server.addr, CHURN_CONCURRENCY, plan.churn);
-            rows.push(program_cost::measure(workers, admin, churn)?);
+            rows.push(program_cost::measure(workers, slots, admin, churn)?);
         }
         Ok(rows)
     }

@@ -3,7 +3,8 @@
 //! the program's `run_time_ns` and counts the run in `run_cnt`. A churn of
 //! new connections through an `ebpf` server gives the mean time per run
 //! (one run per SYN, a second per SYN cookie's final ACK); the program scans
-//! every worker's load, so the cost grows with the worker count.
+//! every slot's load up to 64 slots, so the cost grows with the slots, then
+//! blocks of 16, so it grows slowly above.
 
 use std::net::SocketAddr;
 
@@ -18,6 +19,8 @@ const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 #[derive(Serialize)]
 pub struct ProgramCostRow {
     pub workers: usize,
+    /// The slots the program scans (`--ebpf-slots`).
+    pub slots: usize,
     /// Program runs during the churn.
     pub runs: u64,
     pub ns_per_run: f64,
@@ -49,6 +52,7 @@ impl Drop for StatsEnabled {
 /// that churn.
 pub fn measure(
     workers: usize,
+    slots: usize,
     admin: SocketAddr,
     churn: impl FnOnce() -> anyhow::Result<f64>,
 ) -> anyhow::Result<ProgramCostRow> {
@@ -62,6 +66,7 @@ pub fn measure(
     }
     Ok(ProgramCostRow {
         workers,
+        slots,
         runs,
         ns_per_run: (time_after - time_before) as f64 / runs as f64,
     })

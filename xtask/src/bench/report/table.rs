@@ -99,9 +99,14 @@ fn churn(rows: &[ChurnRow]) -> String {
 fn program_cost(rows: &[ProgramCostRow]) -> String {
     section(
         "\nsteering program (ebpf): kernel-measured time per run over the churn",
-        &format!("{:>2}  {:>8} {:>10}", "w", "runs", "ns/run"),
+        &format!("{:>2} {:>5}  {:>8} {:>10}", "w", "slots", "runs", "ns/run"),
         rows,
-        |r| format!("{:>2}  {:>8} {:>10.0}", r.workers, r.runs, r.ns_per_run),
+        |r| {
+            format!(
+                "{:>2} {:>5}  {:>8} {:>10.0}",
+                r.workers, r.slots, r.runs, r.ns_per_run
+            )
+        },
     )
 }
 

@@ -75,6 +75,7 @@ fn sample() -> Report {
         churn,
         program_cost: vec![ProgramCostRow {
             workers: 2,
+            slots: 2,
             runs: 4000,
             ns_per_run: 85.0,
         }],

@@ -52,6 +52,15 @@ pub struct Args {
     /// waits is rescued by another worker (0: off).
     #[arg(long, default_value = "50", value_name = "MILLISECONDS")]
     pub stall_threshold: u64,
+    /// For --backend ebpf: the worker slots the steering program serves
+    /// (default twice the workers): room for a successor, or a larger scan
+    /// to measure.
+    #[arg(long, value_name = "SLOTS")]
+    pub ebpf_slots: Option<usize>,
+    /// For --backend ebpf with --pin: among the least-loaded workers, prefer
+    /// the one pinned to the CPU that runs the connection's SYN.
+    #[arg(long)]
+    pub cpu_locality: bool,
     /// Take the port over from a running instance (restart): join its
     /// SO_REUSEPORT group; then SIGTERM the old one. Give a free --admin.
     #[arg(long)]
@@ -81,7 +90,13 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
             .backlog(args.backlog)
             .pin_to_cores(args.pin)
             .stall_threshold(Duration::from_millis(args.stall_threshold))
-            .take_over(args.take_over);
+            .take_over(args.take_over)
+            .cpu_locality(args.cpu_locality);
+        // Given to any backend: the builder refuses them where they would
+        // be ignored.
+        if let Some(slots) = args.ebpf_slots {
+            builder = builder.ebpf_slots(slots);
+        }
         if let Some(addr) = args.virtual_listener {
             builder = builder.listen_virtual(addr);
         }

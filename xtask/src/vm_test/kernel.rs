@@ -53,6 +53,7 @@ impl Series {
 
 /// A kernel ready to boot.
 pub struct Prepared {
+    pub series: Series,
     /// `uname -r` in the guest, e.g. `6.1.0-57-amd64`.
     pub release: String,
     /// The Debian package and version, e.g. `linux-image-6.1.0-57-amd64 6.1.192-3`.
@@ -79,6 +80,7 @@ pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
     };
     let dir = directory(&package);
     let prepared = Prepared {
+        series,
         release: String::new(),
         package: format!("{} {}", package.name, package.version),
         root: dir.join("root"),

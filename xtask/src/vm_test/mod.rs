@@ -28,6 +28,10 @@
 //!   up and runs every test binary. This was preferred to virtme-ng: no
 //!   Python environment, no kernel installed on the machine, and nothing
 //!   between the kernel and the tests that we do not see.
+//! - What a series lacks is not tested there: `skips.rs` lists, per
+//!   series and with the reason, the binaries the guest does not run and
+//!   the name filters it passes to the others (`--skip`), and the report
+//!   says how many tests that left out.
 //! - Results come back through a second, writable 9p share
 //!   (`target/vm/<kernel>/`): a log per test binary, its exit status and a
 //!   marker that the run finished. No marker (a panic, a hang past the
@@ -49,6 +53,7 @@ mod kernel;
 mod machine;
 mod packages;
 mod report;
+mod skips;
 mod tests;
 
 use std::time::{Duration, Instant};
@@ -139,7 +144,8 @@ fn run_one(
     );
     let started = Instant::now();
     let outcome = (|| {
-        let out = tests::prepare_output(kernel, binaries, &options.test_args)?;
+        let plan = skips::plan(skips::of(kernel.series), binaries)?;
+        let out = tests::prepare_output(kernel, &plan.runs, &options.test_args)?;
         let timeout = Duration::from_secs(options.timeout_minutes * 60);
         let vm = machine::Vm {
             accel,
@@ -147,7 +153,10 @@ fn run_one(
             timeout,
         };
         vm.boot(kernel, &out)?;
-        report::read(&out, binaries)
+        let ran: Vec<&tests::Binary> = plan.runs.iter().map(|(binary, _)| *binary).collect();
+        let mut results = report::read(&out, &ran)?;
+        results.skipped = plan.skipped;
+        Ok(results)
     })();
     KernelRun {
         release: kernel.release.clone(),

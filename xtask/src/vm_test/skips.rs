@@ -171,18 +171,26 @@ fn arguments(skips: &[Skip], binary: &str) -> Option<Vec<String>> {
     Some(args)
 }
 
-/// The tests of `binary`, from its `--list` (`name: test` lines).
+/// The tests of `binary` that run when not skipped: its `--list` (`name:
+/// test` lines) less its `#[ignore]`d tests, which never run in the guest.
 fn list(binary: &Binary) -> anyhow::Result<Vec<String>> {
-    let listing = workspace::output(
-        std::process::Command::new(&binary.path)
-            .args(["--list", "--format", "terse"])
-            .current_dir(&binary.dir),
-    )
-    .with_context(|| format!("listing the tests of {}", binary.name))?;
-    Ok((listing.lines())
-        .filter_map(|line| line.strip_suffix(": test"))
-        .map(str::to_owned)
-        .collect())
+    let names = |extra: &[&str]| -> anyhow::Result<Vec<String>> {
+        let listing = workspace::output(
+            std::process::Command::new(&binary.path)
+                .args(["--list", "--format", "terse"])
+                .args(extra)
+                .current_dir(&binary.dir),
+        )
+        .with_context(|| format!("listing the tests of {}", binary.name))?;
+        Ok((listing.lines())
+            .filter_map(|line| line.strip_suffix(": test"))
+            .map(str::to_owned)
+            .collect())
+    };
+    let ignored = names(&["--ignored"])?;
+    let mut tests = names(&[])?;
+    tests.retain(|test| !ignored.contains(test));
+    Ok(tests)
 }
 
 #[cfg(test)]

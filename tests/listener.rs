@@ -370,34 +370,32 @@ fn no_bound_listener_is_a_typed_error() {
     assert!(matches!(err, BindError::NoListeners), "{err:?}");
 }
 
-#[test]
-fn ipv6_listeners_serve_on_every_backend() {
-    for backend in Backend::ALL {
-        if !util::runnable(backend) {
-            continue;
-        }
-        let builder = Builder::new(backend).workers(2).listen("[::1]:0");
-        let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
-        let clients = server.open_many(server.addr(0), 4);
-        assert_eq!(
-            server.split(&clients, 2).iter().sum::<usize>(),
-            4,
-            "{backend}"
-        );
-        // Envoy's `name: value` lines: the name holds no `:`.
-        let text = server.stats.snapshot().to_envoy_text();
-        let port = server.addr(0).port();
+/// One case per backend, so that a kernel without `Ebpf` (see
+/// `cargo xtask vm-test --kernel 5.10`) leaves out that case alone.
+#[apply(every_backend)]
+fn ipv6_listeners_serve_on_every_backend(backend: Backend) {
+    util::skip_unless_runnable!(backend);
+    let builder = Builder::new(backend).workers(2).listen("[::1]:0");
+    let server = EchoServer::start(util::bind(builder, backend), Guard::Keep);
+    let clients = server.open_many(server.addr(0), 4);
+    assert_eq!(
+        server.split(&clients, 2).iter().sum::<usize>(),
+        4,
+        "{backend}"
+    );
+    // Envoy's `name: value` lines: the name holds no `:`.
+    let text = server.stats.snapshot().to_envoy_text();
+    let port = server.addr(0).port();
+    assert!(
+        text.contains(&format!("listener.[__1]_{port}.downstream_cx_active: 4\n")),
+        "{text}"
+    );
+    for line in text.lines() {
+        let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
         assert!(
-            text.contains(&format!("listener.[__1]_{port}.downstream_cx_active: 4\n")),
-            "{text}"
+            !name.contains(':') && value.parse::<i64>().is_ok(),
+            "{line:?}"
         );
-        for line in text.lines() {
-            let (name, value) = line.split_once(": ").unwrap_or_else(|| panic!("{line:?}"));
-            assert!(
-                !name.contains(':') && value.parse::<i64>().is_ok(),
-                "{line:?}"
-            );
-        }
     }
 }
 
@@ -442,6 +440,69 @@ fn ebpf_fallback_is_explicit_and_reported() {
         "{}",
         snap.to_prometheus()
     );
+}
+
+/// What binding `Ebpf` does on the running kernel, which its release
+/// (`uname -r`) decides: from Linux 5.14 it binds `Ebpf`, with the fallback
+/// asked for or not; before, `bind` fails with `UnsupportedKernel` naming
+/// the missing feature, and `fallback_to_reuseport(true)` binds
+/// `ReusePort`. Either way the set that bound serves. It asserts one side
+/// or the other on every kernel; `cargo xtask vm-test --kernel 5.10` runs
+/// the older side.
+#[test]
+fn ebpf_binds_from_linux_5_14_and_before_fails_naming_the_feature_or_falls_back() {
+    if !util::privileged("binding Ebpf") {
+        return;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let release = release.trim();
+    let has_migrate = kernel_version(release) >= (5, 14);
+    let builder = || Builder::new(Backend::Ebpf).workers(2).listen(loopback());
+    let plain = builder().bind();
+    let fallback = (builder().fallback_to_reuseport(true).bind())
+        .unwrap_or_else(|e| panic!("Linux {release}: the fallback binds: {e:?}"));
+    let requested = fallback.stats().snapshot().requested_backend;
+    assert_eq!(requested, Backend::Ebpf);
+    if has_migrate {
+        let plain = plain.unwrap_or_else(|e| panic!("Linux {release} has the feature: {e:?}"));
+        assert_eq!(plain.backend(), Backend::Ebpf);
+        assert_eq!(fallback.backend(), Backend::Ebpf, "no fallback needed");
+    } else {
+        let err = plain
+            .err()
+            .unwrap_or_else(|| panic!("Linux {release}: Ebpf bound"));
+        let BindError::Steering { source, .. } = &err else {
+            panic!("Linux {release}: {err:?}");
+        };
+        let migrate = "sk_reuseport programs that migrate requests (Linux 5.14)";
+        assert!(
+            matches!(**source, SteeringError::UnsupportedKernel { feature } if feature == migrate),
+            "Linux {release}: {source:?}"
+        );
+        assert!(source.to_string().contains(migrate), "{source}");
+        assert_eq!(fallback.backend(), Backend::ReusePort, "Linux {release}");
+    }
+    println!(
+        "Linux {release}: Ebpf {}, with the fallback {}",
+        if has_migrate {
+            "binds"
+        } else {
+            "fails, UnsupportedKernel"
+        },
+        fallback.backend()
+    );
+    let server = EchoServer::start(fallback, Guard::Keep);
+    let clients = server.open_many(server.addr(0), 4);
+    assert_eq!(server.split(&clients, 2).iter().sum::<usize>(), 4);
+}
+
+/// The major and minor version of a kernel release, `6.1.0-57-amd64` (6, 1).
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut numbers = release.split(['.', '-']).map(str::parse);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("kernel release {release:?}"),
+    }
 }
 
 /// Binds on a thread whose effective capabilities are cleared (capabilities

@@ -28,7 +28,7 @@ enum Command {
     Bench(bench::Options),
     /// Run the soak test at full size: 100,000 short connections per backend.
     Soak(soak::Options),
-    /// Run the suite as root on Debian's Linux 6.1 and 6.12 kernels in a VM.
+    /// Run the suite as root on Debian's Linux 5.10, 6.1 and 6.12 kernels in a VM.
     VmTest(vm_test::Options),
 }
 

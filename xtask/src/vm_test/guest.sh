@@ -20,11 +20,11 @@ ip link set lo up
 ulimit -n "$nofile"
 echo "vm-test: Linux $(uname -r), $(nproc) CPUs, $(($(sed -n 's/MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo) / 1024)) MiB"
 
-while read -r name binary dir; do
+while read -r name binary dir skips; do
     log="$out/$(basename "$binary").log"
     start=$SECONDS
-    # shellcheck disable=SC2086 # $args is a list of words
-    (cd "$dir" && "$binary" --show-output ${args:-}) >"$log" 2>&1
+    # shellcheck disable=SC2086 # $args and $skips are lists of words
+    (cd "$dir" && "$binary" --show-output ${args:-} ${skips:-}) >"$log" 2>&1
     status=$?
     echo "$name $(basename "$binary") $status $((SECONDS - start))" >>"$out/results"
     echo "vm-test: $name exited $status after $((SECONDS - start)) s"

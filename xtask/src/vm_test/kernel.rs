@@ -18,6 +18,8 @@ use crate::workspace;
 /// The kernel series the suite runs on.
 #[derive(Clone, Copy)]
 pub enum Series {
+    /// Debian 11's kernel: older than the `Ebpf` backend needs (5.14).
+    Linux5_10,
     Linux6_1,
     Linux6_12,
 }
@@ -25,22 +27,33 @@ pub enum Series {
 impl Series {
     fn version(self) -> &'static str {
         match self {
+            Self::Linux5_10 => "5.10",
             Self::Linux6_1 => "6.1",
             Self::Linux6_12 => "6.12",
         }
     }
 
-    /// The Debian 12 meta-package that follows this series' newest build.
+    /// The Debian meta-package that follows this series' newest build.
     fn meta_package(self) -> &'static str {
         match self {
-            Self::Linux6_1 => "linux-image-amd64",
+            Self::Linux5_10 | Self::Linux6_1 => "linux-image-amd64",
             Self::Linux6_12 => "linux-image-6.12-amd64",
+        }
+    }
+
+    /// Where the package comes from: Debian 12's kernels from the
+    /// machine's sources (it is Debian 12), Debian 11's from its own.
+    fn archive(self) -> packages::Archive {
+        match self {
+            Self::Linux5_10 => packages::Archive::Bullseye,
+            Self::Linux6_1 | Self::Linux6_12 => packages::Archive::Machine,
         }
     }
 }
 
 /// A kernel ready to boot.
 pub struct Prepared {
+    pub series: Series,
     /// `uname -r` in the guest, e.g. `6.1.0-57-amd64`.
     pub release: String,
     /// The Debian package and version, e.g. `linux-image-6.1.0-57-amd64 6.1.192-3`.
@@ -55,17 +68,19 @@ pub struct Prepared {
 /// Downloads and prepares the newest Debian kernel of `series` (or reuses
 /// the one prepared before).
 pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
-    let resolve = || packages::resolve_kernel(series.meta_package(), series.version());
+    let archive = series.archive();
+    let resolve = || packages::resolve_kernel(archive, series.meta_package(), series.version());
     // Fresh lists before a download (or when there are none yet).
     let package = match resolve() {
         Ok(package) if directory(&package).join("ready").exists() => package,
         _ => {
-            packages::update_lists()?;
+            packages::update_lists(archive)?;
             resolve()?
         }
     };
     let dir = directory(&package);
     let prepared = Prepared {
+        series,
         release: String::new(),
         package: format!("{} {}", package.name, package.version),
         root: dir.join("root"),
@@ -79,7 +94,7 @@ pub fn prepare(series: Series) -> anyhow::Result<Prepared> {
             fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
         }
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        packages::unpack_kernel(&package, &dir, &prepared.root)?;
+        packages::unpack_kernel(archive, &package, &dir, &prepared.root)?;
         let release = release(&prepared.root)?;
         workspace::run(
             Command::new("depmod")

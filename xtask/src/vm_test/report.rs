@@ -20,6 +20,8 @@ pub struct KernelRun {
 pub struct Results {
     pub passed: u64,
     pub failed: u64,
+    /// Tests the series' skips left out (`skips.rs`).
+    pub skipped: usize,
     /// Binaries that exited non-zero, with their log.
     pub failing: Vec<String>,
     /// The `Ebpf` burst splits the burst tests print (`util::burst::report`).
@@ -27,7 +29,7 @@ pub struct Results {
 }
 
 /// Reads `out` after the guest stopped: every binary must have run.
-pub fn read(out: &Path, binaries: &[Binary]) -> anyhow::Result<Results> {
+pub fn read(out: &Path, binaries: &[&Binary]) -> anyhow::Result<Results> {
     if !out.join("finished").exists() {
         bail!("the guest stopped before running every test (see its console above)");
     }
@@ -79,8 +81,8 @@ fn counts(log: &str) -> (u64, u64) {
 pub fn print(runs: &[KernelRun]) {
     println!("\n== vm-test results");
     println!(
-        "{:<24} {:<5} {:>7} {:>7} {:>8}  note",
-        "kernel", "accel", "passed", "failed", "time"
+        "{:<24} {:<5} {:>7} {:>7} {:>7} {:>8}  note",
+        "kernel", "accel", "passed", "failed", "skipped", "time"
     );
     for run in runs {
         let time = format!(
@@ -90,18 +92,27 @@ pub fn print(runs: &[KernelRun]) {
         );
         match &run.outcome {
             Ok(r) => println!(
-                "{:<24} {:<5} {:>7} {:>7} {:>8}  {}",
+                "{:<24} {:<5} {:>7} {:>7} {:>7} {:>8}  {}",
                 run.release,
                 run.accel,
                 r.passed,
                 r.failed,
+                r.skipped,
                 time,
                 r.failing.join("; ")
             ),
             Err(e) => println!(
-                "{:<24} {:<5} {:>7} {:>7} {:>8}  NOT RUN: {e:#}",
-                run.release, run.accel, "-", "-", time
+                "{:<24} {:<5} {:>7} {:>7} {:>7} {:>8}  NOT RUN: {e:#}",
+                run.release, run.accel, "-", "-", "-", time
             ),
+        }
+    }
+    for run in runs {
+        if let Ok(Results { skipped: 1.., .. }) = &run.outcome {
+            println!(
+                "skipped on {}: see xtask/src/vm_test/skips.rs for which and why",
+                run.release
+            );
         }
     }
     for run in runs {

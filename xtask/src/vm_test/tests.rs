@@ -64,18 +64,20 @@ const GUEST: &str = include_str!("guest.sh");
 
 /// Empties `target/vm/<release>/` and writes the guest's instructions
 /// there: `guest.sh`, `config` (the modules' root, the open-files limit,
-/// the binaries' extra arguments) and `tests`.
+/// the binaries' extra arguments) and `tests` (the binaries that run, each
+/// with its skips' arguments).
 pub fn prepare_output(
     kernel: &Prepared,
-    binaries: &[Binary],
+    runs: &[(&Binary, Vec<String>)],
     test_args: &[String],
 ) -> anyhow::Result<PathBuf> {
     let out = workspace::target_dir("vm").join(&kernel.release);
     let paths = [&out, &kernel.root]
         .into_iter()
-        .chain(binaries.iter().flat_map(|b| [&b.path, &b.dir]))
+        .chain(runs.iter().flat_map(|(b, _)| [&b.path, &b.dir]))
         .map(|path| path.to_string_lossy().into_owned());
-    for word in paths.chain(test_args.iter().cloned()) {
+    let words = (test_args.iter()).chain(runs.iter().flat_map(|(_, args)| args));
+    for word in paths.chain(words.cloned()) {
         anyhow::ensure!(
             !word.contains(|c: char| c.is_whitespace() || c == '\''),
             "{word:?}: the guest's scripts take paths and arguments without spaces or quotes"
@@ -93,9 +95,12 @@ pub fn prepare_output(
     );
     fs::write(out.join("guest.sh"), GUEST)?;
     fs::write(out.join("config"), config)?;
-    let tests: String = binaries
+    let tests: String = runs
         .iter()
-        .map(|b| format!("{} {} {}\n", b.name, b.path.display(), b.dir.display()))
+        .map(|(b, args)| {
+            let line = format!("{} {} {}", b.name, b.path.display(), b.dir.display());
+            format!("{}\n", [line, args.join(" ")].join(" ").trim_end())
+        })
         .collect();
     fs::write(out.join("tests"), tests)?;
     Ok(out)

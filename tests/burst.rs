@@ -44,7 +44,7 @@ fn assert_all_released(server: &EchoServer, n: usize) -> Option<u64> {
 }
 
 fn burst_is_balanced(backend: Backend, workers: usize, n: usize, syncookies: bool) {
-    let server = EchoServer::start(util::bind_loopback(backend, workers), Guard::Keep);
+    let server = EchoServer::start(util::bind_counting(backend, workers), Guard::Keep);
     let (clients, split) = burst(&server, n, workers);
     report(backend, n, syncookies, &split);
     assert_eq!(split.iter().sum::<usize>(), n);

@@ -13,13 +13,13 @@ mod util;
 
 use std::{net::TcpStream, time::Duration};
 
-use balancer::Backend;
+use balancer::{Backend, Builder};
 use balancer_testkit::freezer::FrozenThread;
 use rstest_reuse::apply;
 use util::{
     burst::echoed_burst,
     echo::{EchoServer, Guard},
-    every_backend,
+    every_backend, least_loaded_backends,
     loaded::{
         block, connect_and_ask, keep_busy, light_burst, longest, served_by, waited, Light,
         LoadedServer,
@@ -137,6 +137,40 @@ fn a_busy_worker_gets_no_new_connections(backend: Backend) {
     assert!(
         snapshot.workers[busy].busy_permille > balancer_common::BUSY_FLOOR,
         "worker {busy} reads busy: {:?}",
+        snapshot.workers[busy]
+    );
+    drop((clients, heavy));
+    expect_settled(&server, LIGHT as u64 + 1);
+}
+
+/// The same busy worker with the busy weight and stall detection off
+/// (`weigh_busy_workers(false)`, `stall_threshold(ZERO)`): the least-loaded
+/// backends count connections alone, so the busy worker takes its share of
+/// the burst, and its busy figure is still measured.
+#[apply(least_loaded_backends)]
+fn counting_alone_gives_a_busy_worker_its_share(backend: Backend) {
+    util::skip_unless_runnable!(backend);
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let builder = Builder::new(backend).workers(WORKERS).listen("127.0.0.1:0");
+    let server = LoadedServer::start(util::bind(util::counting(builder), backend));
+    let (busy, mut heavy) = connect_and_ask(server.addr);
+    keep_busy(&mut heavy, 8, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    let (lights, clients) = light_burst(server.addr, LIGHT);
+    report("busy, counting alone", backend, busy, &lights);
+    // Its one heavy connection counts: within one of an even split.
+    let share = LIGHT / WORKERS;
+    let placed = served_by(&lights, busy);
+    assert!(
+        (share - 1..=share).contains(&placed),
+        "{backend}: {placed} of {LIGHT}"
+    );
+    let snapshot = server.stats.snapshot();
+    assert!(
+        snapshot.workers[busy].busy_permille > balancer_common::BUSY_FLOOR,
+        "measured either way: {:?}",
         snapshot.workers[busy]
     );
     drop((clients, heavy));

@@ -17,8 +17,10 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// Balancing by connection counts alone (`util::counting`): these tests
+/// assert exact splits.
 fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer {
-    let mut builder = Builder::new(backend).workers(workers);
+    let mut builder = util::counting(Builder::new(backend).workers(workers));
     for _ in 0..listeners {
         builder = builder.listen(loopback());
     }

@@ -6,7 +6,7 @@
 
 mod util;
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
 use balancer::{stats::Snapshot, Backend, Builder};
 use util::{
@@ -20,9 +20,11 @@ use util::{
 const PER_WORKER: usize = 2;
 
 fn ebpf(workers: usize, slots: usize) -> EchoServer {
-    let builder = (Builder::new(Backend::Ebpf).workers(workers))
+    // Counts alone (`util::counting`): 256 worker threads on two cores do
+    // go 50 ms without running, and a stalled worker is rightly passed
+    // over; these tests measure the scan.
+    let builder = util::counting(Builder::new(Backend::Ebpf).workers(workers))
         .ebpf_slots(slots)
-        .stall_threshold(Duration::ZERO)
         .listen("127.0.0.1:0");
     EchoServer::start(util::bind(builder, Backend::Ebpf), Guard::Keep)
 }
@@ -76,9 +78,8 @@ fn a_take_over_at_256_slots_steers_both_sets_as_one() {
         return;
     }
     let bind = |addr: &str, take_over: bool| {
-        let builder = (Builder::new(Backend::Ebpf).workers(128))
+        let builder = util::counting(Builder::new(Backend::Ebpf).workers(128))
             .ebpf_slots(256)
-            .stall_threshold(Duration::ZERO)
             .take_over(take_over)
             .listen(addr);
         util::bind(builder, Backend::Ebpf)

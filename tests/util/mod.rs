@@ -105,6 +105,22 @@ pub fn bind_loopback(backend: Backend, workers: usize) -> BalancedListener {
     )
 }
 
+/// `builder` balancing by connection counts alone: no busy weight, no
+/// stall detection. For tests that assert exact splits: on an emulated or
+/// starved machine the workers do go busy or 50 ms without running, and the
+/// default rightly steers around them then (tests/busy.rs covers that).
+pub fn counting(builder: Builder) -> Builder {
+    builder
+        .weigh_busy_workers(false)
+        .stall_threshold(std::time::Duration::ZERO)
+}
+
+/// [`bind_loopback`], balancing by connection counts alone ([`counting`]).
+pub fn bind_counting(backend: Backend, workers: usize) -> BalancedListener {
+    let builder = Builder::new(backend).workers(workers).listen("127.0.0.1:0");
+    bind(counting(builder), backend)
+}
+
 /// [`bind_loopback`], with the set's stats and its address.
 pub fn loopback(backend: Backend, workers: usize) -> (BalancedListener, Stats, SocketAddr) {
     let listener = bind_loopback(backend, workers);

@@ -142,6 +142,7 @@ impl Builder {
             pin_to_cores: self.pin_to_cores,
             started: Instant::now(),
             stall_ns,
+            weigh_busy: self.weigh_busy,
             peer_sockets,
         });
         let workers = (per_worker.into_iter().enumerate())

@@ -56,6 +56,7 @@ pub struct Builder {
     steering: SteeringOptions,
     take_over: bool,
     stall_threshold: Duration,
+    weigh_busy: bool,
 }
 
 impl Builder {
@@ -76,6 +77,7 @@ impl Builder {
             steering: SteeringOptions::default(),
             take_over: false,
             stall_threshold: DEFAULT_STALL_THRESHOLD,
+            weigh_busy: true,
         }
     }
 
@@ -342,6 +344,22 @@ impl Builder {
     /// long leaves connections waiting for a hung worker that long.
     pub fn stall_threshold(mut self, threshold: Duration) -> Self {
         self.stall_threshold = threshold;
+        self
+    }
+
+    /// Whether `Ebpf` and `Exact` weigh a busy worker down by the capacity
+    /// it has left (default on): a worker counts as `(connections + 1) /
+    /// (1 − u)`, `u` rising from 0 at a quarter of a CPU used over the last
+    /// tenth of a second to 1 at a whole one (see the README's "How it
+    /// steers").
+    ///
+    /// Off, they compare connections alone: for workers of equal cost and
+    /// few CPU-heavy requests, and wherever the exact split matters more
+    /// than CPU (a burst then splits within one however busy the workers
+    /// are). The busy stats (`busy_permille`) are measured either way.
+    /// `Shared` and `ReusePort` never weigh.
+    pub fn weigh_busy_workers(mut self, on: bool) -> Self {
+        self.weigh_busy = on;
         self
     }
 

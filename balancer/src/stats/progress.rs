@@ -62,9 +62,14 @@ impl WorkerProgress {
     }
 
     /// A busy window ended: the thread used `busy` per mille of a CPU, and
-    /// `cpu` nanoseconds in all. Returns the new weight.
-    pub(crate) fn measured(&self, busy: u64, cpu: u64) -> u64 {
-        let weight = busy_weight(busy);
+    /// `cpu` nanoseconds in all. Returns the new weight: [`busy_weight`] of
+    /// `busy` with `weigh`, else `WEIGHT_UNIT`.
+    pub(crate) fn measured(&self, busy: u64, cpu: u64, weigh: bool) -> u64 {
+        let weight = if weigh {
+            busy_weight(busy)
+        } else {
+            WEIGHT_UNIT
+        };
         self.busy.store(busy, Ordering::Relaxed);
         self.weight.store(weight, Ordering::Relaxed);
         self.cpu.store(cpu, Ordering::Relaxed);

@@ -92,7 +92,10 @@ impl Worker {
         sockets: Sockets,
         transfers: TransferQueue,
     ) -> Self {
-        let pulse = Pulse::new(std::time::Duration::from_nanos(set.stall_ns));
+        let pulse = Pulse::new(
+            std::time::Duration::from_nanos(set.stall_ns),
+            set.weigh_busy,
+        );
         Self {
             index,
             set,

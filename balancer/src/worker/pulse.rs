@@ -30,13 +30,16 @@ pub(crate) struct Pulse {
     tick: Option<tokio::time::Interval>,
     /// When the current busy window started, and the thread's CPU time then.
     window: Option<(u64, u64)>,
+    /// Whether the weight follows the CPU use (else it stays `WEIGHT_UNIT`).
+    weigh: bool,
 }
 
 impl Pulse {
     /// A pulse that ticks often enough to keep the stamp of a waiting worker
     /// within a fifth of `stall_threshold` (every [`BUSY_WINDOW`] when stall
-    /// detection is off).
-    pub(crate) fn new(stall_threshold: Duration) -> Self {
+    /// detection is off); with `weigh`, a busy worker's weight follows its
+    /// CPU use.
+    pub(crate) fn new(stall_threshold: Duration, weigh: bool) -> Self {
         let period = match stall_threshold {
             Duration::ZERO => BUSY_WINDOW,
             threshold => (threshold / 5).clamp(FASTEST_TICK, BUSY_WINDOW),
@@ -45,6 +48,7 @@ impl Pulse {
             period,
             tick: None,
             window: None,
+            weigh,
         }
     }
 
@@ -72,7 +76,7 @@ impl Pulse {
             Some((start, cpu)) if now.saturating_sub(start) >= BUSY_WINDOW.as_nanos() as u64 => {
                 if let Ok(used) = sys::clock::thread_cpu_ns() {
                     let busy = busy_permille(used.saturating_sub(cpu), now - start);
-                    counters.progress().measured(busy, used);
+                    counters.progress().measured(busy, used, self.weigh);
                     self.window = Some((now, used));
                 }
             }
@@ -106,11 +110,14 @@ mod tests {
     #[test]
     fn the_tick_keeps_a_stamp_within_a_fifth_of_the_threshold() {
         assert_eq!(
-            Pulse::new(Duration::from_millis(50)).period,
+            Pulse::new(Duration::from_millis(50), true).period,
             Duration::from_millis(10)
         );
-        assert_eq!(Pulse::new(Duration::from_secs(5)).period, BUSY_WINDOW);
-        assert_eq!(Pulse::new(Duration::from_micros(100)).period, FASTEST_TICK);
-        assert_eq!(Pulse::new(Duration::ZERO).period, BUSY_WINDOW);
+        assert_eq!(Pulse::new(Duration::from_secs(5), true).period, BUSY_WINDOW);
+        assert_eq!(
+            Pulse::new(Duration::from_micros(100), true).period,
+            FASTEST_TICK
+        );
+        assert_eq!(Pulse::new(Duration::ZERO, true).period, BUSY_WINDOW);
     }
 }

@@ -25,6 +25,9 @@ pub(crate) struct WorkerSet {
     /// A worker with connections waiting whose event loop has not run for
     /// longer is stalled (nanoseconds; zero: never).
     pub(crate) stall_ns: u64,
+    /// Whether a busy worker's weight follows its CPU use
+    /// ([`Builder::weigh_busy_workers`](crate::Builder::weigh_busy_workers)).
+    pub(crate) weigh_busy: bool,
     /// Each worker's sockets, for the others to rescue what waits there.
     pub(crate) peer_sockets: PeerSockets,
 }

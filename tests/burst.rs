@@ -160,7 +160,7 @@ fn a_worker_closed_during_a_burst_loses_no_connection(backend: Backend) {
 fn close_during_burst(backend: Backend) {
     let (workers, n) = (4, 200);
     let (server, closing) =
-        EchoServer::start_holding(util::bind_loopback(backend, workers), Guard::Keep, 0);
+        EchoServer::start_holding(util::bind_counting(backend, workers), Guard::Keep, 0);
     let addr = server.addr(0);
     let clients = burst_in_background(addr, n);
     server.wait_for(|s| taken(s) >= n as u64 / 2);

@@ -45,7 +45,7 @@ fn random_client(addr: SocketAddr, seed: u64) -> u64 {
 #[apply(every_backend)]
 fn counters_add_up_after_random_concurrent_closes(backend: Backend) {
     util::skip_unless_runnable!(backend);
-    let listener = util::bind_loopback(backend, WORKERS);
+    let listener = util::bind_counting(backend, WORKERS);
     let server = EchoServer::start(listener, Guard::Keep);
     let addr = server.addr(0);
     let clients: Vec<_> = (0..THREADS)

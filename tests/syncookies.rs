@@ -31,7 +31,8 @@ fn connections_complete_and_balance_with_syn_cookies_always_on(backend: Backend)
     }
     balancer_testkit::in_new_netns(move || {
         std::fs::write("/proc/sys/net/ipv4/tcp_syncookies", "2").unwrap();
-        let listener = util::bind_loopback(backend, WORKERS);
+        // Counts alone: the exact split is what is asserted.
+        let listener = util::bind_counting(backend, WORKERS);
         let server = EchoServer::start(listener, Guard::Keep);
         let clients = server.open_many(server.addr(0), CONNECTIONS);
         let split = server.split(&clients, WORKERS);

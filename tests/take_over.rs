@@ -31,7 +31,7 @@ const ADDR_ENV: &str = "BALANCER_TEST_SUCCESSOR_ADDR";
 #[ignore = "run by the take-over tests as a child process"]
 fn successor() {
     let addr: SocketAddr = std::env::var(ADDR_ENV).expect(ADDR_ENV).parse().unwrap();
-    let listener = Builder::new(Backend::Ebpf)
+    let listener = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf)
         .workers(WORKERS)
         .listen(addr)
         .take_over(true)
@@ -100,7 +100,7 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
     if !util::privileged("two processes sharing eBPF steering") {
         return;
     }
-    let server = EchoServer::start(util::bind_loopback(Backend::Ebpf, WORKERS), Guard::Keep);
+    let server = EchoServer::start(util::bind_counting(Backend::Ebpf, WORKERS), Guard::Keep);
     let addr = server.addr(0);
     for kill in [true, false] {
         let (before, split) = round(&server);

@@ -153,7 +153,7 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
     if !util::privileged("writing the steering maps with bpftool") {
         return;
     }
-    let server = EchoServer::start(util::bind_loopback(Backend::Ebpf, WORKERS), Guard::Keep);
+    let server = EchoServer::start(util::bind_counting(Backend::Ebpf, WORKERS), Guard::Keep);
     let program = server.stats.snapshot().program.expect("an ebpf program");
     // The config map's own value written back: refused only because the
     // map is frozen (a wrong size would be refused too, proving nothing).

@@ -146,7 +146,7 @@ fn run_one(
     );
     let started = Instant::now();
     let outcome = (|| {
-        let plan = skips::plan(skips::of(kernel.series), binaries)?;
+        let plan = skips::plan(&skips::of(kernel.series, accel), binaries)?;
         let out = tests::prepare_output(kernel, &plan.runs, &options.test_args)?;
         let timeout = Duration::from_secs(options.timeout_minutes * 60);
         let vm = machine::Vm {

@@ -69,6 +69,12 @@ pub const BLOCKS_MAP: &str = "BLOCKS";
 /// to it (zero: none), read when [`LOCALITY_GLOBAL`] is on.
 pub const CPUS_MAP: &str = "CPUS";
 
+/// Name of the program's read-only global (a `u32`) that makes requests
+/// the load: non-zero, the program compares a worker's
+/// [`WorkerSlot::requests`] plus its connections in flight instead of its
+/// active connections plus those in flight.
+pub const BY_REQUESTS_GLOBAL: &str = "BY_REQUESTS";
+
 /// Name of the program's read-only global (a `u32`) that turns CPU
 /// locality on: among the least-loaded workers, the one pinned to the CPU
 /// that runs the SYN is chosen (see [`CPUS_MAP`]).
@@ -197,10 +203,13 @@ pub struct WorkerSlot {
     /// Of `selections`, those the program made on the CPU the worker is
     /// pinned to (with [`LOCALITY_GLOBAL`] on).
     pub local: u64,
-    /// Unused: pads the slot to 64 bytes, one cache line, so that workers
-    /// updating their own slots never share a line, and so that the
-    /// program finds slot `i` at `i · 64`, a shift the verifier bounds.
-    pub reserved: u64,
+    /// Requests in flight on the worker's connections, written by the
+    /// worker when [`BY_REQUESTS_GLOBAL`] is on (the program then compares
+    /// these instead of active connections). Also makes the slot 64 bytes,
+    /// one cache line, so that workers updating their own slots never
+    /// share a line, and the program finds slot `i` at `i · 64`, a shift
+    /// the verifier bounds.
+    pub requests: u64,
 }
 
 /// Every worker's slot: the one value of [`LOADS_MAP`].

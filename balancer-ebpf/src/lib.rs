@@ -102,6 +102,10 @@ static SLOTS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static STALL_NS: Global<u64> = Global::new(0);
 
+/// Non-zero: requests in flight are the load (`BY_REQUESTS_GLOBAL`).
+#[unsafe(no_mangle)]
+static BY_REQUESTS: Global<u32> = Global::new(0);
+
 /// Non-zero: prefer the least-loaded worker pinned to this CPU
 /// (`LOCALITY_GLOBAL`).
 #[unsafe(no_mangle)]
@@ -298,6 +302,7 @@ fn choose(loads: Slots, hash: u32, workers: u32) -> Option<Choice> {
         now,
         stall: STALL_NS.load(),
         masks: Masks::new(),
+        by_requests: BY_REQUESTS.load() != 0,
     };
     let (lowest, block) = if workers <= FLAT_SLOTS {
         (
@@ -413,6 +418,7 @@ fn summarize(loads: Slots, block: u32, worker: u32, second: u64) {
         now: unsafe { bpf_ktime_get_coarse_ns() },
         stall: STALL_NS.load(),
         masks: Masks::new(),
+        by_requests: BY_REQUESTS.load() != 0,
     };
     let (key, second) = (untied(loads.key(worker, 0, at)), untied(second));
     summaries.set(block, at.masks.below(key, second).pick(key, second));
@@ -437,6 +443,8 @@ struct Clock {
     now: u64,
     stall: u64,
     masks: Masks,
+    /// Requests in flight are the load (`BY_REQUESTS`).
+    by_requests: bool,
 }
 
 /// Every worker's slot (the one entry of `LOADS`), indexed in place.
@@ -474,7 +482,7 @@ impl Slots {
     fn key(self, worker: u32, hash: u32, at: Clock) -> u64 {
         let slot = self.slot(worker);
         // SAFETY: `slot` points at a live, aligned WorkerSlot in the map.
-        let (penalty, load, stamp, weight) = unsafe {
+        let (penalty, mut load, stamp, weight) = unsafe {
             (
                 read_volatile(&(*slot).penalty),
                 Load(read_volatile(&(*slot).load)),
@@ -482,6 +490,13 @@ impl Slots {
                 read_volatile(&(*slot).weight),
             )
         };
+        if at.by_requests {
+            // A constant for the verifier: no branch in the walk. Requests
+            // in flight stand for active connections.
+            // SAFETY: as above.
+            let requests = unsafe { read_volatile(&(*slot).requests) };
+            load = Load::new(requests as i64, load.in_flight());
+        }
         let stalled = stall_mask(at.masks, at.now, stamp, load.in_flight(), at.stall);
         key(at.masks, penalty, load, weight, stalled, tie(worker, hash))
     }

@@ -184,3 +184,20 @@ impl ExactPick {
         Picked(self.balancer.pick(me))
     }
 }
+
+/// Asks every live connection of worker `worker` to end, as its
+/// rebalancing would ([`Rebalance`](crate::Rebalance)); returns how many
+/// were asked. For tests of how servers honour the hint.
+///
+/// # Panics
+/// If `worker` is not a worker of `stats`' set.
+pub fn hint_connections(stats: &crate::stats::Stats, worker: usize) -> usize {
+    let counters = stats.worker(worker);
+    let asked = (counters.connections().live().iter())
+        .filter(|c| c.hint())
+        .count();
+    for _ in 0..asked {
+        counters.record_hint();
+    }
+    asked
+}

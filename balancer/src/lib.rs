@@ -88,19 +88,21 @@ mod steering;
 mod sys;
 mod worker;
 
-pub use backend::{Backend, UnknownBackend};
+pub use backend::{Backend, LoadMeasure, UnknownBackend};
 pub use builder::{BindError, Builder};
-pub use connection::{Accepted, Connection, ConnectionGuard, Drain};
+pub use connection::{
+    Accepted, Connection, ConnectionGuard, Drain, Rebalance, RequestGuard, Requests,
+};
 pub use listener::{BalancedListener, ListenerId};
 pub use server::{DrainReport, DrainStatus, Server};
 /// The socket2 version whose types [`Builder::socket_options`] and
 /// [`Builder::tcp_keepalive`] take.
 pub use socket2;
 pub use steering::SteeringError;
-pub use worker::{Connections, Worker};
+pub use worker::{Connections, RebalancePolicy, Worker};
 
 /// The README's code blocks, compiled as doc tests: every snippet there
 /// compiles as pasted.
-#[cfg(all(doctest, feature = "axum", feature = "tonic"))]
+#[cfg(all(doctest, feature = "axum", feature = "tonic", feature = "http"))]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeSnippets;

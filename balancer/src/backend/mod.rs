@@ -25,6 +25,7 @@
 mod ebpf;
 mod exact;
 mod kind;
+mod measure;
 mod repair;
 mod reuseport;
 mod shared;
@@ -32,6 +33,7 @@ mod shared;
 use std::{fmt, io, net::TcpListener, os::fd::BorrowedFd, time::Duration};
 
 pub use kind::{Backend, UnknownBackend};
+pub use measure::LoadMeasure;
 
 /// How a backend's workers share a listener's sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

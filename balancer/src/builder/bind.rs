@@ -15,7 +15,7 @@ use super::{
     socket_options::{self, SocketError},
 };
 use crate::{
-    backend::{Backend, Layout, Strategy},
+    backend::{Backend, Layout, LoadMeasure, Strategy},
     connection::{ListenerSpec, Listeners, Role},
     listener::{BalancedListener, ListenerId},
     stats::{Stats, WorkerCounters},
@@ -96,6 +96,7 @@ impl Builder {
         let room = (2 * self.workers).min(Backend::Ebpf.max_workers());
         steering.slots = steering.slots.or(Some(room));
         steering.stall_threshold = self.stall_threshold;
+        steering.by_requests = self.measure == LoadMeasure::Requests;
         let mut strategy = backend.strategy(steering, self.take_over);
         // sockets[listener][worker]; empty for handoff targets.
         let sockets = (self.listeners.iter().zip(addrs))
@@ -109,6 +110,13 @@ impl Builder {
         self.attach_all(&mut *strategy, &listeners, &sockets)?;
         let counters: Vec<_> = (0..self.workers)
             .map(|w| WorkerCounters::new(strategy.load_slot(w)).with_limit(self.max_connections))
+            .map(|c| {
+                if self.measure == LoadMeasure::Requests {
+                    c.publishing_requests()
+                } else {
+                    c
+                }
+            })
             .map(Arc::new)
             .collect();
         // A worker is not stalled before its thread has had a chance to
@@ -127,7 +135,8 @@ impl Builder {
         let backends = (self.backend, strategy.backend());
         let stats = Stats::new(counters.clone(), names, program, backends);
         let stall_ns = u64::try_from(self.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
-        let live = LiveWorkers::new(counters, stall_ns);
+        let live =
+            LiveWorkers::new(counters, stall_ns).by_requests(self.measure == LoadMeasure::Requests);
         let per_worker = per_worker(sockets, self.workers);
         let peer_sockets = match strategy.layout() {
             Layout::PerWorker => peer_sockets(&per_worker)
@@ -142,7 +151,8 @@ impl Builder {
             pin_to_cores: self.pin_to_cores,
             started: Instant::now(),
             stall_ns,
-            weigh_busy: self.weigh_busy,
+            measure: self.measure,
+            rebalance: self.rebalance,
             peer_sockets,
         });
         let workers = (per_worker.into_iter().enumerate())

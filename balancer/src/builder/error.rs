@@ -3,7 +3,10 @@
 use std::{io, net::SocketAddr, os::fd::RawFd};
 
 use super::socket_options::SocketError;
-use crate::{backend::Backend, steering::SteeringError};
+use crate::{
+    backend::{Backend, LoadMeasure},
+    steering::SteeringError,
+};
 
 /// Why [`Builder::bind`](crate::Builder::bind) failed. Nothing is left bound
 /// when it does.
@@ -50,6 +53,17 @@ pub enum BindError {
     EbpfOnly {
         /// The option.
         option: &'static str,
+        /// The backend asked for.
+        backend: Backend,
+    },
+    /// [`Builder::balance_on`](crate::Builder::balance_on) with another
+    /// measure than the default on a backend that compares no loads.
+    #[error(
+        "balance_on({measure}) needs a backend that compares loads (exact or ebpf), not {backend}"
+    )]
+    BalanceOn {
+        /// The measure asked for.
+        measure: LoadMeasure,
         /// The backend asked for.
         backend: Backend,
     },

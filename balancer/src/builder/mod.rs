@@ -21,7 +21,12 @@ use std::{
 use socket2::{Socket, TcpKeepalive};
 
 use self::{requested::Requested, socket_options::SocketConfig};
-use crate::{backend::Backend, connection::Role, steering::SteeringOptions};
+use crate::{
+    backend::{Backend, LoadMeasure},
+    connection::Role,
+    steering::SteeringOptions,
+    worker::RebalancePolicy,
+};
 pub use error::BindError;
 
 /// Configures and binds a [`BalancedListener`](crate::BalancedListener).
@@ -56,7 +61,8 @@ pub struct Builder {
     steering: SteeringOptions,
     take_over: bool,
     stall_threshold: Duration,
-    weigh_busy: bool,
+    measure: LoadMeasure,
+    rebalance: Option<RebalancePolicy>,
 }
 
 impl Builder {
@@ -77,7 +83,8 @@ impl Builder {
             steering: SteeringOptions::default(),
             take_over: false,
             stall_threshold: DEFAULT_STALL_THRESHOLD,
-            weigh_busy: true,
+            measure: LoadMeasure::default(),
+            rebalance: Some(RebalancePolicy::default()),
         }
     }
 
@@ -347,19 +354,36 @@ impl Builder {
         self
     }
 
-    /// Whether `Ebpf` and `Exact` weigh a busy worker down by the capacity
-    /// it has left (default on): a worker counts as `(connections + 1) /
-    /// (1 − u)`, `u` rising from 0 at a quarter of a CPU used over the last
-    /// tenth of a second to 1 at a whole one (see the README's "How it
-    /// steers").
+    /// What `Exact` and `Ebpf` compare when they choose a worker for a new
+    /// connection (see [`LoadMeasure`]): connections, connections weighed
+    /// by how busy the worker is (the default), or requests in flight.
+    /// `Shared` and `ReusePort` compare nothing: any other measure than the
+    /// default fails `bind` with [`BindError::BalanceOn`]. The busy stats
+    /// (`busy_permille`) and the request counts are kept whatever the
+    /// measure.
+    pub fn balance_on(mut self, measure: LoadMeasure) -> Self {
+        self.measure = measure;
+        self
+    }
+
+    /// When a worker asks some of its connections to end gracefully so
+    /// that their clients reconnect to a less busy worker (see
+    /// [`RebalancePolicy`] for the rule and its defaults, and
+    /// [`Rebalance`](crate::Rebalance) for how a server honours it); `None`
+    /// turns it off. On by default.
     ///
-    /// Off, they compare connections alone: for workers of equal cost and
-    /// few CPU-heavy requests, and wherever the exact split matters more
-    /// than CPU (a burst then splits within one however busy the workers
-    /// are). The busy stats (`busy_permille`) are measured either way.
-    /// `Shared` and `ReusePort` never weigh.
-    pub fn weigh_busy_workers(mut self, on: bool) -> Self {
-        self.weigh_busy = on;
+    /// Connect-time steering cannot see a connection's weight; with
+    /// long-lived connections (keep-alive HTTP/1, HTTP/2, gRPC) a few can
+    /// carry most of the work for their whole life. A hint ends one between
+    /// requests, and steering places its client's next connection on a
+    /// worker with capacity: with `Exact` and `Ebpf` (which weigh busy
+    /// workers down) and with `Shared` (whose busy worker is slow to
+    /// accept); with `ReusePort` the kernel's hash picks the worker again
+    /// (1 in N back on the same one). Cost: nothing per request; once per
+    /// 100 ms a comparison of the workers' busy figures, and, when a worker
+    /// sheds, one pass over its connections.
+    pub fn rebalance(mut self, policy: Option<RebalancePolicy>) -> Self {
+        self.rebalance = policy;
         self
     }
 

@@ -5,7 +5,10 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{error::BindError, Builder};
-use crate::{backend::Backend, connection::Role};
+use crate::{
+    backend::{Backend, LoadMeasure},
+    connection::Role,
+};
 
 impl Builder {
     pub(super) fn validate(&self, addrs: &[Vec<SocketAddr>]) -> Result<(), BindError> {
@@ -38,6 +41,14 @@ impl Builder {
             if !reason.is_empty() {
                 return Err(BindError::CpuLocality { reason });
             }
+        }
+        if self.measure != LoadMeasure::default()
+            && !matches!(self.backend, Backend::Exact | Backend::Ebpf)
+        {
+            return Err(BindError::BalanceOn {
+                measure: self.measure,
+                backend: self.backend,
+            });
         }
         if let Some(slots) = self.steering.slots {
             if self.backend != Backend::Ebpf {

@@ -4,6 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use super::{rebalance::Rebalance, request::Tracked, Requests};
 use crate::{
     listener::ListenerId,
     stats::{ListenerAttribution, Stats, WorkerLoad},
@@ -45,6 +46,8 @@ pub struct ConnectionGuard {
     // Field order is drop order: the listener attribution goes first.
     attribution: ListenerAttribution,
     _load: WorkerLoad,
+    /// Its requests and its worker's hint, registered with the worker.
+    tracked: Arc<Tracked>,
     worker: usize,
     listener: ListenerId,
     stats: Stats,
@@ -57,11 +60,15 @@ impl ConnectionGuard {
         worker: usize,
         listener: ListenerId,
     ) -> Self {
-        stats.worker(worker).record_taken();
+        let counters = stats.worker(worker);
+        counters.record_taken();
+        let tracked = Arc::new(Tracked::new(Arc::clone(counters)));
+        counters.connections().register(&tracked);
         let attribution = ListenerAttribution::new(Arc::clone(stats.listener(listener.0, worker)));
         Self {
             attribution,
             _load: load,
+            tracked,
             worker,
             listener,
             stats: stats.clone(),
@@ -76,6 +83,18 @@ impl ConnectionGuard {
     /// The listener the connection is attributed to.
     pub fn listener(&self) -> ListenerId {
         self.listener
+    }
+
+    /// Counts the connection's requests against its worker (see
+    /// [`Requests`]).
+    pub fn requests(&self) -> Requests {
+        Requests::new(Arc::clone(&self.tracked))
+    }
+
+    /// Completes when the worker asks the connection to end (see
+    /// [`Rebalance`]).
+    pub fn rebalance(&self) -> Rebalance {
+        Rebalance::new(Arc::clone(&self.tracked))
     }
 
     /// Re-attributes the connection to `target` (e.g. from a virtual listener

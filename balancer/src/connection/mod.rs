@@ -8,6 +8,8 @@ mod first_read;
 mod guard;
 mod handoff;
 mod incoming;
+mod rebalance;
+mod request;
 
 pub use drain::Drain;
 pub(crate) use drain::DrainSender;
@@ -15,6 +17,9 @@ pub(crate) use first_read::{FirstRead, Unread};
 pub use guard::{Accepted, ConnectionGuard};
 pub(crate) use handoff::{ListenerSpec, Listeners, Role};
 pub(crate) use incoming::Incoming;
+pub use rebalance::Rebalance;
+pub(crate) use request::Tracked;
+pub use request::{RequestGuard, Requests};
 
 use std::{
     io,
@@ -97,6 +102,22 @@ impl<S> Connection<S> {
         self
     }
 
+    /// Counts the connection's requests against its worker: per-worker
+    /// `requests_active` and `requests_total`, and the load steered by with
+    /// [`LoadMeasure::Requests`](crate::LoadMeasure::Requests). Call
+    /// [`Requests::start`] once per request and keep the guard until its
+    /// response is sent (the HTTP integration does).
+    pub fn requests(&self) -> Requests {
+        self.accepted.guard.requests()
+    }
+
+    /// Completes when the worker asks this connection to end gracefully,
+    /// so that its client reconnects to a less loaded worker (see
+    /// [`Rebalance`] for how to honour it without cutting a request).
+    pub fn rebalance(&self) -> Rebalance {
+        self.accepted.guard.rebalance()
+    }
+
     /// The client's address, as `accept` returned it (no system call).
     pub fn peer_addr(&self) -> SocketAddr {
         self.accepted.peer
@@ -171,6 +192,19 @@ impl<S> Connection<S> {
             first_read: self.first_read,
             drain: self.drain,
         })
+    }
+}
+
+impl<S: AsFd> Connection<S> {
+    /// Bytes the client sent that nothing has read from the socket yet
+    /// (one `ioctl(FIONREAD)`): before ending a connection on a
+    /// [`Rebalance`] hint, zero here (and nothing in the server's own
+    /// buffer) means no request waits unanswered.
+    ///
+    /// # Errors
+    /// If the `ioctl` fails.
+    pub fn unread_bytes(&self) -> io::Result<usize> {
+        crate::sys::socket::unread_bytes(self.accepted.stream.as_fd())
     }
 }
 

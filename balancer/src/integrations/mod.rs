@@ -4,6 +4,7 @@
 //!
 //! | server | what this crate provides | feature |
 //! | --- | --- | --- |
+//! | any tower service on hyper-util (axum's `Router`, tonic's `Routes`) | `http::serve`: counts requests per worker, ends connections between requests when the worker rebalances | `http` |
 //! | `axum` (module `axum`) | `axum::serve::Listener` for [`Connections`](crate::Connections) | `axum` |
 //! | [`hyper`] (hyper-util's auto server) | nothing needed: `TokioIo::new(conn)` serves a [`Connection`](crate::Connection) | none |
 //! | `tonic` (module `tonic`) | `Connected` for [`Connection`](crate::Connection), a `Stream` of [`Connections`](crate::Connections) | `tonic` |
@@ -11,6 +12,9 @@
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub mod http;
 pub mod hyper;
 #[cfg(feature = "tonic")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]

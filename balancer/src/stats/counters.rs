@@ -12,7 +12,7 @@ use std::{
 use super::{
     progress::WorkerProgress, CountSnapshot, SteeringSnapshot, WorkerSnapshot, WorkerState,
 };
-use crate::steering::LoadSlot;
+use crate::{steering::LoadSlot, worker::ConnectionRegistry};
 
 /// A worker's counters. Shared by its connections' guards.
 #[derive(Debug, Default)]
@@ -35,6 +35,17 @@ pub(crate) struct WorkerCounters {
     parked: Mutex<Option<Waker>>,
     /// What its event loop publishes and the others record about it.
     progress: WorkerProgress,
+    /// Requests in flight on its connections ([`crate::Requests`]).
+    requests_active: AtomicU64,
+    /// Requests started on its connections.
+    requests_total: AtomicU64,
+    /// Connections it asked to end, to rebalance.
+    rebalance_hints: AtomicU64,
+    /// With `LoadMeasure::Requests` on `Ebpf`: requests in flight are the
+    /// load the program steers by, mirrored into the worker's slot.
+    publish_requests: bool,
+    /// Its live connections, for rebalancing.
+    connections: ConnectionRegistry,
 }
 
 impl WorkerCounters {
@@ -43,6 +54,51 @@ impl WorkerCounters {
             kernel,
             ..Self::default()
         }
+    }
+
+    /// The same counters, mirroring requests in flight into the program's
+    /// load map (`LoadMeasure::Requests` on `Ebpf`).
+    pub(crate) fn publishing_requests(self) -> Self {
+        Self {
+            publish_requests: self.kernel.is_some(),
+            ..self
+        }
+    }
+
+    /// A request started on one of the worker's connections.
+    pub(crate) fn request_started(&self) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        let before = self.requests_active.fetch_add(1, Ordering::Relaxed);
+        if self.publish_requests {
+            if let Some(slot) = &self.kernel {
+                slot.publish_requests(before + 1);
+            }
+        }
+    }
+
+    /// A request ended on one of the worker's connections.
+    pub(crate) fn request_ended(&self) {
+        let before = self.requests_active.fetch_sub(1, Ordering::Relaxed);
+        if self.publish_requests {
+            if let Some(slot) = &self.kernel {
+                slot.publish_requests(before.saturating_sub(1));
+            }
+        }
+    }
+
+    /// Requests in flight on the worker's connections.
+    pub(crate) fn requests_active(&self) -> u64 {
+        self.requests_active.load(Ordering::Relaxed)
+    }
+
+    /// The worker asked a connection to end, to rebalance.
+    pub(crate) fn record_hint(&self) {
+        self.rebalance_hints.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Its live connections, for rebalancing.
+    pub(crate) fn connections(&self) -> &ConnectionRegistry {
+        &self.connections
     }
 
     /// The same counters with a limit of `limit` active connections, past
@@ -155,6 +211,9 @@ impl WorkerCounters {
             stalls: progress.stalls,
             rescued_in: progress.rescued_in,
             rescued_out: progress.rescued_out,
+            requests_active: self.requests_active.load(Ordering::Relaxed),
+            requests_total: self.requests_total.load(Ordering::Relaxed),
+            rebalance_hints: self.rebalance_hints.load(Ordering::Relaxed),
             worker: index,
             downstream_cx_active: self.active.load(Ordering::Relaxed),
             downstream_cx_total: self.total.load(Ordering::Relaxed),

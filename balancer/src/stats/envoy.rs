@@ -38,7 +38,7 @@ impl Snapshot {
             let prefix = format!("balancer.worker_{}", w.worker);
             // Envoy's stats text holds integers only.
             let cpu_ms = w.cpu_time.as_millis();
-            let values: [(&str, &dyn Display); 13] = [
+            let values: [(&str, &dyn Display); 16] = [
                 ("downstream_cx_active", &w.downstream_cx_active),
                 ("downstream_cx_total", &w.downstream_cx_total),
                 ("transfers_in", &w.transfers_in),
@@ -52,6 +52,9 @@ impl Snapshot {
                 ("stalls", &w.stalls),
                 ("rescued_out", &w.rescued_out),
                 ("rescued_in", &w.rescued_in),
+                ("requests_active", &w.requests_active),
+                ("requests_total", &w.requests_total),
+                ("rebalance_hints", &w.rebalance_hints),
             ];
             lines(&mut out, &prefix, &values);
             if let Some(k) = &w.steering {

@@ -230,6 +230,15 @@ pub struct WorkerSnapshot {
     pub rescued_out: u64,
     /// Connections waiting for a stalled worker that this one took.
     pub rescued_in: u64,
+    /// Requests in flight on the worker's connections, as the server
+    /// counts them ([`Connection::requests`](crate::Connection::requests);
+    /// the HTTP integration counts every request).
+    pub requests_active: u64,
+    /// Requests started on the worker's connections.
+    pub requests_total: u64,
+    /// Connections the worker asked to end so that their clients reconnect
+    /// to a less busy worker ([`Builder::rebalance`](crate::Builder::rebalance)).
+    pub rebalance_hints: u64,
     /// Its limit of active connections, past which it stops accepting
     /// ([`Builder::max_connections`](crate::Builder::max_connections)).
     pub max_connections: Option<u64>,

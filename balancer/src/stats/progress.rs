@@ -76,6 +76,11 @@ impl WorkerProgress {
         weight
     }
 
+    /// Per mille of one CPU its thread used over the last busy window.
+    pub(crate) fn busy_permille(&self) -> u64 {
+        self.busy.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn stamp(&self) -> u64 {
         self.stamp.load(Ordering::Relaxed)
     }

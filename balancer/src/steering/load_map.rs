@@ -39,6 +39,9 @@ pub(crate) struct LoadMap {
     /// falls; used above `FLAT_SLOTS` slots.
     blocks: SharedMapping,
     slots: u32,
+    /// Requests in flight stand for active connections in the keys
+    /// (`LoadMeasure::Requests`).
+    by_requests: bool,
     /// The slots this process claimed, released on drop.
     owned: Vec<Slot>,
     // Keep the maps' fds open for as long as the mappings are used.
@@ -68,6 +71,7 @@ enum Field {
     Stamp,
     Weight,
     Local,
+    Requests,
 }
 
 impl LoadMap {
@@ -84,10 +88,17 @@ impl LoadMap {
             mapping,
             blocks: blocks_mapping,
             slots: slots.min(MAX_SLOTS),
+            by_requests: false,
             owned: Vec::new(),
             _map: map,
             _blocks: blocks,
         })
+    }
+
+    /// Keys count requests in flight instead of active connections, as
+    /// the program does with `BY_REQUESTS` on.
+    pub(super) fn set_by_requests(&mut self, on: bool) {
+        self.by_requests = on;
     }
 
     /// How many slots the program scans.
@@ -175,7 +186,7 @@ impl LoadMap {
         };
         if taken {
             self.set_available(slot, false);
-            for field in [Field::Load, Field::Stamp] {
+            for field in [Field::Load, Field::Stamp, Field::Requests] {
                 self.field(slot, field).store(0, Ordering::Relaxed);
             }
             // Not busy: what a claimer starts from (the program reads the
@@ -276,14 +287,15 @@ impl LoadMap {
         }
         let penalty = self.field(slot, Field::Penalty).load(Ordering::Relaxed);
         let weight = self.field(slot, Field::Weight).load(Ordering::Relaxed);
-        let key = key(
-            Masks::new(),
-            penalty,
-            self.load(slot),
-            weight,
-            Mask::NONE,
-            0,
-        );
+        let mut load = self.load(slot);
+        if self.by_requests {
+            let requests = self.field(slot, Field::Requests).load(Ordering::Relaxed);
+            load = Load::new(
+                i64::try_from(requests).unwrap_or(i64::MAX),
+                load.in_flight(),
+            );
+        }
+        let key = key(Masks::new(), penalty, load, weight, Mask::NONE, 0);
         let summary = self.block(block_of(slot.index()));
         let mut current = summary.load(Ordering::Relaxed);
         while key < current {
@@ -305,6 +317,14 @@ impl LoadMap {
             .store(stamp, Ordering::Relaxed);
         self.field(slot, Field::Weight)
             .store(weight.clamp(WEIGHT_UNIT, MAX_WEIGHT), Ordering::Relaxed);
+        self.lower_block(slot);
+    }
+
+    /// Publishes `slot`'s requests in flight, the load with
+    /// `LoadMeasure::Requests` (then lowering its block's summary).
+    pub(crate) fn publish_requests(&self, slot: Slot, requests: u64) {
+        self.field(slot, Field::Requests)
+            .store(requests, Ordering::Relaxed);
         self.lower_block(slot);
     }
 
@@ -357,6 +377,7 @@ impl LoadMap {
                 Field::Stamp => &raw mut (*slot).stamp,
                 Field::Weight => &raw mut (*slot).weight,
                 Field::Local => &raw mut (*slot).local,
+                Field::Requests => &raw mut (*slot).requests,
             };
             AtomicU64::from_ptr(field)
         }

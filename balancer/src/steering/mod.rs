@@ -47,7 +47,8 @@ mod slot;
 use std::{net::SocketAddr, os::fd::AsFd, sync::Arc};
 
 use balancer_common::{
-    scanned_slots, LOCALITY_GLOBAL, MAX_SLOTS, PROGRAM, SLOTS_GLOBAL, STALL_NS_GLOBAL,
+    scanned_slots, BY_REQUESTS_GLOBAL, LOCALITY_GLOBAL, MAX_SLOTS, PROGRAM, SLOTS_GLOBAL,
+    STALL_NS_GLOBAL,
 };
 
 pub use error::SteeringError;
@@ -77,6 +78,8 @@ pub(crate) struct SteeringOptions {
     /// Among the least-loaded workers, prefer the one pinned to the CPU
     /// that runs the SYN.
     pub(crate) cpu_locality: bool,
+    /// Requests in flight are the load (`LoadMeasure::Requests`).
+    pub(crate) by_requests: bool,
 }
 
 /// The loaded `steering` program and its maps, for one set of workers and
@@ -149,11 +152,13 @@ impl Steering {
         let stall = u64::try_from(options.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
         let stall_global = stall.to_ne_bytes();
         let locality_global = u32::from(options.cpu_locality).to_ne_bytes();
+        let requests_global = u32::from(options.by_requests).to_ne_bytes();
         let globals = [
             ("AYA_LOG_LEVEL", std::slice::from_ref(&level)),
             (SLOTS_GLOBAL, &slots_global[..]),
             (STALL_NS_GLOBAL, &stall_global[..]),
             (LOCALITY_GLOBAL, &locality_global[..]),
+            (BY_REQUESTS_GLOBAL, &requests_global[..]),
         ];
         let loaded = loader::load(object, PROGRAM, &globals)?;
         let (maps, loads) = Maps::from_loaded(loaded)?;
@@ -163,6 +168,7 @@ impl Steering {
             None
         };
         let mut loads = LoadMap::new(loads, slots)?;
+        loads.set_by_requests(options.by_requests);
         loads.reset();
         let claimed = loads.claim(workers, true)?;
         Ok(Self::new(maps, loads, claimed, log))

@@ -69,6 +69,11 @@ impl LoadSlot {
         self.loads.add(self.slot, Load::ACTIVE.wrapping_neg());
     }
 
+    /// Publishes the worker's requests in flight (`LoadMeasure::Requests`).
+    pub(crate) fn publish_requests(&self, requests: u64) {
+        self.loads.publish_requests(self.slot, requests);
+    }
+
     /// Publishes the worker's progress: its stamp and busy weight.
     pub(crate) fn publish(&self, stamp: u64, weight: u64) {
         self.loads.publish(self.slot, stamp, weight);

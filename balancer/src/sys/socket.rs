@@ -48,6 +48,16 @@ pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<b
     }
 }
 
+/// Bytes received on connected socket `fd` that nothing has read yet
+/// (`FIONREAD`, `SIOCINQ` for TCP).
+pub(crate) fn unread_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer, which is valid
+    // for the call.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut unread) })?;
+    Ok(usize::try_from(unread).unwrap_or(0))
+}
+
 /// How many connections wait in a listening socket's accept queue
 /// (`TCP_INFO`'s `tcpi_unacked`, which a listener sets to its accept
 /// backlog).

@@ -11,6 +11,7 @@
 pub(crate) mod backoff;
 mod connections;
 mod pulse;
+mod rebalance;
 mod rescue;
 mod run;
 mod set;
@@ -37,6 +38,8 @@ use crate::{
     stats::{Stats, WorkerCounters},
 };
 pub use connections::Connections;
+pub use rebalance::RebalancePolicy;
+pub(crate) use rebalance::{ConnectionRegistry, Shedder};
 pub(crate) use rescue::PeerSockets;
 pub(crate) use run::core_of;
 pub(crate) use set::WorkerSet;
@@ -56,6 +59,8 @@ pub struct Worker {
     upkeep: Option<tokio::time::Interval>,
     /// Its progress stamp and busy figure, ticking from the first `accept`.
     pulse: Pulse,
+    /// When it last shed a connection, and since when it is overloaded.
+    shedder: Shedder,
     /// A stalled worker whose waiting connections this one is taking.
     rescuing: Option<usize>,
     /// The server's drain, if a [`Server`](crate::Server) runs this worker;
@@ -94,7 +99,7 @@ impl Worker {
     ) -> Self {
         let pulse = Pulse::new(
             std::time::Duration::from_nanos(set.stall_ns),
-            set.weigh_busy,
+            set.measure.weighs_busy(),
         );
         Self {
             index,
@@ -103,6 +108,7 @@ impl Worker {
             transfers,
             upkeep: None,
             pulse,
+            shedder: Shedder::default(),
             rescuing: None,
             drain: Drain::never(),
             blocking: None,
@@ -254,7 +260,9 @@ impl Worker {
         if self.pulse.poll_tick(cx) && self.rescuing.is_none() {
             self.rescuing = self.set.find_stalled(self.index);
         }
-        self.pulse.beat(self.set.counters(self.index));
+        if self.pulse.beat(self.set.counters(self.index)) {
+            self.set.consider_shedding(self.index, &mut self.shedder);
+        }
         // Connections transferred in are already counted here: take them first.
         let transferred = lock(&self.transfers).poll_recv(cx);
         if let Poll::Ready(Some(transfer)) = transferred {

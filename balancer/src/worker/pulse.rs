@@ -69,21 +69,25 @@ impl Pulse {
     }
 
     /// The event loop runs now: stamps it in `counters` and, at the end of a
-    /// busy window, measures the thread's CPU use there.
-    pub(crate) fn beat(&mut self, counters: &WorkerCounters) {
+    /// busy window, measures the thread's CPU use there. Returns whether a
+    /// window ended (the moment to consider rebalancing).
+    pub(crate) fn beat(&mut self, counters: &WorkerCounters) -> bool {
         let now = sys::clock::monotonic_coarse_ns();
+        let mut ended = false;
         match self.window {
             Some((start, cpu)) if now.saturating_sub(start) >= BUSY_WINDOW.as_nanos() as u64 => {
                 if let Ok(used) = sys::clock::thread_cpu_ns() {
                     let busy = busy_permille(used.saturating_sub(cpu), now - start);
                     counters.progress().measured(busy, used, self.weigh);
                     self.window = Some((now, used));
+                    ended = true;
                 }
             }
             Some(_) => {}
             None => self.window = sys::clock::thread_cpu_ns().ok().map(|cpu| (now, cpu)),
         }
         counters.ran(now);
+        ended
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::{sync::Arc, time::Instant};
 
-use super::{rescue::PeerSockets, transfer::LiveWorkers};
+use super::{rescue::PeerSockets, transfer::LiveWorkers, RebalancePolicy};
 use crate::{
-    backend::Strategy,
+    backend::{LoadMeasure, Strategy},
     connection::{Accepted, Connection, ConnectionGuard, Incoming, Listeners},
     stats::{Stats, WorkerCounters, WorkerLoad},
 };
@@ -25,9 +25,10 @@ pub(crate) struct WorkerSet {
     /// A worker with connections waiting whose event loop has not run for
     /// longer is stalled (nanoseconds; zero: never).
     pub(crate) stall_ns: u64,
-    /// Whether a busy worker's weight follows its CPU use
-    /// ([`Builder::weigh_busy_workers`](crate::Builder::weigh_busy_workers)).
-    pub(crate) weigh_busy: bool,
+    /// What the least-loaded backends compare.
+    pub(crate) measure: LoadMeasure,
+    /// When a worker sheds connections; `None`: never.
+    pub(crate) rebalance: Option<RebalancePolicy>,
     /// Each worker's sockets, for the others to rescue what waits there.
     pub(crate) peer_sockets: PeerSockets,
 }

@@ -65,6 +65,8 @@ pub(crate) struct LiveWorkers {
     receivers: Vec<TransferQueue>,
     /// The stall threshold in nanoseconds (zero: off).
     stall_ns: u64,
+    /// Requests in flight are the load (`LoadMeasure::Requests`).
+    by_requests: bool,
 }
 
 /// The workers' counters and queues while the lock is held.
@@ -72,6 +74,7 @@ struct Locked<'a> {
     counters: &'a [Arc<WorkerCounters>],
     queues: MutexGuard<'a, Vec<Option<UnboundedSender<Transfer>>>>,
     stall_ns: u64,
+    by_requests: bool,
 }
 
 impl LiveWorkers {
@@ -90,6 +93,16 @@ impl LiveWorkers {
             queues: Mutex::new(queues),
             receivers,
             stall_ns,
+            by_requests: false,
+        }
+    }
+
+    /// The same workers, compared by requests in flight (plus connections
+    /// queued for them) instead of active connections.
+    pub(crate) fn by_requests(self, on: bool) -> Self {
+        Self {
+            by_requests: on,
+            ..self
         }
     }
 
@@ -196,6 +209,7 @@ impl LiveWorkers {
             counters: &self.counters,
             queues: lock(&self.queues),
             stall_ns: self.stall_ns,
+            by_requests: self.by_requests,
         }
     }
 }
@@ -218,7 +232,12 @@ impl Locked<'_> {
             }
             let progress = c.progress();
             let stalled = is_stalled(now, progress.stamp(), waiting(progress), self.stall_ns);
-            pick_key(c.active(), progress.weight(), c.is_full(), stalled)
+            let load = if self.by_requests {
+                c.requests_active() + progress.queued()
+            } else {
+                c.active()
+            };
+            pick_key(load, progress.weight(), c.is_full(), stalled)
         });
         least_loaded(keys)
     }

@@ -27,7 +27,7 @@ pub(super) const LISTENER_FAMILIES: [Family<CountSnapshot>; 2] = [
     },
 ];
 
-pub(super) const WORKER_FAMILIES: [Family<WorkerSnapshot>; 13] = [
+pub(super) const WORKER_FAMILIES: [Family<WorkerSnapshot>; 16] = [
     Family {
         name: "worker_downstream_cx_active",
         kind: "gauge",
@@ -105,6 +105,24 @@ pub(super) const WORKER_FAMILIES: [Family<WorkerSnapshot>; 13] = [
         kind: "counter",
         help: "Connections waiting for a stalled worker that this worker took.",
         value: |w| w.rescued_in as f64,
+    },
+    Family {
+        name: "worker_requests_active",
+        kind: "gauge",
+        help: "Requests in flight on the worker's connections, as the server counts them.",
+        value: |w| w.requests_active as f64,
+    },
+    Family {
+        name: "worker_requests_total",
+        kind: "counter",
+        help: "Requests started on the worker's connections.",
+        value: |w| w.requests_total as f64,
+    },
+    Family {
+        name: "worker_rebalance_hints_total",
+        kind: "counter",
+        help: "Connections the worker asked to end so that their clients reconnect to a less busy worker.",
+        value: |w| w.rebalance_hints as f64,
     },
 ];
 

@@ -1,0 +1,248 @@
+//! HTTP on every worker, with the request counting and the rebalancing
+//! done for you: [`serve`] runs hyper-util's server (HTTP/1.1, and HTTP/2
+//! with prior knowledge, upgrades included) over a worker's
+//! [`Connections`] with any `tower` service: an axum `Router`, tonic's
+//! `Routes`, or a `tower::service_fn`.
+//!
+//! Per connection it counts every request ([`Connection::requests`]: the
+//! per-worker `requests_active` and `requests_total`, and the load with
+//! [`LoadMeasure::Requests`](crate::LoadMeasure::Requests)) and honours
+//! the worker's [`Rebalance`](crate::Rebalance) hint: on HTTP/1 the next
+//! response says `Connection: close` and the connection ends once it is
+//! written; on HTTP/2 a `GOAWAY` lets the streams in flight finish. No
+//! request is cut, an idle connection is not closed under a client that
+//! may be sending, and the client's next connection is steered anew. When
+//! the worker's connections end (a drain, [`Connections::finished`]) every
+//! connection is shut down the same way and awaited.
+//!
+//! One limit, HTTP/1 pipelining: requests a client pipelined behind the
+//! one whose response closes the connection are not answered (hyper does
+//! not expose its read buffer); RFC 9112 §9.3.2 has the client retry them.
+//! The `http` example's responder, which parses its own buffer, never
+//! closes with a request queued.
+//!
+//! axum on every worker, with ctrl-c, a lossless stop and a drain deadline:
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use axum::{routing::get, Router};
+//! use balancer::{integrations::http, Backend, Builder};
+//!
+//! #[tokio::main(flavor = "current_thread")]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let listener = Builder::new(Backend::Ebpf).listen("127.0.0.1:8080").bind()?;
+//!     let server = listener.serve_workers(|worker| async move {
+//!         let app = Router::new().route("/", get(|| async { "ok" }));
+//!         http::serve(worker.into_connections(), app).await;
+//!     })?;
+//!     let report = server.shutdown_on(tokio::signal::ctrl_c(), Duration::from_secs(5)).await;
+//!     println!("{report:?}");
+//!     Ok(())
+//! }
+//! ```
+//! tonic: `http::serve(connections, routes.prepare())`, with `routes` the
+//! `tonic::service::Routes` of `Server::builder().add_service(..).into_service()`.
+
+use std::{
+    error::Error as StdError,
+    future::Future,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use http_body::Body;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, CONNECTION},
+    Request, Response, Version,
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::sync::watch;
+
+use crate::{
+    connection::{Connection, Rebalance, Requests},
+    worker::Connections,
+};
+
+/// How long the accept loop pauses after an error it cannot retry at once.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// Serves `connections` with the tower `service` (an axum `Router`,
+/// tonic's `Routes`) until they end, then shuts every connection down
+/// gracefully and returns once all have closed. See the [module](self)
+/// for what it counts and how it rebalances; [`serve_hyper`] takes a hyper
+/// service (`hyper::service::service_fn`) instead.
+///
+/// Each connection runs in a task of its own on the current runtime (the
+/// worker's, with
+/// [`serve_workers`](crate::BalancedListener::serve_workers)). Accept
+/// errors are logged and retried after a second.
+///
+/// # Cancel safety
+/// Not cancel safe: dropping the future drops the accept loop, and the
+/// connection tasks it spawned go on without a shutdown signal.
+pub async fn serve<S, B>(connections: Connections, service: S)
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    serve_hyper(connections, TowerToHyperService::new(service)).await;
+}
+
+/// [`serve`] with a hyper service.
+///
+/// # Cancel safety
+/// As [`serve`].
+pub async fn serve_hyper<S, B>(mut connections: Connections, service: S)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    while let Some(next) = connections.next().await {
+        match next {
+            Ok(conn) => {
+                let task = serve_connection(conn, service.clone(), stopped.clone());
+                tasks.spawn(task);
+            }
+            Err(error) => {
+                log::warn!("accept: {error}");
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
+        }
+        // Reap the finished ones as we go, so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    stop.send_replace(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Serves one connection until it ends, a rebalance hint ends it after a
+/// request, or `stopped` turns true.
+async fn serve_connection<S, B>(conn: Connection, service: S, mut stopped: watch::Receiver<bool>)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let rebalance = conn.rebalance();
+    let protocol = Arc::new(AtomicU8::new(UNKNOWN));
+    let service = Counted {
+        inner: service,
+        requests: conn.requests(),
+        rebalance: rebalance.clone(),
+        protocol: Arc::clone(&protocol),
+    };
+    let http = auto::Builder::new(TokioExecutor::new());
+    let served = http.serve_connection_with_upgrades(TokioIo::new(conn), service);
+    let mut served = std::pin::pin!(served);
+    let mut stop = std::pin::pin!(async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    });
+    tokio::select! {
+        result = served.as_mut() => return finished(result),
+        () = stop.as_mut() => {}
+        () = rebalance.requested() => loop {
+            match protocol.load(Ordering::Acquire) {
+                // GOAWAY: streams in flight finish, new ones go elsewhere.
+                HTTP2 => break,
+                // The next response says `Connection: close` (`Counted`).
+                HTTP1 => return finished(served.await),
+                // No request yet: wait for one to tell.
+                _ => tokio::select! {
+                    result = served.as_mut() => return finished(result),
+                    () = stop.as_mut() => break,
+                    () = rebalance.in_request() => {}
+                },
+            }
+        },
+    }
+    served.as_mut().graceful_shutdown();
+    finished(served.await);
+}
+
+fn finished(result: Result<(), BoxError>) {
+    if let Err(error) = result {
+        log::debug!("connection: {error}");
+    }
+}
+
+/// `Counted::protocol` before the first request.
+const UNKNOWN: u8 = 0;
+/// `Counted::protocol` of an HTTP/1 connection.
+const HTTP1: u8 = 1;
+/// `Counted::protocol` of an HTTP/2 connection.
+const HTTP2: u8 = 2;
+
+/// A hyper service that counts each request on its connection until its
+/// response is ready, notes the protocol, and ends a hinted HTTP/1
+/// connection with `Connection: close` on the next response (hyper then
+/// closes it once that response is written; decided before the head is
+/// written, so no request races the close).
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    requests: Requests,
+    rebalance: Rebalance,
+    protocol: Arc<AtomicU8>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for Counted<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let guard = self.requests.start();
+        let http1 = request.version() < Version::HTTP_2;
+        let protocol = if http1 { HTTP1 } else { HTTP2 };
+        self.protocol.store(protocol, Ordering::Release);
+        let rebalance = self.rebalance.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await;
+            if let Ok(response) = &mut response {
+                if http1 && rebalance.is_requested() {
+                    let close = HeaderValue::from_static("close");
+                    response.headers_mut().insert(CONNECTION, close);
+                }
+            }
+            drop(guard);
+            response
+        })
+    }
+}

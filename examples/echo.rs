@@ -9,16 +9,34 @@
 
 use balancer_examples as common;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn main() -> Result<(), common::Report> {
     let args = common::args();
     let listener = common::bind(&args)?;
-    common::run(listener, &args, |conn| async move {
-        // Both halves share the connection, and its count: it is released
-        // when the second half drops.
-        let (mut rd, mut wr) = tokio::io::split(conn);
-        let _ = tokio::io::copy(&mut rd, &mut wr).await;
-        let _ = wr.shutdown().await;
+    let rebalance = args.rebalance.is_on();
+    common::run(listener, &args, move |mut conn| async move {
+        // Each chunk read and echoed is a request. When the worker asks the
+        // connection to end (it is busier than another), it closes after
+        // an echo with nothing left unread: the client loses nothing and
+        // reconnects where steering places it. The connection stays
+        // counted until it drops.
+        let (requests, hint) = (conn.requests(), conn.rebalance());
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            let read = match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(read) => read,
+            };
+            let request = requests.start();
+            if conn.write_all(&buf[..read]).await.is_err() {
+                return;
+            }
+            drop(request);
+            if rebalance && hint.is_requested() && conn.unread_bytes().is_ok_and(|n| n == 0) {
+                break;
+            }
+        }
+        let _ = conn.shutdown().await;
     })
 }

@@ -20,9 +20,12 @@ use balancer_examples as common;
 fn main() -> Result<(), common::Report> {
     let args = common::args();
     let listener = common::bind(&args)?;
-    common::run(listener, &args, |conn| async move {
+    let args_rebalance = args.rebalance.is_on();
+    common::run(listener, &args, move |conn| async move {
         let worker = conn.worker();
-        // The connection is served whole: counted until `respond` drops it.
-        common::http::respond(conn, worker).await;
+        // The connection is served whole: counted until `respond` drops it;
+        // its requests are counted, and it ends when its worker rebalances.
+        let hints = args_rebalance.then(|| common::http::Hints::of(&conn));
+        common::http::respond(conn, worker, hints).await;
     })
 }

@@ -22,6 +22,6 @@ fn main() -> Result<(), common::Report> {
         let parts = conn.into_parts();
         // Released here, while the connection stays open: what the bug did.
         drop(parts.guard);
-        common::http::respond(parts.stream, worker).await;
+        common::http::respond(parts.stream, worker, None).await;
     })
 }

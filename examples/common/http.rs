@@ -1,9 +1,12 @@
 //! The HTTP/1.1 responder the `http` example serves (and the bench's
 //! `old_counter` example): a fixed `200 OK` naming the worker in an
-//! `X-Worker` header, `/spin/<micros>` burning CPU first.
+//! `X-Worker` header, `/spin/<micros>` burning CPU first. Given the
+//! connection's [`Hints`], it counts each request and ends the connection
+//! when its worker rebalances, on a response with nothing queued behind it.
 
 use std::time::Duration;
 
+use balancer::{Rebalance, Requests};
 use bytes::BytesMut;
 use httparse::Status;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -13,14 +16,47 @@ const MAX_SPIN_MICROS: u64 = 100_000;
 /// The largest request head; a larger one is answered 431 and closed.
 const MAX_HEAD: usize = 16 * 1024;
 
+/// What the responder does for the library with a counted connection: it
+/// counts each request, and ends the connection when `rebalance` asks.
+pub struct Hints<S> {
+    pub requests: Requests,
+    pub rebalance: Rebalance,
+    /// Bytes received on the stream and not read yet.
+    pub unread: fn(&S) -> usize,
+}
+
+impl Hints<balancer::Connection> {
+    /// The hints of `conn`.
+    pub fn of(conn: &balancer::Connection) -> Self {
+        Self {
+            requests: conn.requests(),
+            rebalance: conn.rebalance(),
+            // Unknown: assume something waits, and keep the connection.
+            unread: |conn| conn.unread_bytes().unwrap_or(1),
+        }
+    }
+}
+
 /// Answers the requests on `stream` in order (pipelined ones included) until
 /// the client closes; a request other than GET or HEAD, a malformed one or a
 /// head over [`MAX_HEAD`] gets an error status and the connection is closed.
-pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, worker: usize) {
+/// With `hints`, each request is counted while it is answered, and once the
+/// worker asks the connection to end, the first response with no request
+/// behind it (none buffered, none unread on the socket) says
+/// `Connection: close` and the connection closes: no request is lost.
+pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    worker: usize,
+    hints: Option<Hints<S>>,
+) {
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nX-Worker: {worker}\r\n\r\n"
     );
     let get = format!("{head}ok\n");
+    let closing_head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\nX-Worker: {worker}\r\nConnection: close\r\n\r\n"
+    );
+    let closing_get = format!("{closing_head}ok\n");
     let mut buf = BytesMut::with_capacity(8192);
     loop {
         loop {
@@ -32,10 +68,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, worker: u
                     return refuse(stream, "400 Bad Request").await;
                 }
                 Ok(Status::Complete(len)) => match request.method {
-                    Some("GET") => {
-                        spin(request.path.unwrap_or("/"));
-                        (len, &get)
-                    }
+                    Some("GET") => (len, &get),
                     Some("HEAD") => (len, &head),
                     _ => return refuse(stream, "405 Method Not Allowed\r\nAllow: GET, HEAD").await,
                 },
@@ -48,8 +81,24 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, worker: u
                 }
                 Err(_) => return refuse(stream, "400 Bad Request").await,
             };
-            let close = !keeps_alive(&request);
+            let _counted = hints.as_ref().map(|h| h.requests.start());
+            if request.method == Some("GET") {
+                spin(request.path.unwrap_or("/"));
+            }
+            let mut close = !keeps_alive(&request);
             let _ = buf.split_to(len);
+            let mut response = response.as_str();
+            let ending = hints.as_ref().is_some_and(|h| {
+                h.rebalance.is_requested() && buf.is_empty() && (h.unread)(&stream) == 0
+            });
+            if ending && !close {
+                close = true;
+                response = if response == get {
+                    &closing_get
+                } else {
+                    &closing_head
+                };
+            }
             if stream.write_all(response.as_bytes()).await.is_err() || close {
                 return;
             }

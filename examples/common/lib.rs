@@ -9,7 +9,8 @@ pub mod http;
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use balancer::{
-    admin::AdminServer, Backend, BalancedListener, BindError, Builder, Connection, Server, Worker,
+    admin::AdminServer, Backend, BalancedListener, BindError, Builder, Connection, LoadMeasure,
+    RebalancePolicy, Server, Worker,
 };
 use clap::Parser;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -65,6 +66,39 @@ pub struct Args {
     /// SO_REUSEPORT group; then SIGTERM the old one. Give a free --admin.
     #[arg(long)]
     pub take_over: bool,
+    /// What exact and ebpf compare for a new connection: connections,
+    /// busy-connections (weighed by how busy the worker is) or requests.
+    #[arg(long, default_value = "busy-connections", value_parser = parse_measure)]
+    pub balance_on: LoadMeasure,
+    /// A worker that stays busier than the least busy one asks a
+    /// connection to end after a response, so that its client reconnects
+    /// elsewhere: on or off.
+    #[arg(long, default_value = "on")]
+    pub rebalance: OnOff,
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    pub fn is_on(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+fn parse_measure(name: &str) -> Result<LoadMeasure, String> {
+    let all = [
+        LoadMeasure::Connections,
+        LoadMeasure::BusyConnections,
+        LoadMeasure::Requests,
+    ];
+    (all.into_iter().find(|m| m.name() == name)).ok_or_else(|| {
+        format!("unknown measure {name:?}: connections, busy-connections or requests")
+    })
 }
 
 /// Parses the flags and starts logging.
@@ -91,7 +125,12 @@ pub fn bind(args: &Args) -> Result<BalancedListener, BindError> {
             .pin_to_cores(args.pin)
             .stall_threshold(Duration::from_millis(args.stall_threshold))
             .take_over(args.take_over)
-            .cpu_locality(args.cpu_locality);
+            .cpu_locality(args.cpu_locality)
+            .rebalance(args.rebalance.is_on().then(RebalancePolicy::default));
+        // Given to any backend: the builder refuses what would be ignored.
+        if args.balance_on != LoadMeasure::default() {
+            builder = builder.balance_on(args.balance_on);
+        }
         // Given to any backend: the builder refuses them where they would
         // be ignored.
         if let Some(slots) = args.ebpf_slots {

@@ -3,13 +3,17 @@
 //!
 //! ```sh
 //! cargo run --release --example axum -- --backend ebpf --workers 2
-//! curl -si localhost:8080/ && curl -s localhost:15000/stats | grep _cx_active
+//! curl -si localhost:8080/ && curl -s localhost:15000/stats | grep requests
 //! ```
-//! On SIGINT/SIGTERM each worker closes without resetting a queued
-//! connection: axum serves what the last worker had queued, then stops once
-//! open connections finish (at most `--drain-timeout` seconds).
+//! `balancer::integrations::http::serve` runs the router: every request is
+//! counted per worker, and a worker that stays busier than another ends a
+//! connection after a response (`--rebalance off` to stop it). On
+//! SIGINT/SIGTERM each worker closes without resetting a queued
+//! connection, serves what it had queued, then stops once open connections
+//! finish (at most `--drain-timeout` seconds).
 
 use axum::{http::HeaderName, response::IntoResponse, routing::get, Extension, Router};
+use balancer::integrations::http;
 use balancer_examples as common;
 
 fn main() -> Result<(), common::Report> {
@@ -19,12 +23,7 @@ fn main() -> Result<(), common::Report> {
         let app = Router::new()
             .route("/", get(ok))
             .layer(Extension(worker.index()));
-        let connections = worker.into_connections();
-        let finished = connections.finished();
-        let served = axum::serve(connections, app).with_graceful_shutdown(finished);
-        if let Err(error) = served.await {
-            log::error!("axum: {error}");
-        }
+        http::serve(worker.into_connections(), app).await;
     })
 }
 

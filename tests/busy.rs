@@ -144,7 +144,7 @@ fn a_busy_worker_gets_no_new_connections(backend: Backend) {
 }
 
 /// The same busy worker with the busy weight and stall detection off
-/// (`weigh_busy_workers(false)`, `stall_threshold(ZERO)`): the least-loaded
+/// (`balance_on(LoadMeasure::Connections)`, `stall_threshold(ZERO)`): the least-loaded
 /// backends count connections alone, so the busy worker takes its share of
 /// the burst, and its busy figure is still measured.
 #[apply(least_loaded_backends)]
@@ -154,7 +154,7 @@ fn counting_alone_gives_a_busy_worker_its_share(backend: Backend) {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let builder = Builder::new(backend).workers(WORKERS).listen("127.0.0.1:0");
-    let server = LoadedServer::start(util::bind(util::counting(builder), backend));
+    let server = LoadedServer::start(util::bind(util::counting(builder, backend), backend));
     let (busy, mut heavy) = connect_and_ask(server.addr);
     keep_busy(&mut heavy, 8, 100);
     std::thread::sleep(Duration::from_millis(300));

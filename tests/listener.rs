@@ -20,7 +20,7 @@ fn loopback() -> SocketAddr {
 /// Balancing by connection counts alone (`util::counting`): these tests
 /// assert exact splits.
 fn echo_server(backend: Backend, workers: usize, listeners: usize) -> EchoServer {
-    let mut builder = util::counting(Builder::new(backend).workers(workers));
+    let mut builder = util::counting(Builder::new(backend).workers(workers), backend);
     for _ in 0..listeners {
         builder = builder.listen(loopback());
     }

@@ -24,7 +24,7 @@ fn redirected_server(backend: Backend, guard: Guard) -> EchoServer {
     balancer_testkit::redirect(8080, 15001).expect("iptables REDIRECT (run scripts/setup)");
     // Counts alone (`util::counting`): the released-counter test shows
     // what counting sees, not what the busy weight makes of it.
-    let builder = util::counting(Builder::new(backend).workers(WORKERS))
+    let builder = util::counting(Builder::new(backend).workers(WORKERS), backend)
         .listen_virtual("127.0.0.1:15001")
         .handoff_target("0.0.0.0:8080");
     EchoServer::start(util::bind(builder, backend), guard)

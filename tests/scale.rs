@@ -23,7 +23,7 @@ fn ebpf(workers: usize, slots: usize) -> EchoServer {
     // Counts alone (`util::counting`): 256 worker threads on two cores do
     // go 50 ms without running, and a stalled worker is rightly passed
     // over; these tests measure the scan.
-    let builder = util::counting(Builder::new(Backend::Ebpf).workers(workers))
+    let builder = util::counting(Builder::new(Backend::Ebpf).workers(workers), Backend::Ebpf)
         .ebpf_slots(slots)
         .listen("127.0.0.1:0");
     EchoServer::start(util::bind(builder, Backend::Ebpf), Guard::Keep)
@@ -78,7 +78,7 @@ fn a_take_over_at_256_slots_steers_both_sets_as_one() {
         return;
     }
     let bind = |addr: &str, take_over: bool| {
-        let builder = util::counting(Builder::new(Backend::Ebpf).workers(128))
+        let builder = util::counting(Builder::new(Backend::Ebpf).workers(128), Backend::Ebpf)
             .ebpf_slots(256)
             .take_over(take_over)
             .listen(addr);
@@ -115,7 +115,8 @@ fn cpu_locality_prefers_the_local_worker_among_the_least_loaded() {
     }
     let cores = core_affinity::get_core_ids().expect("the cores");
     let workers = cores.len().clamp(2, 8);
-    let builder = (Builder::new(Backend::Ebpf).workers(workers))
+    let builder = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf)
+        .workers(workers)
         .pin_to_cores(true)
         .cpu_locality(true)
         .listen("127.0.0.1:0");

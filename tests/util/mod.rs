@@ -109,16 +109,21 @@ pub fn bind_loopback(backend: Backend, workers: usize) -> BalancedListener {
 /// stall detection. For tests that assert exact splits: on an emulated or
 /// starved machine the workers do go busy or 50 ms without running, and the
 /// default rightly steers around them then (tests/busy.rs covers that).
-pub fn counting(builder: Builder) -> Builder {
-    builder
-        .weigh_busy_workers(false)
-        .stall_threshold(std::time::Duration::ZERO)
+/// `Shared` and `ReusePort` compare no loads: only the stall detection
+/// goes there.
+pub fn counting(builder: Builder, backend: Backend) -> Builder {
+    let builder = builder.stall_threshold(std::time::Duration::ZERO);
+    if least_loaded(backend) {
+        builder.balance_on(balancer::LoadMeasure::Connections)
+    } else {
+        builder
+    }
 }
 
 /// [`bind_loopback`], balancing by connection counts alone ([`counting`]).
 pub fn bind_counting(backend: Backend, workers: usize) -> BalancedListener {
     let builder = Builder::new(backend).workers(workers).listen("127.0.0.1:0");
-    bind(counting(builder), backend)
+    bind(counting(builder, backend), backend)
 }
 
 /// [`bind_loopback`], with the set's stats and its address.

@@ -1,9 +1,11 @@
-//! Building a balanced listener: the [`Builder`]'s options (this file),
-//! their checks (`validate.rs`), the listeners as asked for
+//! Building a balanced listener: the [`Builder`]'s options (workers and
+//! sockets here, how the load is shared in `balancing.rs`), their checks
+//! (`validate.rs`), the listeners as asked for
 //! (`requested.rs`), the options of every listening socket and how sockets
 //! are made or adopted (`socket_options.rs`), binding them into workers
 //! (`bind.rs`), and why binding failed ([`BindError`], `error.rs`).
 
+mod balancing;
 mod bind;
 mod error;
 pub(crate) mod requested;
@@ -82,7 +84,7 @@ impl Builder {
             fallback_to_reuseport: false,
             steering: SteeringOptions::default(),
             take_over: false,
-            stall_threshold: DEFAULT_STALL_THRESHOLD,
+            stall_threshold: balancing::DEFAULT_STALL_THRESHOLD,
             measure: LoadMeasure::default(),
             rebalance: Some(RebalancePolicy::default()),
         }
@@ -290,143 +292,7 @@ impl Builder {
         self.pin_to_cores = pin;
         self
     }
-
-    /// For `Backend::Ebpf` only: if the program cannot be loaded for lack of
-    /// privilege or kernel support, bind with `ReusePort` instead (logged at
-    /// warn level;
-    /// [`BalancedListener::backend`](crate::BalancedListener::backend)
-    /// reports it). Off by default: without it such a failure is an error.
-    pub fn fallback_to_reuseport(mut self, fallback: bool) -> Self {
-        self.fallback_to_reuseport = fallback;
-        self
-    }
-
-    /// For `Backend::Ebpf`: the worker slots the steering program serves,
-    /// over every listener set that will share it (see
-    /// [`Builder::take_over`]): at least this set's workers, at most
-    /// [`Backend::max_workers`] (1,024), else `bind` fails with
-    /// [`BindError::EbpfSlots`]. Default: twice this set's workers (room
-    /// for a successor of the same size), at most 1,024.
-    ///
-    /// Up to 64 slots the program compares every slot for each new
-    /// connection (bursts split within one connection per worker; a few
-    /// nanoseconds per slot); above, it compares blocks of 16 slots by a
-    /// summary, then the best block's slots, so its cost stays near flat
-    /// (bursts split within two). `cargo xtask bench` measures both.
-    pub fn ebpf_slots(mut self, slots: usize) -> Self {
-        self.steering.slots = Some(slots);
-        self
-    }
-
-    /// For `Backend::Ebpf`: log each steering decision from the kernel at
-    /// debug level through the [`log`] crate (target `balancer_ebpf`). Off
-    /// by default: when off, the verifier removes the logging code from the
-    /// program, so it costs nothing per connection; when on, each decision
-    /// costs a ring-buffer write in the kernel and a thread forwards the
-    /// records.
-    pub fn ebpf_debug_log(mut self, on: bool) -> Self {
-        self.steering.debug_log = on;
-        self
-    }
-
-    /// How long a worker's event loop may go without running while
-    /// connections wait for it before it counts as *stalled* (a blocked
-    /// system call, a page-fault storm, a long lock, a CPU-heavy request).
-    /// Default 50 ms; `Duration::ZERO` turns stall detection off.
-    ///
-    /// A stalled worker receives no new connection while another is live
-    /// (`Ebpf`'s program and `Exact`'s pick skip it; with every worker
-    /// stalled they still pick), and what already waits for it (its accept
-    /// queues with `ReusePort` and `Ebpf`, its transfer queue with `Exact`)
-    /// is taken by the least-loaded live worker within a tick of the
-    /// threshold (a tick is a fifth of it). `Shared` needs none of this:
-    /// every worker accepts from the one socket. An idle worker waiting for
-    /// connections is never stalled, whatever the threshold; nor is one
-    /// whose thread has not started yet, for a second after `bind`.
-    ///
-    /// Cost: each worker's event loop ticks every fifth of the threshold
-    /// while it waits (a timer wake-up and a clock read); a stamp per accept
-    /// (a vDSO clock read, no system call). Too short a threshold takes a
-    /// worker that the scheduler merely kept off its CPU for stalled; too
-    /// long leaves connections waiting for a hung worker that long.
-    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
-        self.stall_threshold = threshold;
-        self
-    }
-
-    /// What `Exact` and `Ebpf` compare when they choose a worker for a new
-    /// connection (see [`LoadMeasure`]): connections, connections weighed
-    /// by how busy the worker is (the default), or requests in flight.
-    /// `Shared` and `ReusePort` compare nothing: any other measure than the
-    /// default fails `bind` with [`BindError::BalanceOn`]. The busy stats
-    /// (`busy_permille`) and the request counts are kept whatever the
-    /// measure.
-    pub fn balance_on(mut self, measure: LoadMeasure) -> Self {
-        self.measure = measure;
-        self
-    }
-
-    /// When a worker asks some of its connections to end gracefully so
-    /// that their clients reconnect to a less busy worker (see
-    /// [`RebalancePolicy`] for the rule and its defaults, and
-    /// [`Rebalance`](crate::Rebalance) for how a server honours it); `None`
-    /// turns it off. On by default.
-    ///
-    /// Connect-time steering cannot see a connection's weight; with
-    /// long-lived connections (keep-alive HTTP/1, HTTP/2, gRPC) a few can
-    /// carry most of the work for their whole life. A hint ends one between
-    /// requests, and steering places its client's next connection on a
-    /// worker with capacity: with `Exact` and `Ebpf` (which weigh busy
-    /// workers down) and with `Shared` (whose busy worker is slow to
-    /// accept); with `ReusePort` the kernel's hash picks the worker again
-    /// (1 in N back on the same one). Cost: nothing per request; once per
-    /// 100 ms a comparison of the workers' busy figures, and, when a worker
-    /// sheds, one pass over its connections.
-    pub fn rebalance(mut self, policy: Option<RebalancePolicy>) -> Self {
-        self.rebalance = policy;
-        self
-    }
-
-    /// For `Backend::Ebpf` with pinned workers ([`Builder::pin_to_cores`]):
-    /// among the least-loaded workers, the steering program chooses the one
-    /// pinned to the CPU that runs the connection's SYN, so that the
-    /// connection is served where its packets arrive. Locality never costs
-    /// balance: the local worker is chosen only when it is tied for the
-    /// lowest load (bursts still split within one). Each worker's
-    /// `local_selections` (stats) counts the connections chosen that way.
-    /// Off by default; without `Ebpf` and pinned workers `bind` fails with
-    /// [`BindError::CpuLocality`].
-    pub fn cpu_locality(mut self, on: bool) -> Self {
-        self.steering.cpu_locality = on;
-        self
-    }
-
-    /// Takes over addresses that a running listener set (this process's or
-    /// one being replaced, of the same user) listens on, instead of failing
-    /// with [`BindError::AddressInUse`]: the new sockets join the old ones'
-    /// `SO_REUSEPORT` group, so the port never stops accepting. Then stop the
-    /// old workers with [`Worker::close`](crate::Worker::close). See the README's "Guarantees" for
-    /// what each backend keeps across the switch. Off by default, so that a
-    /// second server on the same port is an error.
-    ///
-    /// With `Ebpf`, the new set joins the running set's steering program
-    /// rather than loading its own: the old set hands the program and its
-    /// maps over a Unix socket, the new set's workers take free slots in
-    /// them ([`Builder::ebpf_slots`] of the old set), and both sets are
-    /// steered as one, least-loaded over all their workers. Whichever set
-    /// stops first, cleanly or killed, the group keeps the program and the
-    /// survivor is steered exactly as before. With no running program to
-    /// join, the new set loads one. (So several processes can also share
-    /// one program, as prefork servers do.)
-    pub fn take_over(mut self, take_over: bool) -> Self {
-        self.take_over = take_over;
-        self
-    }
 }
-
-/// The default [`Builder::stall_threshold`]: tens of milliseconds, above
-/// a scheduler's time slice on a busy machine.
-const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_millis(50);
 
 /// One worker per CPU, at most what the backend supports.
 fn default_workers(backend: Backend, cpus: usize) -> usize {

@@ -10,6 +10,7 @@
 
 pub(crate) mod backoff;
 mod connections;
+mod pick;
 mod pulse;
 mod rebalance;
 mod rescue;

@@ -7,7 +7,7 @@
 //! Per connection it counts every request ([`Connection::requests`]: the
 //! per-worker `requests_active` and `requests_total`, and the load with
 //! [`LoadMeasure::Requests`](crate::LoadMeasure::Requests)) and honours
-//! the worker's [`Rebalance`](crate::Rebalance) hint: on HTTP/1 the next
+//! the worker's [`Rebalance`] hint: on HTTP/1 the next
 //! response says `Connection: close` and the connection ends once it is
 //! written; on HTTP/2 a `GOAWAY` lets the streams in flight finish. No
 //! request is cut, an idle connection is not closed under a client that
@@ -77,6 +77,12 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// A response body hyper-util can send from any task: what every service
+/// here answers with (axum's and tonic's bodies are).
+pub trait ResponseBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ResponseBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// Serves `connections` with the tower `service` (an axum `Router`,
 /// tonic's `Routes`) until they end, then shuts every connection down
 /// gracefully and returns once all have closed. See the [module](self)
@@ -100,9 +106,7 @@ where
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: ResponseBody,
 {
     serve_hyper(connections, TowerToHyperService::new(service)).await;
 }
@@ -120,9 +124,7 @@ where
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: ResponseBody,
 {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -151,9 +153,7 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    B: ResponseBody,
 {
     let rebalance = conn.rebalance();
     let protocol = Arc::new(AtomicU8::new(UNKNOWN));

@@ -65,6 +65,28 @@ fn start(backend: Backend) -> (LoadedServer, std::sync::MutexGuard<'static, ()>)
     )
 }
 
+/// A server (and the turn) with one worker hung for 2.5 s by `how`,
+/// through a connection it serves: the worker and what holds it hung.
+/// `None` (the test skips, saying why) if freezing needs what this process
+/// lacks.
+fn start_hung(
+    backend: Backend,
+    how: Hang,
+) -> Option<(
+    LoadedServer,
+    std::sync::MutexGuard<'static, ()>,
+    usize,
+    Hung,
+)> {
+    if matches!(how, Hang::Freeze) && !util::privileged("the cgroup freezer") {
+        return None;
+    }
+    let (server, turn) = start(backend);
+    let (hung, conn) = connect_and_ask(server.addr);
+    let held = hang(&server, how, hung, conn, 2500);
+    Some((server, turn, hung, held))
+}
+
 /// Hangs worker `worker` for `millis` (a frozen thread until dropped, so
 /// at least that long), through `conn`, a connection it serves.
 fn hang(server: &LoadedServer, how: Hang, worker: usize, mut conn: TcpStream, millis: u64) -> Hung {
@@ -185,12 +207,9 @@ fn nothing_waits_for_a_hung_worker(
     #[values(Hang::Block, Hang::Freeze)] how: Hang,
 ) {
     util::skip_unless_runnable!(backend);
-    if matches!(how, Hang::Freeze) && !util::privileged("the cgroup freezer") {
+    let Some((server, _turn, hung, held)) = start_hung(backend, how) else {
         return;
-    }
-    let (server, _turn) = start(backend);
-    let (hung, conn) = connect_and_ask(server.addr);
-    let held = hang(&server, how, hung, conn, 2500);
+    };
     std::thread::sleep(Duration::from_millis(500));
     let (lights, clients) = light_burst(server.addr, LIGHT);
     report("hung", backend, hung, &lights);
@@ -210,12 +229,9 @@ fn what_waits_for_a_worker_that_hangs_is_rescued(
     #[values(Hang::Block, Hang::Freeze)] how: Hang,
 ) {
     util::skip_unless_runnable!(backend);
-    if matches!(how, Hang::Freeze) && !util::privileged("the cgroup freezer") {
+    let Some((server, _turn, hung, held)) = start_hung(backend, how) else {
         return;
-    }
-    let (server, _turn) = start(backend);
-    let (hung, conn) = connect_and_ask(server.addr);
-    let held = hang(&server, how, hung, conn, 2500);
+    };
     let (lights, clients) = light_burst(server.addr, LIGHT);
     report("at-the-hang", backend, hung, &lights);
     assert_eq!(lights.len(), LIGHT);

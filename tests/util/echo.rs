@@ -142,6 +142,16 @@ impl EchoServer {
             .collect()
     }
 
+    /// [`EchoServer::served_here`] once `recorded` of `clients` are
+    /// recorded (bounded wait). A worker counts a connection in `accept`
+    /// and records it just after, so a test that saw the counters reach a
+    /// number waits here for the records to catch up; an unechoed client
+    /// has no other proof that it was accepted.
+    pub fn served_here_once(&self, clients: &[TcpStream], recorded: usize) -> Vec<Option<usize>> {
+        super::eventually(|| self.served_here(clients).iter().flatten().count() >= recorded);
+        self.served_here(clients)
+    }
+
     /// Connections per worker, by who actually served them.
     pub fn split(&self, clients: &[TcpStream], workers: usize) -> Vec<usize> {
         let mut split = vec![0; workers];

@@ -120,7 +120,7 @@ pub fn keep_alive(
 /// Connects a client per path. `Open::Burst` issues every `connect()` before
 /// awaiting any; `Open::OneByOne` makes each connection's first request
 /// before opening the next.
-async fn connect_all(
+pub(super) async fn connect_all(
     addr: SocketAddr,
     paths: Vec<String>,
     open: Open,
@@ -282,8 +282,8 @@ impl HeldConnection {
                 bail!("server closed the connection");
             }
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(worker) = parse_response(&buf)? {
-                break worker;
+            if let Some(response) = parse_response(&buf)? {
+                break response.worker;
             }
         };
         Ok(Self { stream, worker })
@@ -304,7 +304,7 @@ fn get_request(path: &str) -> Vec<u8> {
 
 /// A plain GET over HTTP/1.1 with `Connection: close`, returning the body
 /// (for admin endpoints).
-async fn get_async(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+pub(super) async fn get_async(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
@@ -315,7 +315,7 @@ async fn get_async(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-fn runtime() -> anyhow::Result<LocalRuntime> {
+pub(super) fn runtime() -> anyhow::Result<LocalRuntime> {
     Ok(LocalRuntime {
         runtime: tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -324,31 +324,42 @@ fn runtime() -> anyhow::Result<LocalRuntime> {
     })
 }
 
-struct LocalRuntime {
+pub(super) struct LocalRuntime {
     runtime: tokio::runtime::Runtime,
     local: tokio::task::LocalSet,
 }
 
 impl LocalRuntime {
-    fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
+    pub(super) fn block_on<T>(&self, future: impl std::future::Future<Output = T>) -> T {
         self.local.block_on(&self.runtime, future)
     }
 }
 
-fn histogram() -> Histogram<u64> {
+pub(super) fn histogram() -> Histogram<u64> {
     // 1 µs to 60 s at 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// One keep-alive HTTP/1.1 connection.
-struct Client {
+pub(super) struct Client {
     stream: TcpStream,
     request: Vec<u8>,
     buf: Vec<u8>,
+    /// The last response said `Connection: close`: the server closes the
+    /// connection, and a request sent on it would be lost.
+    ended: bool,
+}
+
+/// What a client reads of a complete response.
+pub(super) struct Response {
+    /// Its `X-Worker` value (`?` without one).
+    pub worker: String,
+    /// It said `Connection: close`: the server ends the connection after it.
+    pub close: bool,
 }
 
 impl Client {
-    async fn connect(addr: SocketAddr, path: String) -> anyhow::Result<Self> {
+    pub(super) async fn connect(addr: SocketAddr, path: String) -> anyhow::Result<Self> {
         let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
             .await
             .with_context(|| format!("connecting to {addr} timed out"))??;
@@ -357,6 +368,7 @@ impl Client {
             stream,
             request: get_request(&path),
             buf: Vec::with_capacity(1024),
+            ended: false,
         })
     }
 
@@ -369,13 +381,21 @@ impl Client {
         Ok((worker, start.elapsed()))
     }
 
-    async fn send(&mut self) -> anyhow::Result<()> {
+    pub(super) async fn send(&mut self) -> anyhow::Result<()> {
+        if self.ended {
+            bail!("the server ended the connection (Connection: close); this client does not reconnect");
+        }
         self.stream.write_all(&self.request).await?;
         Ok(())
     }
 
     /// Reads one response; returns its `X-Worker` value.
     async fn receive(&mut self) -> anyhow::Result<String> {
+        Ok(self.response().await?.worker)
+    }
+
+    /// Reads one complete response.
+    pub(super) async fn response(&mut self) -> anyhow::Result<Response> {
         self.buf.clear();
         loop {
             let mut chunk = [0u8; 1024];
@@ -386,16 +406,16 @@ impl Client {
                 bail!("server closed the connection");
             }
             self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(worker) = parse_response(&self.buf)? {
-                return Ok(worker);
+            if let Some(response) = parse_response(&self.buf)? {
+                self.ended |= response.close;
+                return Ok(response);
             }
         }
     }
 }
 
-/// The `X-Worker` header of a complete response in `buf`, `None` while
-/// incomplete.
-fn parse_response(buf: &[u8]) -> anyhow::Result<Option<String>> {
+/// A complete response in `buf`, `None` while incomplete.
+fn parse_response(buf: &[u8]) -> anyhow::Result<Option<Response>> {
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut response = httparse::Response::new(&mut headers);
     let httparse::Status::Complete(head) = response.parse(buf)? else {
@@ -417,7 +437,11 @@ fn parse_response(buf: &[u8]) -> anyhow::Result<Option<String>> {
     if buf.len() < head + length {
         return Ok(None);
     }
-    Ok(Some(header("x-worker").unwrap_or_else(|| "?".into())))
+    Ok(Some(Response {
+        worker: header("x-worker").unwrap_or_else(|| "?".into()),
+        close: header("connection")
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))),
+    }))
 }
 
 /// The seeds' client: `connections` keep-alive connections opened in one
@@ -627,5 +651,23 @@ impl Timer {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_response;
+
+    #[test]
+    fn a_response_names_its_worker_and_whether_it_ends_the_connection() {
+        let kept = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Worker: 2\r\n\r\nok\n";
+        let response = parse_response(kept).unwrap().expect("complete");
+        assert_eq!((response.worker.as_str(), response.close), ("2", false));
+        let closing =
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Worker: 0\r\nConnection: Close\r\n\r\nok\n";
+        assert!(parse_response(closing).unwrap().expect("complete").close);
+        assert!(parse_response(&closing[..closing.len() - 1])
+            .unwrap()
+            .is_none());
     }
 }

@@ -8,7 +8,11 @@
 //! - churn: a new connection per request;
 //! - program cost: the steering program's nanoseconds per run over a churn,
 //!   from the kernel's `bpf_stats_enabled` accounting, at 2, 8 and 64 workers;
-//! - skew: a few connections far heavier than the rest;
+//! - skew: a few connections far heavier than the rest, with rebalancing
+//!   off and on; steady: homogeneous load, where rebalancing must stay
+//!   quiet; request counting: its cost per request (see `rebalance.rs`);
+//! - http2: h2load against the axum example, a few connections carrying
+//!   most streams, rebalancing off and on (see `http2.rs`);
 //! - busy and hung: a burst of light connections while one worker is busy
 //!   with CPU-heavy requests, or its thread frozen (see `held.rs`);
 //! - handoff: iptables REDIRECT through a virtual listener in a network
@@ -21,18 +25,26 @@
 //! - costs: system calls per accepted connection and the time from `bind()`
 //!   to the first accept, counted by strace.
 //!
+//! The scenarios other than skew, steady, request counting and http2 run
+//! the example with `--rebalance off`: they measure where steering places
+//! connections, and the seeds' clients do not reconnect.
+//!
 //! Results: a table on stdout, `bench.json` with every figure, and
 //! `report.md` with SVG charts, in `--out` (default `target/bench`).
 
 mod cgroup;
 mod costs;
 mod held;
+mod http2;
 mod load;
 mod netns;
 mod program_cost;
+mod rebalance;
+mod reconnecting;
 mod report;
 mod seed;
 mod server;
+mod worker_stats;
 mod wrk;
 
 use std::{
@@ -45,7 +57,8 @@ use std::{
 use anyhow::Context;
 use load::Open;
 use program_cost::ProgramCostRow;
-use report::{AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, Report, SkewRow};
+use reconnecting::Phases;
+use report::{AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, Report};
 use serde::Serialize;
 use server::Ours;
 
@@ -79,8 +92,9 @@ pub struct Options {
     /// (busy and hung are the same in both).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (keep-alive, churn, program-cost, skew, busy,
-    /// hung, handoff, anchors, seed, costs); all by default.
+    /// Run only these scenarios (keep-alive, churn, program-cost, skew,
+    /// steady, request-counting, http2, busy, hung, handoff, anchors, seed,
+    /// costs); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
     /// CPU time each request burns in the seed scenario's handler.
@@ -101,6 +115,9 @@ enum Scenario {
     Churn,
     ProgramCost,
     Skew,
+    Steady,
+    RequestCounting,
+    Http2,
     Busy,
     Hung,
     Handoff,
@@ -118,7 +135,15 @@ struct Plan {
     anchor_workers: Vec<usize>,
     keep_alive: Duration,
     churn: Duration,
-    skew: Duration,
+    /// The backends the rebalancing scenarios (skew, steady, http2) run on.
+    rebalance_backends: Vec<&'static str>,
+    skew: Phases,
+    steady: Phases,
+    http2: Phases,
+    /// Rounds of the request counting comparison, and each server's
+    /// measurement in a round.
+    counting_rounds: usize,
+    counting: Duration,
     handoff: Duration,
     anchors: Duration,
     seed_closed: Duration,
@@ -134,7 +159,12 @@ impl Plan {
                 anchor_workers: vec![2],
                 keep_alive: s(1),
                 churn: s(1),
-                skew: s(1),
+                rebalance_backends: vec!["exact", "ebpf"],
+                skew: Phases::secs(3, 3),
+                steady: Phases::secs(1, 2),
+                http2: Phases::secs(2, 3),
+                counting_rounds: 3,
+                counting: s(1),
                 handoff: s(1),
                 anchors: s(1),
                 seed_closed: s(2),
@@ -146,7 +176,12 @@ impl Plan {
                 anchor_workers: vec![2, 4],
                 keep_alive: s(5),
                 churn: s(3),
-                skew: s(5),
+                rebalance_backends: BACKENDS.to_vec(),
+                skew: Phases::secs(5, 10),
+                steady: Phases::secs(2, 8),
+                http2: Phases::secs(3, 8),
+                counting_rounds: 6,
+                counting: s(2),
                 handoff: s(3),
                 anchors: s(5),
                 seed_closed: s(5),
@@ -193,6 +228,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     }
     if runs(Scenario::Skew) {
         report.skew = bench.skew(&plan)?;
+    }
+    if runs(Scenario::Steady) {
+        report.steady = bench.steady(&plan)?;
+    }
+    if runs(Scenario::RequestCounting) {
+        report.request_counting = bench.request_counting(&plan)?;
+    }
+    if runs(Scenario::Http2) {
+        report.http2 = Some(bench.http2(&plan)?);
     }
     if runs(Scenario::Busy) || runs(Scenario::Hung) {
         let settings = held::Settings::new();
@@ -307,6 +351,7 @@ impl Bench {
             workers,
             port: free_port(),
             admin_port: free_port(),
+            rebalance: false,
             extra: Vec::new(),
             netns: None,
         }
@@ -367,35 +412,6 @@ impl Bench {
             let server = ours.start()?;
             let churn = || load::churn(server.addr, CHURN_CONCURRENCY, plan.churn);
             rows.push(program_cost::measure(workers, slots, admin, churn)?);
-        }
-        Ok(rows)
-    }
-
-    fn skew(&mut self, plan: &Plan) -> anyhow::Result<Vec<SkewRow>> {
-        let mut rows = Vec::new();
-        for &workers in plan.workers.iter().filter(|&&w| w <= 4) {
-            for backend in BACKENDS {
-                self.progress(&format!("skew {backend} x{workers}"));
-                let server = self.ours(backend, workers).start()?;
-                let heavy = |i: usize| HEAVY.contains(&i);
-                let path = |i: usize| {
-                    if heavy(i) {
-                        heavy_path()
-                    } else {
-                        "/".into()
-                    }
-                };
-                let run = load::keep_alive(
-                    server.addr,
-                    CONNECTIONS,
-                    Open::Burst,
-                    plan.skew,
-                    path,
-                    heavy,
-                    None,
-                )?;
-                rows.push(SkewRow::new(backend, workers, &run));
-            }
         }
         Ok(rows)
     }

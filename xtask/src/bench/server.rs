@@ -81,6 +81,10 @@ pub struct Ours<'a> {
     pub workers: usize,
     pub port: u16,
     pub admin_port: u16,
+    /// Whether a busier worker asks connections to end (`--rebalance`).
+    /// The scenarios that measure where steering places connections run
+    /// without it; the rebalancing ones set it.
+    pub rebalance: bool,
     /// Extra flags (virtual listener, targets, ...).
     pub extra: Vec<String>,
     /// Run inside this network namespace (`ip netns exec`).
@@ -108,6 +112,7 @@ impl Ours<'_> {
             .args(["--listen", &addr.to_string()])
             .args(["--admin", &format!("127.0.0.1:{}", self.admin_port)])
             .args(["--drain-timeout", "1"])
+            .args(["--rebalance", if self.rebalance { "on" } else { "off" }])
             .args(&self.extra);
         match self.netns {
             Some(ns) => {

@@ -84,3 +84,87 @@ pub fn run(
         .with_context(|| format!("no result line in wrk output:\n{stdout}"))?;
     serde_json::from_str(line).with_context(|| format!("parsing {line}"))
 }
+
+/// What a plain wrk run (no script) reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Plain {
+    pub requests: u64,
+    pub requests_per_sec: f64,
+    /// Socket errors and non-2xx/3xx responses.
+    pub errors: u64,
+}
+
+/// wrk on `threads` threads with `connections` connections for `duration`
+/// and no script (the Lua callbacks cost wrk more than a light request
+/// costs the server).
+pub fn plain(
+    addr: SocketAddr,
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Plain> {
+    let out = Command::new("wrk")
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args(["-d", &format!("{}s", duration.as_secs().max(1))])
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    parse_plain(&stdout).with_context(|| format!("no Requests/sec in wrk output:\n{stdout}"))
+}
+
+/// `N requests in ...`, `Requests/sec: X`, and the error lines when present
+/// (`Socket errors: connect A, read B, write C, timeout D`, `Non-2xx or 3xx
+/// responses: E`).
+fn parse_plain(out: &str) -> Option<Plain> {
+    let field = |prefix: &str| out.lines().find_map(|l| l.trim().strip_prefix(prefix));
+    let requests = (out.lines())
+        .find_map(|l| l.trim().split_once(" requests in "))?
+        .0
+        .trim()
+        .parse()
+        .ok()?;
+    let requests_per_sec = field("Requests/sec:")?.trim().parse().ok()?;
+    let socket: u64 = field("Socket errors:").map_or(0, |errors| {
+        (errors.split(','))
+            .filter_map(|e| e.split_whitespace().last()?.parse::<u64>().ok())
+            .sum()
+    });
+    let status: u64 =
+        field("Non-2xx or 3xx responses:").map_or(0, |n| n.trim().parse().unwrap_or(0));
+    Some(Plain {
+        requests,
+        requests_per_sec,
+        errors: socket + status,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_output_is_parsed_with_and_without_errors() {
+        let out = "Running 2s test @ http://127.0.0.1:18091/
+  1 threads and 40 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   284.26us   70.91us   2.88ms   87.68%
+    Req/Sec   141.87k     4.30k  146.67k    85.00%
+  282374 requests in 2.00s, 33.12MB read
+Requests/sec: 141078.09
+Transfer/sec:     16.57MB
+";
+        let plain = parse_plain(out).expect("parsed");
+        assert_eq!(plain.requests, 282374);
+        assert_eq!(plain.requests_per_sec, 141078.09);
+        assert_eq!(plain.errors, 0);
+        let failing = format!(
+            "{out}  Socket errors: connect 0, read 3, write 1, timeout 2\n  Non-2xx or 3xx responses: 4\n"
+        );
+        assert_eq!(parse_plain(&failing).expect("parsed").errors, 10);
+        assert!(parse_plain("Running 2s test").is_none());
+    }
+}

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{seed_table::seed_ratios, table::wait_label, HeldRow, Report};
-use crate::bench::{held, load::Open, seed::Seed, CONNECTIONS};
+use crate::bench::{held, load::Open, rebalance, seed::Seed, CONNECTIONS};
 
 impl Report {
     /// The whole of report.md.
@@ -31,6 +31,10 @@ impl Report {
         }
         if let Some(seed) = &self.seed {
             markdown.push_str(&seed_markdown(seed));
+        }
+        let rebalancing = !self.skew.is_empty() || !self.steady.is_empty();
+        if rebalancing || !self.request_counting.is_empty() || self.http2.is_some() {
+            markdown.push_str(&rebalance_markdown(self.cores));
         }
         let _ = write!(markdown, "```text\n{}```\n", self.table());
         markdown
@@ -174,9 +178,42 @@ fn seed_markdown(seed: &Seed) -> String {
     m
 }
 
+/// The rebalancing section of report.md: how its scenarios run and what
+/// a machine with `cores` cores can show of them.
+fn rebalance_markdown(cores: usize) -> String {
+    format!(
+        "## Rebalancing and request counting\n\nThe skew, steady, request counting and http2 \
+         tables. Skew and steady run the `http` example at {workers} workers with the bench's own \
+         client: one thread, closed loop; a client whose response says `Connection: close` \
+         reconnects (as wrk and gRPC clients do) and the reconnect is counted; a request without \
+         a complete `200` counts as failed, and its client reconnects. Skew runs each backend \
+         with `--rebalance off` and then `on`. Per-worker CPU is the admin endpoint's \
+         `cpu_time_ms` over the measurement, after a warm-up. A worker asks a connection to end \
+         when it stays {margin}‰ of a CPU busier than the least busy worker for a second, and \
+         never moves a connection that carries the worker's load alone. With {cores} cores for \
+         {workers} workers and the client, every worker that has work runs on the same few \
+         cores, so the busiest cannot get far ahead of the rest: the `gap` after each backend's \
+         targets says how far it got without rebalancing. Request counting compares a server \
+         counting every request with one that does not, driven in turn by wrk. HTTP/2 runs two \
+         h2load processes against the axum example; h2load does not reconnect an HTTP/2 \
+         connection ended with `GOAWAY` (nghttp2/nghttp2#1197), so a hinted connection's \
+         streams stop for the rest of the run.\n\n",
+        workers = rebalance::WORKERS,
+        margin = rebalance::REBALANCE_MARGIN_PERMILLE,
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{held, held_markdown, keep_alive_markdown, HeldRow};
+    use super::{held, held_markdown, keep_alive_markdown, rebalance_markdown, HeldRow};
+
+    #[test]
+    fn rebalance_prose_names_the_cores_workers_and_margin() {
+        let m = rebalance_markdown(2);
+        assert!(m.contains("at 4 workers"), "{m}");
+        assert!(m.contains("With 2 cores for 4 workers"), "{m}");
+        assert!(m.contains("300‰ of a CPU busier"), "{m}");
+    }
 
     #[test]
     fn keep_alive_prose_names_the_settings_it_is_given() {

@@ -5,6 +5,7 @@
 mod bars;
 mod charts;
 mod markdown;
+mod rebalance_table;
 mod rows;
 mod seed_table;
 mod table;
@@ -15,9 +16,16 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub use rows::{AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, SkewRow};
+pub use rows::{AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow};
 
-use super::{costs::CostRow, held, program_cost::ProgramCostRow, seed::Seed};
+use super::{
+    costs::CostRow,
+    held,
+    http2::Http2,
+    program_cost::ProgramCostRow,
+    rebalance::{CountingRow, SkewRow, SteadyRow},
+    seed::Seed,
+};
 
 /// Everything one run measured; serialized as `bench.json`.
 #[derive(Serialize)]
@@ -28,7 +36,14 @@ pub struct Report {
     pub keep_alive: Vec<KeepAliveRow>,
     pub churn: Vec<ChurnRow>,
     pub program_cost: Vec<ProgramCostRow>,
+    /// The skew scenario, rebalancing off and on.
     pub skew: Vec<SkewRow>,
+    /// Homogeneous load with rebalancing on.
+    pub steady: Vec<SteadyRow>,
+    /// Per-request counting's cost.
+    pub request_counting: Vec<CountingRow>,
+    /// h2load against the axum example, when the scenario ran.
+    pub http2: Option<Http2>,
     /// The busy and hung scenarios' settings, when either ran.
     pub held: Option<held::Settings>,
     pub busy: Vec<HeldRow>,
@@ -50,6 +65,9 @@ impl Report {
             churn: Vec::new(),
             program_cost: Vec::new(),
             skew: Vec::new(),
+            steady: Vec::new(),
+            request_counting: Vec::new(),
+            http2: None,
             held: None,
             busy: Vec::new(),
             hung: Vec::new(),

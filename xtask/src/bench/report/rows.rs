@@ -9,6 +9,7 @@ use crate::bench::{
     held,
     load::{KeepAlive, Open},
     split_by_index,
+    worker_stats::envoy_stat,
     wrk::WrkResult,
     Spread,
 };
@@ -74,31 +75,6 @@ impl ChurnRow {
             if let Some(reuseport) = reference.get(&row.workers) {
                 row.cost_vs_reuseport = reuseport / row.connections_per_sec;
             }
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct SkewRow {
-    pub backend: String,
-    pub workers: usize,
-    /// All connections per worker.
-    pub split: Vec<u64>,
-    pub light_requests_per_sec: f64,
-    pub light_p99_us: u64,
-    pub light_p999_us: u64,
-}
-
-impl SkewRow {
-    pub fn new(backend: &str, workers: usize, run: &KeepAlive) -> Self {
-        let light = run.latency.len() as f64 / run.elapsed.as_secs_f64();
-        Self {
-            backend: backend.into(),
-            workers,
-            split: split_by_index(&run.split, workers),
-            light_requests_per_sec: light,
-            light_p99_us: run.latency.value_at_quantile(0.99),
-            light_p999_us: run.latency.value_at_quantile(0.999),
         }
     }
 }
@@ -192,12 +168,6 @@ impl HandoffRow {
             requests_per_sec: run.requests as f64 / run.elapsed.as_secs_f64(),
         }
     }
-}
-
-fn envoy_stat(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": ")?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[derive(Serialize)]

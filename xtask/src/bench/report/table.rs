@@ -3,25 +3,41 @@
 //! per row.
 
 use super::{
-    seed_table::seed_table, AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, Report, SkewRow,
+    rebalance_table::{http2, request_counting, skew, steady},
+    seed_table::seed_table,
+    AnchorRow, ChurnRow, HandoffRow, HeldRow, KeepAliveRow, Report,
 };
 use crate::bench::{
     costs::{self, CostRow},
-    heavy_path,
     held::Settings,
     program_cost::ProgramCostRow,
-    wrk, CHURN_CONCURRENCY, CONNECTIONS, HANDOFF_PORT, HANDOFF_WORKERS, HEAVY, HEAVY_COST_US,
-    VIRTUAL_LISTENER_PORT,
+    wrk, CHURN_CONCURRENCY, CONNECTIONS, HANDOFF_PORT, HANDOFF_WORKERS, VIRTUAL_LISTENER_PORT,
 };
 
 impl Report {
     /// All tables as plain text.
     pub fn table(&self) -> String {
-        let mut t = format!("{} cores, kernel {}\n\n", self.cores, self.kernel);
+        let mut t = format!(
+            "{} cores, kernel {}; every scenario but skew, steady, request counting and http2 \
+             runs the example with --rebalance off (they measure where steering places \
+             connections)\n\n",
+            self.cores, self.kernel
+        );
         t.push_str(&keep_alive(&self.keep_alive));
         t.push_str(&churn(&self.churn));
         t.push_str(&program_cost(&self.program_cost));
-        t.push_str(&skew(&self.skew));
+        if !self.skew.is_empty() {
+            t.push_str(&skew(&self.skew));
+        }
+        if !self.steady.is_empty() {
+            t.push_str(&steady(&self.steady));
+        }
+        if !self.request_counting.is_empty() {
+            t.push_str(&request_counting(&self.request_counting));
+        }
+        if let Some(h2) = &self.http2 {
+            t.push_str(&http2(h2));
+        }
         if let Some(settings) = &self.held {
             if !self.busy.is_empty() {
                 t.push_str(&busy(settings, &self.busy));
@@ -105,33 +121,6 @@ fn program_cost(rows: &[ProgramCostRow]) -> String {
             format!(
                 "{:>2} {:>5}  {:>8} {:>10.0}",
                 r.workers, r.slots, r.runs, r.ns_per_run
-            )
-        },
-    )
-}
-
-fn skew(rows: &[SkewRow]) -> String {
-    section(
-        &format!(
-            "\nskew: connections {HEAVY:?} of {CONNECTIONS} request {} ({} ms CPU each); \
-             latency of the light ones",
-            heavy_path(),
-            HEAVY_COST_US as f64 / 1000.0
-        ),
-        &format!(
-            "{:<10} {:>2}  {:<28} {:>9} {:>8} {:>9}",
-            "backend", "w", "split", "light/s", "p99us", "p99.9us"
-        ),
-        rows,
-        |r| {
-            format!(
-                "{:<10} {:>2}  {:<28} {:>9.0} {:>8} {:>9}",
-                r.backend,
-                r.workers,
-                format!("{:?}", r.split),
-                r.light_requests_per_sec,
-                r.light_p99_us,
-                r.light_p999_us
             )
         },
     )

@@ -2,7 +2,52 @@
 //! that the charts and bench.json are written.
 
 use super::*;
-use crate::bench::{heavy_path, held, load::Open, Spread, CHURN_CONCURRENCY, CONNECTIONS};
+use crate::bench::{
+    heavy_path, held,
+    http2::{H2load, Http2Row},
+    load::Open,
+    rebalance::{CountingRow, CountingSample, SkewRow, SteadyRow},
+    Spread, CHURN_CONCURRENCY, CONNECTIONS,
+};
+
+fn skew_row(backend: &str, rebalance: bool, worst_us: u64, cpu: Vec<u64>) -> SkewRow {
+    SkewRow {
+        backend: backend.into(),
+        workers: 4,
+        rebalance,
+        warm_up_secs: 5.0,
+        measured_secs: 10.0,
+        split_start: vec![10, 10, 10, 10],
+        split_end: vec![10, 10, 10, 10],
+        heavy_start: vec![2, 0, 1, 1],
+        heavy_end: if rebalance {
+            vec![1, 1, 1, 1]
+        } else {
+            vec![2, 0, 1, 1]
+        },
+        light_requests_per_sec: 5000.0,
+        light_p50_us: 300,
+        light_p99_us: 4100,
+        light_p999_us: 6000,
+        worst_light_median_us: worst_us,
+        cpu_max_over_min: crate::bench::worker_stats::max_over_min(&cpu),
+        cpu_permille: cpu,
+        hints_warm_up: u64::from(rebalance),
+        hints_per_min: 0.0,
+        reconnects: u64::from(rebalance),
+        failed: 0,
+    }
+}
+
+fn h2load(rps: f64) -> H2load {
+    H2load {
+        requests_per_sec: rps,
+        succeeded: 1000,
+        failed: 0,
+        errored: 0,
+        timeout: 0,
+    }
+}
 
 /// A report with a few synthetic rows in every section.
 fn sample() -> Report {
@@ -79,14 +124,74 @@ fn sample() -> Report {
             runs: 4000,
             ns_per_run: 85.0,
         }],
-        skew: vec![SkewRow {
+        skew: vec![
+            skew_row("exact", false, 4100, vec![480, 120, 450, 470]),
+            skew_row("exact", true, 1900, vec![430, 400, 410, 420]),
+            skew_row("ebpf", false, 300, vec![400, 400, 400, 400]),
+            skew_row("ebpf", true, 310, vec![400, 400, 400, 400]),
+        ],
+        steady: vec![SteadyRow {
             backend: "ebpf".into(),
-            workers: 2,
-            split: vec![20, 20],
-            light_requests_per_sec: 5000.0,
-            light_p99_us: 3000,
-            light_p999_us: 6000,
+            workers: 4,
+            path: "/".into(),
+            warm_up_secs: 2.0,
+            measured_secs: 8.0,
+            split_start: vec![10, 10, 10, 10],
+            split_end: vec![10, 10, 10, 10],
+            requests_per_sec: 30000.0,
+            p50_us: 500,
+            p99_us: 1200,
+            cpu_permille: vec![300, 310, 290, 305],
+            cpu_max_over_min: 310.0 / 290.0,
+            hints: 0,
+            hints_per_min: 0.0,
+            reconnects: 0,
+            failed: 0,
         }],
+        request_counting: vec![{
+            let sample = |rps: f64, cpu: f64| CountingSample {
+                requests_per_sec: rps,
+                cpu_us_per_request: cpu,
+                server_cpus: 0.99,
+                errors: 0,
+            };
+            CountingRow {
+                backend: "ebpf".into(),
+                workers: 1,
+                connections: CONNECTIONS,
+                secs_each: 2.0,
+                without: vec![sample(30000.0, 20.0), sample(30100.0, 20.2)],
+                with: vec![sample(29900.0, 20.3), sample(29950.0, 20.3)],
+                without_rps_median: 30050.0,
+                with_rps_median: 29925.0,
+                without_cpu_us_median: 20.1,
+                with_cpu_us_median: 20.3,
+                rps_cost: 0.0042,
+                cpu_cost: 0.01,
+                rps_cost_range: (0.0033, 0.005),
+                hints: 0,
+                errors: 0,
+            }
+        }],
+        http2: Some(crate::bench::http2::Http2 {
+            client: "h2load -t1 (h2c): a test".into(),
+            skipped: None,
+            rows: vec![Http2Row {
+                backend: "exact".into(),
+                workers: 4,
+                rebalance: true,
+                measured_secs: 8.0,
+                cpu_permille: vec![450, 200, 440, 210],
+                cpu_max_over_min: 2.25,
+                requests_per_sec: vec![90000, 2000, 88000, 2100],
+                hints: 9,
+                connections_end: vec![1, 10, 1, 10],
+                light: h2load(1900.0),
+                heavy: h2load(180000.0),
+                light_p50_us: 300,
+                light_p99_us: 900,
+            }],
+        }),
         held: Some(held::Settings::new()),
         busy: vec![held_row("shared", 300), held_row("ebpf", 300)],
         hung: vec![held_row("ebpf", 500), held_row("ebpf", 0)],
@@ -229,6 +334,9 @@ fn finish_writes_bench_json_the_charts_and_report_md() {
         "churn",
         "program_cost",
         "skew",
+        "steady",
+        "request_counting",
+        "http2",
         "held",
         "busy",
         "hung",
@@ -247,4 +355,55 @@ fn finish_writes_bench_json_the_charts_and_report_md() {
         assert!(markdown.contains(&format!("]({chart})")), "{chart}");
     }
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn the_skew_table_compares_each_backend_with_the_targets() {
+    let t = sample().table();
+    let skew = t.split("\nskew: ").nth(1).expect("a skew section");
+    assert!(skew.starts_with("4 workers; connections"), "{skew}");
+    assert!(skew.contains("warm-up 5 s, then measured 10 s"), "{skew}");
+    let exact = skew
+        .lines()
+        .find(|l| l.trim_start().starts_with("exact      worst"));
+    let exact = exact.expect("a target line for exact");
+    assert!(exact.contains("on/off 0.46x (met)"), "{exact}");
+    assert!(exact.contains("CPU max/min on 1.07 (met)"), "{exact}");
+    let ebpf = skew
+        .lines()
+        .find(|l| l.trim_start().starts_with("ebpf       worst"));
+    assert!(
+        ebpf.expect("a target line for ebpf")
+            .contains("1.03x (not met)"),
+        "{skew}"
+    );
+    assert!(
+        skew.contains("[1,1,1,1]") && skew.contains("[480,120,450,470]"),
+        "{skew}"
+    );
+}
+
+#[test]
+fn the_rebalancing_tables_say_what_was_run_and_what_it_cost() {
+    let t = sample().table();
+    assert!(
+        t.contains("\nsteady: 4 workers, 40 connections all asking the same path"),
+        "{t}"
+    );
+    assert!(
+        t.contains("wrk -t1 -c40, 2 rounds of 2 s per server"),
+        "{t}"
+    );
+    assert!(t.contains("0.4% [0.3%, 0.5%]"), "{t}");
+    assert!(t.contains("CPU per request: met (ebpf)"), "{t}");
+    assert!(
+        t.contains("http2: the axum example; h2load -t1 (h2c): a test"),
+        "{t}"
+    );
+    assert!(t.contains("[90000,2000,88000,2100]"), "{t}");
+    let mut skipped = sample();
+    if let Some(h2) = skipped.http2.as_mut() {
+        h2.skipped = Some("h2load not installed".into());
+    }
+    assert!(skipped.table().contains("skipped: h2load not installed"));
 }

@@ -1,0 +1,142 @@
+//! Which process owns which of a [`LoadMap`]'s slots: claiming free ones,
+//! freeing them (on drop, or when their owner died without doing so), and
+//! putting back a running worker's ownership if something overwrote it.
+//! An owner is a process tag in the slot's `owner` field, changed only by
+//! compare-and-swap, so that two processes sharing the map never claim the
+//! same slot.
+
+use std::sync::atomic::Ordering;
+
+use balancer_common::{MAX_BLOCKS, UNAVAILABLE, WEIGHT_UNIT};
+
+use super::{
+    super::owner::{process_alive, process_tag, FREEING},
+    Field, LoadMap, Slot, SteeringError,
+};
+
+impl LoadMap {
+    /// Marks every slot free and unavailable: a fresh program's state.
+    pub(in crate::steering) fn reset(&self) {
+        for slot in self.all() {
+            self.free(slot, 0);
+        }
+        // Every slot is free, so unavailable: a block's summary falls as
+        // its slots are claimed and made available.
+        for block in 0..MAX_BLOCKS {
+            self.block(block).store(UNAVAILABLE, Ordering::Relaxed);
+        }
+    }
+
+    /// Claims `count` free slots for this process, `available` or not yet.
+    /// Returns them in order.
+    ///
+    /// # Errors
+    /// [`SteeringError::NoFreeSlots`] if fewer are free; none is kept then.
+    pub(in crate::steering) fn claim(
+        &mut self,
+        count: usize,
+        available: bool,
+    ) -> Result<Vec<Slot>, SteeringError> {
+        let tag = process_tag();
+        let field = |slot| self.field(slot, Field::Owner);
+        let claimed: Vec<Slot> = (self.all())
+            .filter(|&slot| {
+                field(slot)
+                    .compare_exchange(0, tag, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .take(count)
+            .collect();
+        if claimed.len() < count {
+            for &slot in &claimed {
+                field(slot).store(0, Ordering::Release);
+            }
+            return Err(SteeringError::NoFreeSlots {
+                wanted: count,
+                free: claimed.len(),
+                slots: self.slots(),
+            });
+        }
+        for &slot in &claimed {
+            self.set_available(slot, available);
+        }
+        self.owned.extend(&claimed);
+        Ok(claimed)
+    }
+
+    /// Frees the slots whose owner process has exited (killed, say) without
+    /// releasing them. Returns how many.
+    pub(in crate::steering) fn reclaim_dead(&self) -> usize {
+        (self.all())
+            .filter(|&slot| {
+                let owner = self.field(slot, Field::Owner).load(Ordering::Acquire);
+                owner != 0 && owner != FREEING && !process_alive(owner) && self.free(slot, owner)
+            })
+            .count()
+    }
+
+    /// Frees `slot` if `owner` owns it (whatever owns it, for `owner` 0):
+    /// it is marked being freed, made unavailable and empty, then free, so
+    /// that no claimer sees it half reset. Returns whether it was freed.
+    fn free(&self, slot: Slot, owner: u64) -> bool {
+        let field = self.field(slot, Field::Owner);
+        let taken = match owner {
+            0 => {
+                field.store(FREEING, Ordering::Release);
+                true
+            }
+            _ => (field.compare_exchange(owner, FREEING, Ordering::AcqRel, Ordering::Relaxed))
+                .is_ok(),
+        };
+        if taken {
+            self.set_available(slot, false);
+            for field in [Field::Load, Field::Stamp, Field::Requests] {
+                self.field(slot, field).store(0, Ordering::Relaxed);
+            }
+            // Not busy: what a claimer starts from (the program reads the
+            // weight as it is).
+            (self.field(slot, Field::Weight)).store(WEIGHT_UNIT, Ordering::Relaxed);
+            field.store(0, Ordering::Release);
+        }
+        taken
+    }
+
+    /// Puts back what a running worker's slot must hold if something else
+    /// wrote it: this process as its owner (if it reads free) and no
+    /// penalty, or, for a worker at its connection limit (`available`
+    /// false), unavailable. Returns whether anything was wrong.
+    pub(crate) fn keep_running(&self, slot: Slot, available: bool) -> bool {
+        let owner = self.field(slot, Field::Owner);
+        let stolen = owner
+            .compare_exchange(0, process_tag(), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        let wrong = self.is_available(slot) != available;
+        if wrong {
+            self.set_available(slot, available);
+        }
+        stolen || wrong
+    }
+
+    /// How many slots this process owns, and how many other processes own.
+    pub(crate) fn owners(&self) -> (usize, usize) {
+        let tag = process_tag();
+        let owners =
+            (self.all()).map(|slot| self.field(slot, Field::Owner).load(Ordering::Relaxed));
+        owners.fold((0, 0), |(here, elsewhere), owner| match owner {
+            0 | FREEING => (here, elsewhere),
+            owner if owner == tag => (here + 1, elsewhere),
+            _ => (here, elsewhere + 1),
+        })
+    }
+}
+
+impl Drop for LoadMap {
+    /// Releases this process's slots: no connection of its own can reach
+    /// them any more (this was the last handle).
+    fn drop(&mut self) {
+        let tag = process_tag();
+        for &slot in &self.owned {
+            self.free(slot, tag);
+        }
+    }
+}

@@ -90,7 +90,16 @@ impl LoadMap {
         };
         if taken {
             self.set_available(slot, false);
-            for field in [Field::Load, Field::Stamp, Field::Requests] {
+            // Everything the owner counted goes: the next owner's stats
+            // start from zero, not from its predecessor's selections.
+            let counters = [
+                Field::Load,
+                Field::Selections,
+                Field::Local,
+                Field::Stamp,
+                Field::Requests,
+            ];
+            for field in counters {
                 self.field(slot, field).store(0, Ordering::Relaxed);
             }
             // Not busy: what a claimer starts from (the program reads the
@@ -115,6 +124,14 @@ impl LoadMap {
             self.set_available(slot, available);
         }
         stolen || wrong
+    }
+
+    /// Whether no process owns `slot` (free, or being freed).
+    pub(in crate::steering) fn is_free(&self, slot: Slot) -> bool {
+        matches!(
+            self.field(slot, Field::Owner).load(Ordering::Acquire),
+            0 | FREEING
+        )
     }
 
     /// How many slots this process owns, and how many other processes own.

@@ -5,11 +5,18 @@
 //!
 //! Every process sharing a program runs a server ([`serve`]): a thread that
 //! answers on an abstract Unix socket named after each listener address
-//! (one process at a time holds a name; the others retry, so the name
-//! outlives any one of them), sends the fds to a peer of the same user (or
-//! root), and every [`RECLAIM_PERIOD`] frees the worker slots of processes
-//! that exited without releasing them (`kill -9`), so the program stops
-//! choosing their workers.
+//! (one process at a time holds a name; the others retry every
+//! [`NAME_RETRY`], so the name outlives any one of them), sends the fds to
+//! a peer of the same user (or root) as soon as it asks, and every
+//! [`RECLAIM_PERIOD`] frees the worker slots of processes that exited without releasing
+//! them (`kill -9`), so the program stops choosing their workers.
+//!
+//! A joiner ([`fetch`]) takes fds only from a holder of its own user (or
+//! root). It keeps asking for up to [`JOIN_PATIENCE`] while the holder goes
+//! away under it, or while nobody holds the name but another process's
+//! sockets still listen on the address (a sharer is about to take the name
+//! over), so that a restart racing the old process's exit neither fails
+//! nor loads a second program for a group that has one.
 //!
 //! Who can join: a process of the same user or root, in the same network
 //! namespace; the same processes could join the `SO_REUSEPORT` group itself.
@@ -23,7 +30,7 @@ use std::{
         unix::net::{self, UnixListener, UnixStream},
     },
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use super::{background::Background, maps::SharedFds, LoadMap, SteeringError};
@@ -33,53 +40,126 @@ use crate::sys;
 /// from another release refuses rather than misreads, then `slots=N`, the
 /// worker slots the program scans.
 const GREETING: &str = "balancer-steering 1 slots=";
-/// How often the server retries its names and frees dead processes' slots.
+/// How often the server frees dead processes' slots.
 pub(super) const RECLAIM_PERIOD: Duration = Duration::from_millis(100);
+/// How often a server that does not hold all its names (another sharer
+/// does) tries for them.
+const NAME_RETRY: Duration = Duration::from_millis(10);
 
 /// The abstract socket name for the program steering `addr`'s group.
 fn name(addr: SocketAddr) -> io::Result<net::SocketAddr> {
     net::SocketAddr::from_abstract_name(format!("balancer-steering {addr}"))
 }
 
+/// How long a joiner keeps asking while it may still get an answer: the
+/// process that holds the name is exiting (a reset, a close without an
+/// answer), or nobody holds the name but sockets of another process listen
+/// on the address (its group's other sharers take the name over within
+/// [`NAME_RETRY`]). Loading a second program then would take the group
+/// from the one that steers it.
+pub(super) const JOIN_PATIENCE: Duration = Duration::from_secs(1);
+/// The pause between two questions.
+const RETRY: Duration = Duration::from_millis(10);
+
+/// What a question to the holder of a name got.
+enum Asked {
+    Answer(u32, SharedFds),
+    /// No process holds the name.
+    Nobody,
+    /// The holder went away before answering.
+    Vanished(io::Error),
+}
+
 /// Fetches the program and maps from the process serving the group of the
 /// first of `addrs` that has one, with the slots the program scans; `None`
-/// if none does.
+/// if none does. `ours`: how many sockets this process has listening on
+/// each address (the others are another process's).
 ///
 /// # Errors
 /// [`SteeringError::Handover`] if a server answers but the handover fails
-/// (another version, a refused peer, a broken message).
-pub(super) fn fetch(addrs: &[SocketAddr]) -> Result<Option<(u32, SharedFds)>, SteeringError> {
+/// (another version, a peer of another user, a broken message), or keeps
+/// going away for [`JOIN_PATIENCE`].
+pub(super) fn fetch(
+    addrs: &[SocketAddr],
+    ours: usize,
+) -> Result<Option<(u32, SharedFds)>, SteeringError> {
     for &addr in addrs {
-        let stream = match UnixStream::connect_addr(&name(addr).map_err(SteeringError::Handover)?) {
-            Ok(stream) => stream,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
-                ) =>
-            {
-                continue
+        let deadline = Instant::now() + JOIN_PATIENCE;
+        loop {
+            let patient = Instant::now() < deadline;
+            match ask(addr)? {
+                Asked::Answer(slots, fds) => return Ok(Some((slots, fds))),
+                Asked::Nobody if patient && others_listen(addr, ours) => {}
+                Asked::Nobody => break,
+                Asked::Vanished(_) if patient => {}
+                Asked::Vanished(error) => return Err(SteeringError::Handover(error)),
             }
-            Err(e) => return Err(SteeringError::Handover(e)),
-        };
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(SteeringError::Handover)?;
-        let mut greeting = [0; 64];
-        let (len, fds) =
-            sys::socket::recv_with_fds(stream.as_fd(), &mut greeting, SharedFds::COUNT)
-                .map_err(SteeringError::Handover)?;
-        let text = String::from_utf8_lossy(&greeting[..len]);
-        let slots = text.strip_prefix(GREETING).and_then(|n| n.parse().ok());
-        let received = fds.len();
-        return match (slots, SharedFds::from_vec(fds)) {
-            (Some(slots), Some(fds)) => Ok(Some((slots, fds))),
-            _ => Err(SteeringError::Handover(io::Error::other(format!(
-                "the steering for {addr} answered {text:?} with {received} fds: another version, or refused"
-            )))),
-        };
+            std::thread::sleep(RETRY);
+        }
     }
     Ok(None)
+}
+
+/// Whether more sockets than `ours` listen on `addr`: another process's
+/// are in the group. If `/proc` cannot say, no.
+fn others_listen(addr: SocketAddr, ours: usize) -> bool {
+    sys::proc_net::listening_on(addr).is_ok_and(|listening| listening > ours)
+}
+
+/// Asks the holder of `addr`'s name for the program and maps.
+fn ask(addr: SocketAddr) -> Result<Asked, SteeringError> {
+    let stream = match UnixStream::connect_addr(&name(addr).map_err(SteeringError::Handover)?) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+            ) =>
+        {
+            return Ok(Asked::Nobody)
+        }
+        Err(e) => return Err(SteeringError::Handover(e)),
+    };
+    // Abstract names have no permissions: take fds only from our own user.
+    allowed(&stream).map_err(|e| {
+        SteeringError::Handover(io::Error::new(
+            e.kind(),
+            format!("the steering name for {addr} is held by another user's process: {e}"),
+        ))
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(SteeringError::Handover)?;
+    let mut greeting = [0; 64];
+    let (len, fds) =
+        match sys::socket::recv_with_fds(stream.as_fd(), &mut greeting, SharedFds::COUNT) {
+            Ok(received) => received,
+            Err(e) if vanished(&e) => return Ok(Asked::Vanished(e)),
+            Err(e) => return Err(SteeringError::Handover(e)),
+        };
+    if len == 0 && fds.is_empty() {
+        return Ok(Asked::Vanished(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the steering for {addr} closed without answering (exiting, or it refused us)"),
+        )));
+    }
+    let text = String::from_utf8_lossy(&greeting[..len]);
+    let slots = text.strip_prefix(GREETING).and_then(|n| n.parse().ok());
+    let received = fds.len();
+    match (slots, SharedFds::from_vec(fds)) {
+        (Some(slots), Some(fds)) => Ok(Asked::Answer(slots, fds)),
+        _ => Err(SteeringError::Handover(io::Error::other(format!(
+            "the steering for {addr} answered {text:?} with {received} fds: another version"
+        )))),
+    }
+}
+
+/// Whether `error` says the peer went away.
+fn vanished(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof
+    )
 }
 
 /// Starts serving `fds` under every name of `addrs` and freeing the slots
@@ -92,22 +172,57 @@ pub(super) fn serve(
 ) -> Result<Background, SteeringError> {
     let greeting = format!("{GREETING}{}", loads.slots());
     let mut listeners: Vec<Option<UnixListener>> = addrs.iter().map(|_| None).collect();
-    Background::spawn("balancer-steering", move || {
-        for (listener, &addr) in listeners.iter_mut().zip(&addrs) {
-            if listener.is_none() {
-                *listener = bind(addr);
+    let mut warned = vec![false; addrs.len()];
+    let mut last_reclaim: Option<Instant> = None;
+    Background::spawn("balancer-steering", move |waker| {
+        for (i, &addr) in addrs.iter().enumerate() {
+            if listeners[i].is_none() {
+                listeners[i] = bind(addr);
+                if listeners[i].is_none() && !warned[i] {
+                    warn_if_squatted(addr);
+                    warned[i] = true;
+                }
             }
-            if let Some(listener) = listener {
+            if let Some(listener) = &listeners[i] {
                 answer(listener, greeting.as_bytes(), &fds);
             }
         }
-        let freed = loads.reclaim_dead();
-        if freed > 0 {
-            log::warn!("steering: freed {freed} worker slots of a process that exited");
+        if last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD) {
+            last_reclaim = Some(Instant::now());
+            let freed = loads.reclaim_dead();
+            if freed > 0 {
+                log::warn!("steering: freed {freed} worker slots of a process that exited");
+            }
         }
-        std::thread::sleep(RECLAIM_PERIOD);
+        // Answer a joiner as soon as it asks: one that waits is one whose
+        // predecessor may exit under it. While another process holds a
+        // name (a restart under way), try for it again soon.
+        let held: Vec<_> = listeners.iter().flatten().map(AsFd::as_fd).collect();
+        let wait = if held.len() == listeners.len() {
+            RECLAIM_PERIOD
+        } else {
+            NAME_RETRY
+        };
+        if waker.wait(&held, wait).is_err() {
+            std::thread::sleep(wait);
+        }
     })
     .map_err(SteeringError::Handover)
+}
+
+/// Warns if another user's process holds `addr`'s name, so that no
+/// successor can take over from this set. (A holder of our own user is a
+/// set sharing the program, which answers in turn.)
+fn warn_if_squatted(addr: SocketAddr) {
+    let Ok(stream) = name(addr).and_then(|name| UnixStream::connect_addr(&name)) else {
+        return;
+    };
+    if let Err(e) = allowed(&stream) {
+        log::warn!(
+            "steering: another user's process holds the handover name for {addr} ({e}): \
+             a successor cannot take over this set's steering"
+        );
+    }
 }
 
 /// Binds `addr`'s name, or `None` while another process holds it.
@@ -123,8 +238,11 @@ fn answer(listener: &UnixListener, greeting: &[u8], fds: &SharedFds) {
     while let Ok((stream, _)) = listener.accept() {
         let result = allowed(&stream)
             .and_then(|()| sys::socket::send_with_fds(stream.as_fd(), greeting, &fds.as_fds()));
-        if let Err(error) = result {
-            log::warn!("steering: refused a handover: {error}");
+        match result {
+            Ok(()) => {}
+            // A peer that only looked (see `warn_if_squatted`), or gave up.
+            Err(error) if vanished(&error) => log::debug!("steering: a peer left: {error}"),
+            Err(error) => log::warn!("steering: refused a handover: {error}"),
         }
     }
 }

@@ -12,7 +12,7 @@ use balancer_common::{
     MAX_LISTENERS, PENDING_MAP, RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
-use super::{loader::Loaded, Slot, SteeringError};
+use super::{loader::Loaded, LoadMap, Slot, SteeringError};
 use crate::sys;
 
 /// One value per map the processes sharing the program share, by name.
@@ -159,6 +159,8 @@ pub(super) struct Maps {
     listeners: HashMap<MapData, ListenAddr, u32>,
     socket_slots: HashMap<MapData, u64, SocketSlot>,
     cpus: Array<MapData, u32>,
+    /// The cookies of the sockets this process put in `socket_slots`.
+    cookies: Vec<u64>,
     /// What a handover sends.
     shared: SharedFds,
 }
@@ -223,6 +225,7 @@ impl Maps {
                 HashMap::try_from(Map::HashMap(m))
             })?,
             cpus: typed(cpus, CPUS_MAP, |m| Array::try_from(Map::Array(m)))?,
+            cookies: Vec::new(),
             shared,
         };
         Ok((maps, Mapped { loads, blocks }))
@@ -284,7 +287,36 @@ impl Maps {
         };
         self.socket_slots
             .insert(cookie, value, 0)
-            .map_err(|source| SteeringError::map(operation(), SOCKET_SLOTS_MAP, source))
+            .map_err(|source| SteeringError::map(operation(), SOCKET_SLOTS_MAP, source))?;
+        self.cookies.push(cookie);
+        Ok(())
+    }
+
+    /// Removes the `SOCKET_SLOTS` entries of the sockets this process put
+    /// there: their sets are gone, and the map must keep room for the next
+    /// generation's (it holds `MAX_LISTENERS × MAX_SLOTS`).
+    pub(super) fn forget_own_sockets(&mut self) {
+        for cookie in self.cookies.drain(..) {
+            // A missing entry is what we want anyway.
+            let _ = self.socket_slots.remove(&cookie);
+        }
+    }
+
+    /// Removes the `SOCKET_SLOTS` entries whose worker slot no process
+    /// owns: left by a process killed before it could remove its own (a
+    /// slot is claimed before its sockets are inserted, so a live set's
+    /// entries always name an owned slot). Returns how many.
+    pub(super) fn forget_sockets_of_free_slots(&mut self, loads: &LoadMap) -> usize {
+        let stale: Vec<u64> = (self.socket_slots.iter())
+            .filter_map(Result::ok)
+            .filter(|(_, at)| {
+                at.worker >= loads.slots() as u32 || loads.is_free(Slot::new(at.worker))
+            })
+            .map(|(cookie, _)| cookie)
+            .collect();
+        (stale.iter())
+            .filter(|cookie| self.socket_slots.remove(cookie).is_ok())
+            .count()
     }
 }
 

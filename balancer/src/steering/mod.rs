@@ -187,11 +187,20 @@ impl Steering {
         workers: usize,
     ) -> Result<Option<Self>, SteeringError> {
         probe::check_capabilities()?;
-        let Some((slots, fds)) = handover::fetch(addrs)? else {
+        let Some((slots, fds)) = handover::fetch(addrs, workers)? else {
             return Ok(None);
         };
-        let (maps, loads) = Maps::from_fds(fds)?;
+        let (mut maps, loads) = Maps::from_fds(fds)?;
         let mut loads = LoadMap::new(loads, slots)?;
+        // A sharer killed just before we asked still holds its slots until
+        // the next reclaim: free them first, and the entries of every
+        // closed set's sockets, so that what the maps have room for is
+        // ours.
+        loads.reclaim_dead();
+        let forgotten = maps.forget_sockets_of_free_slots(&loads);
+        if forgotten > 0 {
+            log::debug!("steering: removed {forgotten} entries of closed sockets");
+        }
         let claimed = loads.claim(workers, false)?;
         Ok(Some(Self::new(maps, loads, claimed, None)))
     }
@@ -280,6 +289,15 @@ impl Steering {
     /// If `worker` is not one of this set's workers.
     pub(crate) fn slot(&self, worker: usize) -> Slot {
         self.slots[worker]
+    }
+}
+
+impl Drop for Steering {
+    /// Removes this set's sockets from the program's maps (the program
+    /// stays with whoever shares it); the slots are freed when the last
+    /// handle on the loads drops.
+    fn drop(&mut self) {
+        self.maps.forget_own_sockets();
     }
 }
 

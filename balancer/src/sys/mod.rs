@@ -5,6 +5,7 @@ pub(crate) mod bpf;
 pub(crate) mod caps;
 pub(crate) mod clock;
 pub(crate) mod mmap;
+pub(crate) mod proc_net;
 pub(crate) mod socket;
 
 use std::{

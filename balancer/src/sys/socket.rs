@@ -32,16 +32,21 @@ pub(crate) fn original_dst_v6(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     Ok(SocketAddrV6::new(ip, port, addr.sin6_flowinfo, addr.sin6_scope_id).into())
 }
 
-/// Waits up to `timeout_ms` for `fd` to become readable; `Ok(false)` on
-/// timeout or interruption.
-pub(crate) fn poll_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, count 1.
-    match cvt(unsafe { libc::poll(&mut pfd, 1, timeout_ms) }) {
+/// Waits up to `timeout_ms` for any of `fds` to become readable (a
+/// listening socket: a peer waits to be accepted); `Ok(false)` on timeout
+/// or interruption.
+pub(crate) fn poll_any_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<bool> {
+    let mut pfds: Vec<libc::pollfd> = (fds.iter())
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let count = pfds.len() as libc::nfds_t;
+    // SAFETY: `pfds` holds `count` valid pollfds, open for the call (the
+    // borrows outlive it).
+    match cvt(unsafe { libc::poll(pfds.as_mut_ptr(), count, timeout_ms) }) {
         Ok(n) => Ok(n > 0),
         Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(false),
         Err(err) => Err(err),

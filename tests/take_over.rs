@@ -1,6 +1,9 @@
 //! A successor takes over an `Ebpf` listener set from another process and
 //! joins its steering program; whichever stops first, cleanly or with
-//! `kill -9`, the survivor is steered exactly as before. Needs root.
+//! `kill -9`, the survivor is steered exactly as before. A successor whose
+//! predecessor dies as it joins still serves; a joiner never loads a second
+//! program while a sharer lives; slots and map entries are reused without
+//! leaking counts or room. Needs root.
 //!
 //! The successor is this test binary run again as a child process, in the
 //! ignored test `successor`, which serves echo on the address it is given
@@ -149,4 +152,161 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         drop(after);
         expect_active(&server.stats, 0, "all closed");
     }
+}
+
+/// A loopback address with a port nothing listens on now.
+fn unused_addr() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap()
+}
+
+/// The program a set of `WORKERS` taking over `addr` in this process runs.
+fn take_over_here(addr: SocketAddr) -> Result<EchoServer, balancer::BindError> {
+    let listener = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf)
+        .workers(WORKERS)
+        .listen(addr)
+        .take_over(true)
+        .bind()?;
+    Ok(EchoServer::start(listener, Guard::Keep))
+}
+
+fn program_id(server: &EchoServer) -> u32 {
+    let snap = server.stats.snapshot();
+    snap.program.expect("an ebpf program").program_id
+}
+
+/// The id in a child's `ready program=ID ...` line.
+fn ready_program(line: &str) -> u32 {
+    let id = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("program="));
+    id.and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no program id in {line:?}"))
+}
+
+/// A restart races the old process's death: the old set is killed while
+/// its successor asks it for the program (at gaps of 0 to 50 ms). The
+/// successor neither fails (the port would be left dead) nor serves less:
+/// it joins, or loads a program once the old one is gone, and a burst is
+/// served here, split within one.
+#[test]
+fn a_successor_serves_when_its_predecessor_dies_as_it_joins() {
+    if !util::privileged("a successor racing its predecessor's death") {
+        return;
+    }
+    for gap_ms in [0, 2, 5, 10, 20, 30, 50] {
+        let addr = unused_addr();
+        let (mut old, _) = start_successor(addr);
+        let pid = nix::unistd::Pid::from_raw(old.id() as i32);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(gap_ms));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        });
+        let new = take_over_here(addr)
+            .unwrap_or_else(|e| panic!("the successor failed {gap_ms} ms into the join: {e:?}"));
+        killer.join().unwrap();
+        let _ = old.wait();
+        new.wait_for(|s| others(s) == 0);
+        let (clients, split) = round(&new);
+        println!("predecessor killed {gap_ms} ms into the join: {split:?}");
+        assert_eq!(split.iter().sum::<usize>(), CONNECTIONS, "served here");
+        assert!(spread(&counts(&split)) <= 1, "{split:?}");
+        drop(clients);
+    }
+}
+
+/// A runs, B joins it, A is killed with -9 and C takes over at once, before
+/// B holds the handover name: C waits for B and joins the one program,
+/// never loading a second one that would take the group from B.
+#[test]
+fn a_joiner_waits_for_a_live_sharer_instead_of_loading_a_second_program() {
+    if !util::privileged("three processes sharing eBPF steering") {
+        return;
+    }
+    let addr = unused_addr();
+    let (mut a, a_ready) = start_successor(addr);
+    let (mut b, b_ready) = start_successor(addr);
+    let program = ready_program(&a_ready);
+    assert_eq!(ready_program(&b_ready), program, "B joined A's program");
+    a.kill().unwrap();
+    let _ = a.wait();
+    let c = take_over_here(addr).expect("C takes over");
+    assert_eq!(program_id(&c), program, "C joined the program B runs");
+    let snap = c.wait_for(|s| others(s) == WORKERS);
+    assert_eq!(others(&snap), WORKERS, "B's slots, A's freed: {snap:?}");
+    let (clients, split) = round(&c);
+    println!("C's share of a burst shared with B: {split:?}");
+    assert_eq!(split.iter().sum::<usize>(), CONNECTIONS / 2, "{split:?}");
+    drop(clients);
+    drop(b.stdin.take());
+    assert!(b.wait().unwrap().success(), "B stopped cleanly");
+}
+
+/// A slot freed by one set and claimed by the next starts with the next
+/// set's counts, not its predecessor's selections.
+#[test]
+fn a_reused_slot_starts_from_zero() {
+    if !util::privileged("eBPF slots reused by a successor") {
+        return;
+    }
+    let first = EchoServer::start(util::bind_counting(Backend::Ebpf, WORKERS), Guard::Keep);
+    let addr = first.addr(0);
+    let (clients, _) = round(&first);
+    drop(clients);
+    let selections = |s: &Snapshot| -> Vec<u64> {
+        (s.workers.iter())
+            .map(|w| w.steering.expect("steered").selections)
+            .collect()
+    };
+    assert!(selections(&first.stats.snapshot()).iter().all(|&n| n > 0));
+    // The second set takes the free slots, the third the first's.
+    let second = take_over_here(addr).expect("the second set joins");
+    drop(first);
+    let third = take_over_here(addr).expect("the third set joins");
+    assert_eq!(selections(&third.stats.snapshot()), [0; WORKERS]);
+    drop(second);
+    let (clients, split) = round(&third);
+    assert_eq!(split.iter().sum::<usize>(), CONNECTIONS, "{split:?}");
+    let counted: u64 = selections(&third.stats.snapshot()).iter().sum();
+    assert_eq!(counted, CONNECTIONS as u64, "its own connections only");
+    drop(clients);
+}
+
+/// Each generation of a take-over joins the one program and removes its
+/// sockets from the program's maps when it goes: 1,000 generations of a
+/// set with 64 listeners bind (the map of socket cookies holds 64 × 1,024
+/// entries; each generation adds 128).
+#[test]
+fn a_thousand_generations_of_64_listeners_bind() {
+    if !util::privileged("take-over generations of one eBPF program") {
+        return;
+    }
+    let probes: Vec<std::net::TcpListener> = (0..64)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = probes.iter().map(|p| p.local_addr().unwrap()).collect();
+    drop(probes);
+    let generation = || {
+        let mut builder = Builder::new(Backend::Ebpf).workers(WORKERS);
+        for &addr in &addrs {
+            builder = builder.listen(addr);
+        }
+        builder.take_over(true).bind()
+    };
+    let program_of = |set: &balancer::BalancedListener| {
+        let snap = set.stats().snapshot();
+        snap.program.expect("the program").program_id
+    };
+    let mut running = generation().expect("generation 0");
+    let program = program_of(&running);
+    for n in 1..1000 {
+        let next = generation().unwrap_or_else(|e| panic!("generation {n}: {e:?}"));
+        // One program throughout: each generation joins it (and adds its
+        // 128 sockets to the same map, 128,000 in all).
+        assert_eq!(program_of(&next), program, "generation {n} joined");
+        drop(running);
+        running = next;
+    }
+    let program = running.stats().snapshot().program.expect("the program");
+    assert_eq!((program.slots_here, program.slots_elsewhere), (WORKERS, 0));
 }

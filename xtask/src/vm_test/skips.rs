@@ -118,8 +118,8 @@ const LINUX_5_10: &[Skip] = &[
 /// workers that serve a burst use more than a quarter of a CPU and go
 /// 50 ms without running, so the busy weight and the stall rule steer, as
 /// they should. The tests whose claims are CPU-time claims are left out
-/// there, as are the 256-worker ones (minutes each under emulation); the
-/// host suite runs them all. With KVM they run in the guest too.
+/// there, as are the 256-worker ones and the 1,000 take-over generations
+/// (minutes each under emulation); the host suite runs them all. With KVM they run in the guest too.
 const UNDER_EMULATION: &[Skip] = &[
     // A busy, hung or frozen worker among light ones, by CPU time.
     Skip::binary("busy"),
@@ -129,6 +129,8 @@ const UNDER_EMULATION: &[Skip] = &[
     // 256 worker threads on two emulated CPUs.
     Skip::tests("scale", "a_burst_over_256_workers"),
     Skip::tests("scale", "a_take_over_at_256_slots"),
+    // 1,000 take-over generations of 128 sockets each.
+    Skip::tests("take_over", "a_thousand_generations_of_64_listeners_bind"),
 ];
 
 /// The skips of `series` under `accel`.

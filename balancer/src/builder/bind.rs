@@ -10,6 +10,7 @@ use std::{
 
 use super::Builder;
 use super::{
+    bind_lock::BindLock,
     error::BindError,
     requested::{Requested, Source},
     socket_options::{self, SocketError},
@@ -223,11 +224,17 @@ impl Builder {
     }
 
     /// A listener's sockets at `addr`, after checking that no other socket
-    /// listens there (unless taking over).
+    /// listens there (unless taking over), with the check and the bind
+    /// under `addr`'s [`BindLock`], so that of two servers binding at once
+    /// the second sees the first's sockets.
     fn bind_at(&self, layout: Layout, addr: SocketAddr) -> Result<Vec<TcpListener>, SocketError> {
-        if !self.take_over {
+        let _lock = if self.take_over || addr.port() == 0 {
+            None
+        } else {
+            let lock = BindLock::acquire(addr).map_err(SocketError::BindLock)?;
             socket_options::ensure_unused(addr, self.socket.only_v6)?;
-        }
+            Some(lock)
+        };
         socket_options::bind(layout, addr, self.workers, &self.socket)
     }
 }

@@ -173,6 +173,17 @@ pub enum BindError {
         #[source]
         source: io::Error,
     },
+    /// The lock that keeps two servers from binding `addr` at the same
+    /// instant could not be taken (its directory is not this user's alone,
+    /// say; the error names the path).
+    #[error("taking the bind lock for {addr} failed")]
+    BindLock {
+        /// The address.
+        addr: SocketAddr,
+        /// Why, with the path.
+        #[source]
+        source: io::Error,
+    },
     /// Creating, binding or listening on a socket failed.
     #[error("binding {addr} failed")]
     Bind {
@@ -200,6 +211,7 @@ impl BindError {
             SocketError::Os(source) => Self::from_bind(addr, source),
             SocketError::Configure(source) => Self::SocketOptions { addr, source },
             SocketError::NoReusePort => Self::AdoptedWithoutReusePort { addr, backend },
+            SocketError::BindLock(source) => Self::BindLock { addr, source },
         }
     }
 

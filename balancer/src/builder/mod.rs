@@ -7,6 +7,7 @@
 
 mod balancing;
 mod bind;
+mod bind_lock;
 mod error;
 pub(crate) mod requested;
 pub(crate) mod socket_options;

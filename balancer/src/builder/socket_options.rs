@@ -64,6 +64,10 @@ pub(crate) enum SocketError {
     /// The user's [`SocketConfig::configure`] function failed.
     #[error("the socket_options function failed")]
     Configure(#[source] io::Error),
+    /// The lock that makes the check and the bind atomic could not be
+    /// taken.
+    #[error("taking the bind lock failed")]
+    BindLock(#[source] io::Error),
     /// A backend with a socket per worker was given a socket without
     /// `SO_REUSEPORT`, which no other socket can join.
     #[error("the adopted socket has no SO_REUSEPORT")]
@@ -142,8 +146,9 @@ fn spread(
 /// Fails with `EADDRINUSE` if a socket listens on `addr`, including a
 /// `SO_REUSEPORT` group of the same user that our sockets would otherwise
 /// join silently: a probe without `SO_REUSEPORT` cannot bind next to it.
-/// (A socket bound between this check and our bind still joins; only
-/// [`Builder::take_over`](crate::Builder::take_over) means to.)
+/// The caller holds `addr`'s bind lock across this check and its bind, so
+/// no server of this crate binds in between (only
+/// [`Builder::take_over`](crate::Builder::take_over) means to join).
 pub(crate) fn ensure_unused(addr: SocketAddr, only_v6: bool) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());

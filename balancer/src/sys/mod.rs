@@ -65,3 +65,15 @@ unsafe fn getsockopt<T: Copy>(
     // guarantees any bytes the option produces form a valid `T`.
     Ok(unsafe { value.assume_init() })
 }
+
+/// Waits for an exclusive `flock` on `file`, released when its last fd
+/// closes (or its process exits).
+pub(crate) fn flock_exclusive(file: &impl AsRawFd) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a valid fd, which `file` keeps open for the call.
+        match cvt(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            result => return result.map(drop),
+        }
+    }
+}

@@ -310,3 +310,40 @@ fn a_thousand_generations_of_64_listeners_bind() {
     let program = running.stats().snapshot().program.expect("the program");
     assert_eq!((program.slots_here, program.slots_elsewhere), (WORKERS, 0));
 }
+
+/// Another user's process cannot hold the handover name first and so
+/// block every take-over: user `nobody` binds the name the handover once
+/// used (an abstract socket, which has no permissions) and cannot create
+/// the socket file in root's runtime directory; a set then starts and a
+/// successor takes over from it as usual.
+#[test]
+fn another_users_process_cannot_block_a_take_over() {
+    if !util::privileged("a handover name held by another user") {
+        return;
+    }
+    use std::os::{linux::net::SocketAddrExt, unix::net::UnixListener};
+    let addr = unused_addr();
+    let netns = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata("/proc/thread-self/ns/net").unwrap(),
+    );
+    let file = format!("/run/balancer/steering-{netns}-{addr}.sock");
+    let (squatted, created) = std::thread::spawn(move || {
+        // SAFETY: the raw system call changes this thread's ids only (not
+        // the process's, as libc's wrapper would), and the thread ends
+        // right after.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let name =
+            std::os::unix::net::SocketAddr::from_abstract_name(format!("balancer-steering {addr}"))
+                .unwrap();
+        let squatted = UnixListener::bind_addr(&name).expect("an abstract name is anyone's");
+        (squatted, UnixListener::bind(&file))
+    })
+    .join()
+    .unwrap();
+    assert!(created.is_err(), "nobody created the handover socket file");
+    let running = take_over_here(addr).expect("the set binds");
+    let successor = take_over_here(addr).expect("the successor takes over");
+    assert_eq!(program_id(&successor), program_id(&running), "one program");
+    drop(squatted);
+}

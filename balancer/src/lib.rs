@@ -82,6 +82,7 @@ pub mod integrations;
 pub mod internals;
 mod listener;
 pub mod original_dst;
+mod runtime_dir;
 mod server;
 pub mod stats;
 mod steering;

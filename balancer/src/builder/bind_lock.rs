@@ -4,26 +4,25 @@
 //! each lands in the other's `SO_REUSEPORT` group: one gets every
 //! connection, the other none, and neither is told.
 //!
-//! The lock is `flock` on one of [`LOCK_FILES`] files, chosen by a hash of
-//! the network namespace and the address, in a directory only this user
-//! can write ([`runtime_dir`]): `/run/balancer` for root,
-//! `$XDG_RUNTIME_DIR/balancer` or `/tmp/balancer-<uid>` for other users.
+//! The lock is `flock` on one of [`LOCK_FILES`] files, chosen by a stable
+//! hash of the network namespace and the address, in this user's private
+//! runtime directory ([`runtime_dir`](crate::runtime_dir)).
 //! (Only servers of one user can share a `SO_REUSEPORT` group, so only
 //! they need to exclude each other.) The kernel releases the lock when its
 //! holder exits, even with `kill -9`; the files stay, at most
 //! [`LOCK_FILES`] of them.
 
 use std::{
-    collections::hash_map::DefaultHasher,
-    fs::{self, File, OpenOptions},
-    hash::{Hash, Hasher},
+    fs::{File, OpenOptions},
     io,
     net::SocketAddr,
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt},
-    path::{Path, PathBuf},
+    os::unix::fs::OpenOptionsExt,
 };
 
-use crate::sys;
+use crate::{
+    runtime_dir::{self, named},
+    sys,
+};
 
 /// How many lock files a user's directory holds at most: two addresses
 /// that hash alike only wait for each other's bind.
@@ -42,10 +41,9 @@ impl BindLock {
     /// If the directory is not this user's alone (it names the path, its
     /// owner and its mode), or the file cannot be opened or locked.
     pub(crate) fn acquire(addr: SocketAddr) -> io::Result<Self> {
-        let dir = runtime_dir();
-        private_dir(&dir)?;
-        let netns = fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino());
-        let path = dir.join(format!("bind-{}.lock", lock_file_of(netns, addr)));
+        let dir = runtime_dir::private()?;
+        let key = runtime_dir::address_key(addr);
+        let path = dir.join(format!("bind-{}.lock", lock_file_of(&key)));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -58,54 +56,10 @@ impl BindLock {
     }
 }
 
-/// Which of the [`LOCK_FILES`] files locks `addr` in network namespace
-/// `netns`.
-fn lock_file_of(netns: u64, addr: SocketAddr) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (netns, addr).hash(&mut hasher);
-    hasher.finish() % LOCK_FILES
-}
-
-/// The directory of this user's lock files.
-fn runtime_dir() -> PathBuf {
-    let uid = sys::caps::euid();
-    if uid == 0 {
-        return PathBuf::from("/run/balancer");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => Path::new(&dir).join("balancer"),
-        _ => PathBuf::from(format!("/tmp/balancer-{uid}")),
-    }
-}
-
-/// Creates `dir` (mode 0700) if it is missing, and checks that it is a
-/// directory of this user that nobody else can write: a lock in a
-/// directory another user controls could be held, or swapped, by them.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(named(e, dir)),
-    }
-    let meta = fs::symlink_metadata(dir).map_err(|e| named(e, dir))?;
-    let uid = sys::caps::euid();
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o022 != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!(
-                "{} is not a directory that only uid {uid} can write (owner {}, mode {:o})",
-                dir.display(),
-                meta.uid(),
-                meta.mode() & 0o7777
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// `error`, saying which path it was about.
-fn named(error: io::Error, path: &Path) -> io::Error {
-    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+/// Which of the [`LOCK_FILES`] files locks the address of `key`
+/// ([`runtime_dir::address_key`]).
+fn lock_file_of(key: &str) -> u64 {
+    runtime_dir::stable_hash(key.as_bytes()) % LOCK_FILES
 }
 
 #[cfg(test)]
@@ -113,25 +67,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_address_always_takes_the_same_file_and_namespaces_differ() {
-        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
-        assert_eq!(lock_file_of(1, addr), lock_file_of(1, addr));
-        assert!(lock_file_of(1, addr) < LOCK_FILES);
+    fn addresses_spread_over_the_files() {
         let files: std::collections::HashSet<u64> = (0..200)
-            .map(|port| lock_file_of(1, SocketAddr::new(addr.ip(), port)))
+            .map(|port| lock_file_of(&format!("1-127.0.0.1:{port}")))
             .collect();
         assert!(files.len() > LOCK_FILES as usize / 2, "spread: {files:?}");
-    }
-
-    #[test]
-    fn a_directory_others_can_write_is_refused() {
-        let dir = std::env::temp_dir().join(format!("balancer-lock-test-{}", std::process::id()));
-        private_dir(&dir).unwrap();
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        let err = private_dir(&dir).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-        assert!(err.to_string().contains("mode 777"), "{err}");
-        fs::remove_dir(&dir).unwrap();
+        assert!(files.iter().all(|&f| f < LOCK_FILES));
     }
 
     #[test]

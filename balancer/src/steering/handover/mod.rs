@@ -4,12 +4,13 @@
 //! process started it and whichever stops first.
 //!
 //! Every process sharing a program runs a server ([`serve`]): a thread that
-//! answers on an abstract Unix socket named after each listener address
-//! (one process at a time holds a name; the others retry every
-//! [`NAME_RETRY`], so the name outlives any one of them), sends the fds to
-//! a peer of the same user (or root) as soon as it asks, and every
-//! [`RECLAIM_PERIOD`] frees the worker slots of processes that exited without releasing
-//! them (`kill -9`), so the program stops choosing their workers.
+//! answers on a Unix socket named after each listener address in this
+//! user's private runtime directory ([`name`]; one process at a time holds
+//! a name, the others try again every [`NAME_RETRY`], so the name outlives
+//! any one of them), sends the fds to a peer of the same user (or root) as
+//! soon as it asks, and every [`RECLAIM_PERIOD`] frees the worker slots of
+//! processes that exited without releasing them (`kill -9`), so the
+//! program stops choosing their workers.
 //!
 //! A joiner ([`fetch`]) takes fds only from a holder of its own user (or
 //! root). It keeps asking for up to [`JOIN_PATIENCE`] while the holder goes
@@ -21,20 +22,20 @@
 //! Who can join: a process of the same user or root, in the same network
 //! namespace; the same processes could join the `SO_REUSEPORT` group itself.
 
+mod name;
+
 use std::{
     io,
     net::SocketAddr,
-    os::{
-        fd::AsFd,
-        linux::net::SocketAddrExt,
-        unix::net::{self, UnixListener, UnixStream},
-    },
+    os::{fd::AsFd, unix::net::UnixStream},
+    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{background::Background, maps::SharedFds, LoadMap, SteeringError};
 use crate::sys;
+use name::Held;
 
 /// What a handover sends before its fds: a version, so a successor built
 /// from another release refuses rather than misreads, then `slots=N`, the
@@ -43,13 +44,9 @@ const GREETING: &str = "balancer-steering 1 slots=";
 /// How often the server frees dead processes' slots.
 pub(super) const RECLAIM_PERIOD: Duration = Duration::from_millis(100);
 /// How often a server that does not hold all its names (another sharer
-/// does) tries for them.
+/// does) tries for them, for the first [`JOIN_PATIENCE`]; then every
+/// [`RECLAIM_PERIOD`].
 const NAME_RETRY: Duration = Duration::from_millis(10);
-
-/// The abstract socket name for the program steering `addr`'s group.
-fn name(addr: SocketAddr) -> io::Result<net::SocketAddr> {
-    net::SocketAddr::from_abstract_name(format!("balancer-steering {addr}"))
-}
 
 /// How long a joiner keeps asking while it may still get an answer: the
 /// process that holds the name is exiting (a reset, a close without an
@@ -108,7 +105,8 @@ fn others_listen(addr: SocketAddr, ours: usize) -> bool {
 
 /// Asks the holder of `addr`'s name for the program and maps.
 fn ask(addr: SocketAddr) -> Result<Asked, SteeringError> {
-    let stream = match UnixStream::connect_addr(&name(addr).map_err(SteeringError::Handover)?) {
+    let path = name::path(addr).map_err(SteeringError::Handover)?;
+    let stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
         Err(e)
             if matches!(
@@ -120,11 +118,11 @@ fn ask(addr: SocketAddr) -> Result<Asked, SteeringError> {
         }
         Err(e) => return Err(SteeringError::Handover(e)),
     };
-    // Abstract names have no permissions: take fds only from our own user.
+    // Take fds only from our own user (or root).
     allowed(&stream).map_err(|e| {
         SteeringError::Handover(io::Error::new(
             e.kind(),
-            format!("the steering name for {addr} is held by another user's process: {e}"),
+            format!("the steering socket for {addr} is another user's: {e}"),
         ))
     })?;
     stream
@@ -164,27 +162,38 @@ fn vanished(error: &io::Error) -> bool {
 
 /// Starts serving `fds` under every name of `addrs` and freeing the slots
 /// of `loads` that dead processes hold, on a background thread, until the
-/// returned handle drops.
+/// returned handle drops. An address whose name cannot be made (the
+/// runtime directory is not this user's alone, say) is logged and served
+/// without: no successor can take it over.
 pub(super) fn serve(
     addrs: Vec<SocketAddr>,
     fds: SharedFds,
     loads: Arc<LoadMap>,
 ) -> Result<Background, SteeringError> {
     let greeting = format!("{GREETING}{}", loads.slots());
-    let mut listeners: Vec<Option<UnixListener>> = addrs.iter().map(|_| None).collect();
-    let mut warned = vec![false; addrs.len()];
-    let mut last_reclaim: Option<Instant> = None;
-    Background::spawn("balancer-steering", move |waker| {
-        for (i, &addr) in addrs.iter().enumerate() {
-            if listeners[i].is_none() {
-                listeners[i] = bind(addr);
-                if listeners[i].is_none() && !warned[i] {
-                    warn_if_squatted(addr);
-                    warned[i] = true;
-                }
+    // Here, in the binding thread's network namespace.
+    let paths: Vec<PathBuf> = (addrs.iter())
+        .filter_map(|&addr| match name::path(addr) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                log::warn!("steering: no handover for {addr}, no successor can take over: {e}");
+                None
             }
-            if let Some(listener) = &listeners[i] {
-                answer(listener, greeting.as_bytes(), &fds);
+        })
+        .collect();
+    let mut held: Vec<Option<Held>> = paths.iter().map(|_| None).collect();
+    let mut last_reclaim: Option<Instant> = None;
+    let mut missing_since: Option<Instant> = None;
+    Background::spawn("balancer-steering", move |waker| {
+        for (name, path) in held.iter_mut().zip(&paths) {
+            if name.as_ref().is_some_and(|n| !n.still_ours()) {
+                *name = None;
+            }
+            if name.is_none() {
+                *name = Held::take(path);
+            }
+            if let Some(name) = name {
+                answer(name.listener(), greeting.as_bytes(), &fds);
             }
         }
         if last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD) {
@@ -196,51 +205,37 @@ pub(super) fn serve(
         }
         // Answer a joiner as soon as it asks: one that waits is one whose
         // predecessor may exit under it. While another process holds a
-        // name (a restart under way), try for it again soon.
-        let held: Vec<_> = listeners.iter().flatten().map(AsFd::as_fd).collect();
-        let wait = if held.len() == listeners.len() {
+        // name, try for it again soon for a while (a restart under way
+        // hands it over), then at the reclaim pace (processes that share
+        // for long).
+        let listening: Vec<_> = (held.iter().flatten())
+            .map(|name| name.listener().as_fd())
+            .collect();
+        let wait = if listening.len() == held.len() {
+            missing_since = None;
             RECLAIM_PERIOD
-        } else {
+        } else if missing_since.get_or_insert_with(Instant::now).elapsed() < JOIN_PATIENCE {
             NAME_RETRY
+        } else {
+            RECLAIM_PERIOD
         };
-        if waker.wait(&held, wait).is_err() {
+        if waker.wait(&listening, wait).is_err() {
             std::thread::sleep(wait);
         }
     })
     .map_err(SteeringError::Handover)
 }
 
-/// Warns if another user's process holds `addr`'s name, so that no
-/// successor can take over from this set. (A holder of our own user is a
-/// set sharing the program, which answers in turn.)
-fn warn_if_squatted(addr: SocketAddr) {
-    let Ok(stream) = name(addr).and_then(|name| UnixStream::connect_addr(&name)) else {
-        return;
-    };
-    if let Err(e) = allowed(&stream) {
-        log::warn!(
-            "steering: another user's process holds the handover name for {addr} ({e}): \
-             a successor cannot take over this set's steering"
-        );
-    }
-}
-
-/// Binds `addr`'s name, or `None` while another process holds it.
-fn bind(addr: SocketAddr) -> Option<UnixListener> {
-    let listener = UnixListener::bind_addr(&name(addr).ok()?).ok()?;
-    listener.set_nonblocking(true).ok()?;
-    Some(listener)
-}
-
 /// Sends the greeting and fds to every peer waiting on `listener` that may
 /// have them.
-fn answer(listener: &UnixListener, greeting: &[u8], fds: &SharedFds) {
+fn answer(listener: &std::os::unix::net::UnixListener, greeting: &[u8], fds: &SharedFds) {
     while let Ok((stream, _)) = listener.accept() {
         let result = allowed(&stream)
             .and_then(|()| sys::socket::send_with_fds(stream.as_fd(), greeting, &fds.as_fds()));
         match result {
             Ok(()) => {}
-            // A peer that only looked (see `warn_if_squatted`), or gave up.
+            // A peer that only looked (a process taking the name for
+            // stale), or gave up.
             Err(error) if vanished(&error) => log::debug!("steering: a peer left: {error}"),
             Err(error) => log::warn!("steering: refused a handover: {error}"),
         }

@@ -20,7 +20,7 @@ use std::{
 use balancer::{stats::Snapshot, Backend, Builder};
 use util::{
     burst::echoed_burst,
-    counts::{counts, expect_active, spread},
+    counts::{counts, expect_active, spread, taken},
     echo::{EchoServer, Guard},
 };
 
@@ -346,4 +346,175 @@ fn another_users_process_cannot_block_a_take_over() {
     let successor = take_over_here(addr).expect("the successor takes over");
     assert_eq!(program_id(&successor), program_id(&running), "one program");
     drop(squatted);
+}
+
+const SHARER_SLOTS_ENV: &str = "BALANCER_TEST_SHARER_SLOTS";
+
+/// The child process of the prefork test: joins (or starts) the program
+/// steering `ADDR_ENV` with room for `SHARER_SLOTS_ENV` slots, balancing
+/// by connection counts alone (`util::counting`), and serves echo; on each `split` line on stdin
+/// it prints its workers' active connections; it ends when stdin closes or
+/// it is killed.
+#[test]
+#[ignore = "run by the prefork test as a child process"]
+fn sharer() {
+    let addr: SocketAddr = std::env::var(ADDR_ENV).expect(ADDR_ENV).parse().unwrap();
+    let slots: usize = (std::env::var(SHARER_SLOTS_ENV).expect(SHARER_SLOTS_ENV))
+        .parse()
+        .unwrap();
+    let builder = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf);
+    let listener = (builder.workers(WORKERS))
+        .ebpf_slots(slots)
+        .listen(addr)
+        .take_over(true)
+        .bind()
+        .unwrap_or_else(|e| panic!("sharer bind: {e:?}"));
+    let server = EchoServer::start(listener, Guard::Keep);
+    println!("ready");
+    for line in std::io::stdin().lines().map_while(Result::ok) {
+        if line == "split" {
+            let split = server.stats.snapshot().active_per_worker();
+            println!("split {split:?}");
+        }
+    }
+    drop(server);
+}
+
+/// A running `sharer` child: its stdin, and its stdout's lines.
+struct Sharer {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Sharer {
+    fn start(addr: SocketAddr, slots: usize) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(util::process::ignored_test_args("sharer"))
+            .env(ADDR_ENV, addr.to_string())
+            .env(SHARER_SLOTS_ENV, slots.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn a sharer");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                // libtest may print the test's name on the same line first.
+                for word in ["ready", "split "] {
+                    if let Some(at) = line.find(word) {
+                        let _ = tx.send(line[at..].to_owned());
+                    }
+                }
+            }
+        });
+        let mut sharer = Self { child, lines };
+        let ready = sharer.next_line();
+        assert_eq!(ready, "ready");
+        sharer
+    }
+
+    fn next_line(&mut self) -> String {
+        self.lines.recv_timeout(util::TIMEOUT).unwrap_or_else(|_| {
+            let _ = self.child.kill();
+            panic!("the sharer did not answer")
+        })
+    }
+
+    /// Its workers' active connections.
+    fn split(&mut self) -> Vec<u64> {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        std::io::Write::write_all(stdin, b"split\n").unwrap();
+        let line = self.next_line();
+        let list = line.trim_start_matches("split [").trim_end_matches(']');
+        list.split(", ").map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Stops it and waits (bounded) until every one of its threads is
+    /// stopped: `kill` returns before they are, and a worker still running
+    /// would accept a connection that its death then closes.
+    fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.child.id());
+        let stopped = || {
+            let states = std::fs::read_dir(&tasks).unwrap().map(|task| {
+                let stat = std::fs::read_to_string(task.unwrap().path().join("stat"));
+                // The state follows the parenthesised command name.
+                stat.ok()
+                    .and_then(|s| Some(s[s.rfind(')')? + 2..].starts_with('T')))
+            });
+            states.into_iter().all(|state| state != Some(false))
+        };
+        assert!(util::eventually(stopped), "the sharer's threads stopped");
+    }
+}
+
+/// Prefork: three processes of two workers each share one program (the
+/// first loads it with room for six slots, the others join). A burst of 60
+/// splits within one per worker over all six. Then one process is frozen
+/// (SIGSTOP), a burst of 30 is sent at once, and the frozen process is
+/// killed with -9: every connection of that burst is served by the other
+/// two, what waited in the frozen one's queues migrated to them by the
+/// program (no stall detection: the kill alone must lose nothing).
+#[test]
+fn three_processes_share_one_program_and_serve_what_a_killed_one_held() {
+    if !util::privileged("three processes sharing eBPF steering") {
+        return;
+    }
+    const SLOTS: usize = 3 * WORKERS;
+    let addr = unused_addr();
+    let mut frozen = Sharer::start(addr, SLOTS);
+    let mut other = Sharer::start(addr, SLOTS);
+    let builder = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf);
+    let listener = (builder.workers(WORKERS))
+        .ebpf_slots(SLOTS)
+        .listen(addr)
+        .take_over(true)
+        .bind()
+        .expect("the third process joins");
+    let here = EchoServer::start(listener, Guard::Keep);
+    let program = here.stats.snapshot().program.expect("the joined program");
+    assert_eq!(
+        (program.slots, program.slots_elsewhere),
+        (SLOTS, 2 * WORKERS)
+    );
+
+    let clients = echoed_burst(addr, 60);
+    let mut split = frozen.split();
+    split.extend(other.split());
+    split.extend(here.stats.snapshot().active_per_worker());
+    println!("a burst of 60 over three processes: {split:?}");
+    assert_eq!(split.iter().sum::<u64>(), 60, "{split:?}");
+    assert!(spread(&split) <= 1, "{split:?}");
+    drop(clients);
+    expect_active(&here.stats, 0, "the first burst closed");
+
+    let taken_before = taken(&here.stats.snapshot());
+    frozen.freeze();
+    let mut clients = util::burst::connect_all(addr, 30);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let accepted = taken(&here.stats.snapshot()) - taken_before + other.split().iter().sum::<u64>();
+    println!("frozen: the live processes accepted {accepted} of 30");
+    assert!(
+        accepted < 30,
+        "the frozen process holds its share in its queues"
+    );
+    frozen.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = frozen.child.wait();
+    util::burst::echo_all(&mut clients);
+    let served_here = here.served_here(&clients).iter().flatten().count();
+    let served_there: u64 = other.split().iter().sum();
+    println!("after the kill: {served_here} served here, {served_there} by the other");
+    assert_eq!(served_here as u64 + served_there, 30);
+    drop(clients);
+    drop(other.child.stdin.take());
+    assert!(
+        other.child.wait().unwrap().success(),
+        "the other stopped cleanly"
+    );
 }

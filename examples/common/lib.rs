@@ -63,8 +63,11 @@ pub struct Args {
     #[arg(long)]
     pub cpu_locality: bool,
     /// Take the port over from a running instance (restart): join its
-    /// SO_REUSEPORT group; then SIGTERM the old one. Give a free --admin.
-    #[arg(long)]
+    /// SO_REUSEPORT group (and with ebpf its steering program); then
+    /// SIGTERM the old one. Give a free --admin. --join is the same, for
+    /// processes that share one port for good (prefork: start each with
+    /// --join and --ebpf-slots of all their workers together).
+    #[arg(long, alias = "join")]
     pub take_over: bool,
     /// What exact and ebpf compare for a new connection: connections,
     /// busy-connections (weighed by how busy the worker is) or requests.

@@ -134,8 +134,20 @@ impl Builder {
     /// steered as one, least-loaded over all their workers. Whichever set
     /// stops first, cleanly or killed, the group keeps the program and the
     /// survivor is steered exactly as before. With no running program to
-    /// join, the new set loads one. (So several processes can also share
-    /// one program, as prefork servers do.)
+    /// join, the new set loads one.
+    ///
+    /// Several processes can share one program for good, as prefork
+    /// servers do: start each with `take_over(true)` and, on the first,
+    /// [`Builder::ebpf_slots`] of all their workers together (the program
+    /// scans as many slots as its loader gave it; a process that finds
+    /// none free fails with `NoFreeSlots` naming the count). Any of them
+    /// may stop or be killed at any time; a joiner whose predecessor dies
+    /// under it retries, and never loads a second program while another
+    /// process's sockets listen on the address (`tests/take_over.rs`).
+    ///
+    /// The handover socket lives in this user's private runtime directory
+    /// (`/run/balancer` for root), so only processes of the same user (or
+    /// root) can offer or take the program.
     pub fn take_over(mut self, take_over: bool) -> Self {
         self.take_over = take_over;
         self

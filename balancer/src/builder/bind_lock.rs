@@ -6,7 +6,7 @@
 //!
 //! The lock is `flock` on one of [`LOCK_FILES`] files, chosen by a stable
 //! hash of the network namespace and the address, in this user's private
-//! runtime directory ([`runtime_dir`](crate::runtime_dir)).
+//! runtime directory ([`runtime_dir`]).
 //! (Only servers of one user can share a `SO_REUSEPORT` group, so only
 //! they need to exclude each other.) The kernel releases the lock when its
 //! holder exits, even with `kill -9`; the files stay, at most

@@ -1,5 +1,5 @@
 //! The handover socket of one listener address: a Unix socket file in this
-//! user's private runtime directory ([`runtime_dir`](crate::runtime_dir)),
+//! user's private runtime directory ([`runtime_dir`]),
 //! named after the network namespace and the address. Only this user can
 //! create it, so no other user can hold the name first and block every
 //! take-over.

@@ -233,7 +233,7 @@ impl Builder {
         } else {
             let lock = BindLock::acquire(addr).map_err(SocketError::BindLock)?;
             socket_options::ensure_unused(addr, self.socket.only_v6)?;
-            Some(lock)
+            lock
         };
         socket_options::bind(layout, addr, self.workers, &self.socket)
     }

@@ -36,12 +36,24 @@ pub(crate) struct BindLock {
 
 impl BindLock {
     /// Waits for the lock of `addr` in this thread's network namespace.
+    /// `None`, with a warning, if this user has no private runtime
+    /// directory (another user made `/tmp/balancer-<uid>` first, say): the
+    /// lock only keeps this user's own servers apart, so binding goes on
+    /// without it rather than failing.
     ///
     /// # Errors
-    /// If the directory is not this user's alone (it names the path, its
-    /// owner and its mode), or the file cannot be opened or locked.
-    pub(crate) fn acquire(addr: SocketAddr) -> io::Result<Self> {
-        let dir = runtime_dir::private()?;
+    /// If the lock file cannot be opened or locked (the error names it).
+    pub(crate) fn acquire(addr: SocketAddr) -> io::Result<Option<Self>> {
+        let dir = match runtime_dir::private() {
+            Ok(dir) => dir,
+            Err(e) => {
+                log::warn!(
+                    "binding {addr} without the bind lock (a server of this user started \
+                     at the same instant could bind it too): {e}"
+                );
+                return Ok(None);
+            }
+        };
         let key = runtime_dir::address_key(addr);
         let path = dir.join(format!("bind-{}.lock", lock_file_of(&key)));
         let file = OpenOptions::new()
@@ -52,7 +64,7 @@ impl BindLock {
             .open(&path)
             .map_err(|e| named(e, &path))?;
         sys::flock_exclusive(&file).map_err(|e| named(e, &path))?;
-        Ok(Self { _file: file })
+        Ok(Some(Self { _file: file }))
     }
 }
 
@@ -78,7 +90,9 @@ mod tests {
     #[test]
     fn a_second_holder_waits_for_the_first() {
         let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let first = BindLock::acquire(addr).unwrap();
+        let first = BindLock::acquire(addr)
+            .unwrap()
+            .expect("a private runtime directory");
         let (tx, rx) = std::sync::mpsc::channel();
         let waiter = std::thread::spawn(move || {
             let second = BindLock::acquire(addr).unwrap();

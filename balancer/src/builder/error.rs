@@ -174,8 +174,8 @@ pub enum BindError {
         source: io::Error,
     },
     /// The lock that keeps two servers from binding `addr` at the same
-    /// instant could not be taken (its directory is not this user's alone,
-    /// say; the error names the path).
+    /// instant could not be taken: its file could not be opened or locked
+    /// (the error names the path).
     #[error("taking the bind lock for {addr} failed")]
     BindLock {
         /// The address.

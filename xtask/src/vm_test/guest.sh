@@ -1,6 +1,6 @@
 # Runs as PID 1 in the VM of `cargo xtask vm-test` (a copy in $out), on the
 # machine's root filesystem (read-only, tmpfs on /tmp, /run and /var/tmp
-# unless the workspace is there). Reads $out/config (modules, nofile, args)
+# unless the workspace is there; then TMPDIR is /run/tmp). Reads $out/config (modules, nofile, args)
 # and $out/tests (name, binary, directory per line); writes each binary's
 # output to $out/<binary>.log, its exit status to $out/results, and
 # $out/finished at the end; then stops the VM.
@@ -9,6 +9,12 @@ out=$(sed -n 's/.* vmtest\.out=\([^ ]*\).*/\1/p' /proc/cmdline)
 . "$out/config"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/tmp CI=true RUST_BACKTRACE=1
+# A workspace under /tmp leaves /tmp read-only here (the tmpfs would hide
+# it): tests that write temporary files get /run/tmp instead.
+if ! [ -w /tmp ]; then
+    mkdir -p /run/tmp
+    export HOME=/run/tmp TMPDIR=/run/tmp
+fi
 
 # The kernel loads modules on demand (nf_tables for iptables, veth, ...)
 # through this helper, from the unpacked package's modules.

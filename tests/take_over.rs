@@ -12,9 +12,8 @@
 mod util;
 
 use std::{
-    io::{BufRead, BufReader, Read},
+    io::Read,
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
 };
 
 use balancer::{stats::Snapshot, Backend, Builder};
@@ -22,6 +21,7 @@ use util::{
     burst::echoed_burst,
     counts::{counts, expect_active, spread, taken},
     echo::{EchoServer, Guard},
+    process::TestChild,
 };
 
 const WORKERS: usize = 2;
@@ -54,31 +54,11 @@ fn successor() {
     drop(server);
 }
 
-/// Starts the successor for `addr` and waits (bounded) until it serves.
-fn start_successor(addr: SocketAddr) -> (Child, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(util::process::ignored_test_args("successor"))
-        .env(ADDR_ENV, addr.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn the successor");
-    // The reader keeps draining stdout after "ready", so the child's last
-    // lines never meet a closed pipe. libtest may print the test's name on
-    // the same line first.
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, ready) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if let Some(at) = line.find("ready ") {
-                let _ = tx.send(line[at..].to_owned());
-            }
-        }
-    });
-    let line = ready.recv_timeout(util::TIMEOUT).unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!("the successor did not start")
-    });
+/// Starts the successor for `addr` and waits (bounded) until it serves;
+/// returns it and its `ready ...` line.
+fn start_successor(addr: SocketAddr) -> (TestChild, String) {
+    let mut child = TestChild::start("successor", &[(ADDR_ENV, addr.to_string())]);
+    let line = child.line_from("ready ");
     (child, line)
 }
 
@@ -126,12 +106,12 @@ fn the_survivor_is_steered_exactly_after_a_successor_is_killed_or_stops() {
         expect_active(&server.stats, 0, "all closed");
 
         if kill {
-            successor.kill().unwrap();
+            successor.child.kill().unwrap();
         } else {
-            drop(successor.stdin.take());
+            drop(successor.child.stdin.take());
         }
         assert!(
-            successor.wait().unwrap().success() != kill,
+            successor.child.wait().unwrap().success() != kill,
             "the successor ended as asked"
         );
         let snap = server.wait_for(|s| others(s) == 0);
@@ -197,7 +177,7 @@ fn a_successor_serves_when_its_predecessor_dies_as_it_joins() {
     for gap_ms in [0, 2, 5, 10, 20, 30, 50] {
         let addr = unused_addr();
         let (mut old, _) = start_successor(addr);
-        let pid = nix::unistd::Pid::from_raw(old.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(old.child.id() as i32);
         let killer = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(gap_ms));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
@@ -205,7 +185,7 @@ fn a_successor_serves_when_its_predecessor_dies_as_it_joins() {
         let new = take_over_here(addr)
             .unwrap_or_else(|e| panic!("the successor failed {gap_ms} ms into the join: {e:?}"));
         killer.join().unwrap();
-        let _ = old.wait();
+        let _ = old.child.wait();
         new.wait_for(|s| others(s) == 0);
         let (clients, split) = round(&new);
         println!("predecessor killed {gap_ms} ms into the join: {split:?}");
@@ -228,8 +208,8 @@ fn a_joiner_waits_for_a_live_sharer_instead_of_loading_a_second_program() {
     let (mut b, b_ready) = start_successor(addr);
     let program = ready_program(&a_ready);
     assert_eq!(ready_program(&b_ready), program, "B joined A's program");
-    a.kill().unwrap();
-    let _ = a.wait();
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
     let c = take_over_here(addr).expect("C takes over");
     assert_eq!(program_id(&c), program, "C joined the program B runs");
     let snap = c.wait_for(|s| others(s) == WORKERS);
@@ -238,8 +218,8 @@ fn a_joiner_waits_for_a_live_sharer_instead_of_loading_a_second_program() {
     println!("C's share of a burst shared with B: {split:?}");
     assert_eq!(split.iter().sum::<usize>(), CONNECTIONS / 2, "{split:?}");
     drop(clients);
-    drop(b.stdin.take());
-    assert!(b.wait().unwrap().success(), "B stopped cleanly");
+    drop(b.child.stdin.take());
+    assert!(b.child.wait().unwrap().success(), "B stopped cleanly");
 }
 
 /// A slot freed by one set and claimed by the next starts with the next
@@ -380,67 +360,34 @@ fn sharer() {
     drop(server);
 }
 
-/// A running `sharer` child: its stdin, and its stdout's lines.
-struct Sharer {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+/// A running `sharer` child.
+struct Sharer(TestChild);
 
 impl Sharer {
     fn start(addr: SocketAddr, slots: usize) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(util::process::ignored_test_args("sharer"))
-            .env(ADDR_ENV, addr.to_string())
-            .env(SHARER_SLOTS_ENV, slots.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn a sharer");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stdout.lines().map_while(Result::ok) {
-                // libtest may print the test's name on the same line first.
-                for word in ["ready", "split "] {
-                    if let Some(at) = line.find(word) {
-                        let _ = tx.send(line[at..].to_owned());
-                    }
-                }
-            }
-        });
-        let mut sharer = Self { child, lines };
-        let ready = sharer.next_line();
-        assert_eq!(ready, "ready");
-        sharer
-    }
-
-    fn next_line(&mut self) -> String {
-        self.lines.recv_timeout(util::TIMEOUT).unwrap_or_else(|_| {
-            let _ = self.child.kill();
-            panic!("the sharer did not answer")
-        })
+        let envs = [
+            (ADDR_ENV, addr.to_string()),
+            (SHARER_SLOTS_ENV, slots.to_string()),
+        ];
+        let mut child = TestChild::start("sharer", &envs);
+        child.line_from("ready");
+        Self(child)
     }
 
     /// Its workers' active connections.
     fn split(&mut self) -> Vec<u64> {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        std::io::Write::write_all(stdin, b"split\n").unwrap();
-        let line = self.next_line();
+        self.0.send_line("split");
+        let line = self.0.line_from("split [");
         let list = line.trim_start_matches("split [").trim_end_matches(']');
         list.split(", ").map(|n| n.parse().unwrap()).collect()
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Stops it and waits (bounded) until every one of its threads is
     /// stopped: `kill` returns before they are, and a worker still running
     /// would accept a connection that its death then closes.
     fn freeze(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-        let tasks = format!("/proc/{}/task", self.child.id());
+        self.0.signal(nix::sys::signal::Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.0.child.id());
         let stopped = || {
             let states = std::fs::read_dir(&tasks).unwrap().map(|task| {
                 let stat = std::fs::read_to_string(task.unwrap().path().join("stat"));
@@ -504,17 +451,17 @@ fn three_processes_share_one_program_and_serve_what_a_killed_one_held() {
         accepted < 30,
         "the frozen process holds its share in its queues"
     );
-    frozen.signal(nix::sys::signal::Signal::SIGKILL);
-    let _ = frozen.child.wait();
+    frozen.0.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = frozen.0.child.wait();
     util::burst::echo_all(&mut clients);
     let served_here = here.served_here(&clients).iter().flatten().count();
     let served_there: u64 = other.split().iter().sum();
     println!("after the kill: {served_here} served here, {served_there} by the other");
     assert_eq!(served_here as u64 + served_there, 30);
     drop(clients);
-    drop(other.child.stdin.take());
+    drop(other.0.child.stdin.take());
     assert!(
-        other.child.wait().unwrap().success(),
+        other.0.child.wait().unwrap().success(),
         "the other stopped cleanly"
     );
 }

@@ -85,8 +85,7 @@ impl ExampleServer {
 
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, signal).expect("signal the example");
+        send_signal(&self.child, signal);
     }
 
     /// Waits (bounded) for the process to exit.
@@ -114,6 +113,12 @@ impl Drop for ExampleServer {
     }
 }
 
+/// Sends `signal` to `child`.
+fn send_signal(child: &Child, signal: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("signal {signal}: {e}"));
+}
+
 /// Waits (bounded) for `child` to exit; returns its status.
 pub fn wait_exit(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + TIMEOUT;
@@ -126,6 +131,68 @@ pub fn wait_exit(child: &mut Child) -> ExitStatus {
             "the child process did not exit within {TIMEOUT:?}"
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// This test binary run again for one of its ignored tests, as a second
+/// process: its stdin piped, its stdout read line by line for as long as
+/// this handle lives (so the child's last lines never meet a closed
+/// pipe). Killed when dropped, if still running.
+pub struct TestChild {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl TestChild {
+    /// Starts ignored test `name` with `envs`.
+    pub fn start(name: &str, envs: &[(&str, String)]) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(ignored_test_args(name))
+            .envs(envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let (send, lines) = mpsc::channel();
+        forward_lines(child.stdout.take().unwrap(), send);
+        Self { child, lines }
+    }
+
+    /// Waits (bounded) for a line containing `needle` and returns it from
+    /// `needle` on (libtest may print the test's name first on the same
+    /// line); kills the child if none comes.
+    pub fn line_from(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                let _ = self.child.kill();
+                panic!("the child printed no line with {needle:?} within {TIMEOUT:?}")
+            };
+            if let Some(at) = line.find(needle) {
+                return line[at..].to_owned();
+            }
+        }
+    }
+
+    /// Writes `line` and a newline to its stdin.
+    pub fn send_line(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin still open");
+        std::io::Write::write_all(stdin, format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        send_signal(&self.child, signal);
+    }
+}
+
+impl Drop for TestChild {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -66,18 +66,9 @@ pub fn run(
 ) -> anyhow::Result<WrkResult> {
     let script = dir.join("split.lua");
     std::fs::write(&script, SCRIPT)?;
-    let out = Command::new("wrk")
-        .args(["-t", &THREADS.to_string(), "-c", &connections.to_string()])
-        .args(["-d", &format!("{}s", duration.as_secs().max(1))])
-        .arg("-s")
-        .arg(&script)
-        .arg(format!("http://{addr}/"))
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    if !out.status.success() {
-        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = wrk(addr, THREADS, connections, duration, |wrk| {
+        wrk.arg("-s").arg(&script);
+    })?;
     let line = stdout
         .lines()
         .find(|l| l.starts_with('{'))
@@ -103,16 +94,7 @@ pub fn plain(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<Plain> {
-    let out = Command::new("wrk")
-        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
-        .args(["-d", &format!("{}s", duration.as_secs().max(1))])
-        .arg(format!("http://{addr}/"))
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    if !out.status.success() {
-        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = wrk(addr, threads, connections, duration, |_| {})?;
     parse_plain(&stdout).with_context(|| format!("no Requests/sec in wrk output:\n{stdout}"))
 }
 
@@ -140,6 +122,29 @@ fn parse_plain(out: &str) -> Option<Plain> {
         requests_per_sec,
         errors: socket + status,
     })
+}
+
+/// Runs wrk against `http://addr/` on `threads` threads with `connections`
+/// connections for `duration` (at least a second), with what `more` adds
+/// to its arguments; returns its stdout.
+fn wrk(
+    addr: SocketAddr,
+    threads: usize,
+    connections: usize,
+    duration: Duration,
+    more: impl FnOnce(&mut Command),
+) -> anyhow::Result<String> {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
+        .args(["-d", &format!("{}s", duration.as_secs().max(1))]);
+    more(&mut command);
+    let out = (command.arg(format!("http://{addr}/")).output())
+        .context("running wrk (apt-get install wrk)")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -91,6 +91,8 @@ impl DrainStatus {
     }
 
     /// Whether [`Server::shutdown`](crate::Server::shutdown) has started.
+    /// Once true, every worker has been told to stop accepting: what the
+    /// kernel still queues is served through the workers' close.
     pub fn is_draining(&self) -> bool {
         self.inner.draining.get().is_some()
     }

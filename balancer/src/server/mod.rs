@@ -242,9 +242,12 @@ impl Server {
         // a century instead of panicking and closing every connection.
         let forever = Duration::from_secs(100 * 365 * 24 * 3600);
         let deadline = (started.checked_add(drain_timeout)).unwrap_or(started + forever);
-        self.status.start(started, deadline);
         let open_at_start = self.status.connections_open();
+        // The workers first: once `is_draining` says so, none accepts again
+        // (a queued client is served through `close`, counted in
+        // `served_from_queue`).
         self.drain.start(deadline);
+        self.status.start(started, deadline);
         let mut report = DrainReport {
             open_at_start,
             served_from_queue: 0,

@@ -24,6 +24,9 @@ pub struct Results {
     pub skipped: usize,
     /// Binaries that exited non-zero, with their log.
     pub failing: Vec<String>,
+    /// The end of each failing binary's log (libtest's `failures:`
+    /// section), printed so that a CI log names the test and its panic.
+    pub failure_excerpts: Vec<(String, String)>,
     /// The `Ebpf` burst splits the burst tests print (`util::burst::report`).
     pub ebpf_bursts: Vec<String>,
 }
@@ -53,6 +56,9 @@ pub fn read(out: &Path, binaries: &[&Binary]) -> anyhow::Result<Results> {
                 binary.name,
                 log_path.display()
             ));
+            results
+                .failure_excerpts
+                .push((binary.name.clone(), failure_excerpt(&log)));
         }
         results.ebpf_bursts.extend(
             (log.lines())
@@ -61,6 +67,25 @@ pub fn read(out: &Path, binaries: &[&Binary]) -> anyhow::Result<Results> {
         );
     }
     Ok(results)
+}
+
+/// Lines printed of a failing binary's log, at most.
+const EXCERPT_LINES: usize = 80;
+
+/// What to show of a failing binary's log: from libtest's first
+/// `failures:` heading on (the captured output and panic of each failed
+/// test), or the log's last lines when there is none (a crash, a timeout);
+/// at most [`EXCERPT_LINES`] lines either way.
+fn failure_excerpt(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = (lines.iter().position(|line| *line == "failures:"))
+        .unwrap_or(lines.len().saturating_sub(EXCERPT_LINES));
+    let shown = &lines[from..];
+    let mut excerpt = shown[..shown.len().min(EXCERPT_LINES)].join("\n");
+    if shown.len() > EXCERPT_LINES {
+        excerpt.push_str(&format!("\n[{} more lines]", shown.len() - EXCERPT_LINES));
+    }
+    excerpt
 }
 
 /// Passed and failed counts from libtest's `test result:` lines.
@@ -116,6 +141,11 @@ pub fn print(runs: &[KernelRun]) {
         }
     }
     for run in runs {
+        for (binary, excerpt) in (run.outcome.iter()).flat_map(|r| &r.failure_excerpts) {
+            println!("\n{binary} failed on {}:\n{excerpt}", run.release);
+        }
+    }
+    for run in runs {
         if let Ok(results) = &run.outcome {
             println!("\nEbpf burst splits on {}:", run.release);
             for line in &results.ebpf_bursts {
@@ -140,5 +170,31 @@ pub fn verdict(runs: &[KernelRun]) -> anyhow::Result<()> {
             "the suite failed or did not run on Linux {}",
             bad.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_excerpt_starts_at_the_failures_heading() {
+        let log = "running 2 tests\ntest a ... ok\ntest b ... FAILED\n\nfailures:\n\n\
+                   ---- b stdout ----\npanicked at tests/b.rs:3:5\n\nfailures:\n    b\n\n\
+                   test result: FAILED. 1 passed; 1 failed";
+        let excerpt = failure_excerpt(log);
+        assert!(excerpt.starts_with("failures:\n\n---- b stdout ----\npanicked"));
+        assert!(excerpt.ends_with("1 failed"), "{excerpt}");
+    }
+
+    #[test]
+    fn without_a_heading_the_excerpt_is_the_last_lines_capped() {
+        let log: String = (0..200).map(|i| format!("line {i}\n")).collect();
+        let excerpt = failure_excerpt(&log);
+        assert_eq!(excerpt.lines().count(), EXCERPT_LINES);
+        assert!(excerpt.starts_with("line 120\n") && excerpt.ends_with("line 199"));
+        let long = format!("failures:\n{log}");
+        let excerpt = failure_excerpt(&long);
+        assert!(excerpt.ends_with("[121 more lines]"), "{excerpt}");
     }
 }

@@ -1,6 +1,6 @@
 //! Big machines: more than 64 worker slots (the program then compares
-//! blocks of 16 slots by a summary before their slots), CPU locality, and a
-//! take-over at 256 slots. Bursts split within two connections per worker
+//! blocks of 16 slots by a summary before their slots), CPU locality, a
+//! take-over at 256 slots, and a scan that grows past 64 as a set joins. Bursts split within two connections per worker
 //! above 64 slots, within one below. Needs root (eBPF); see
 //! `util::privileged`.
 
@@ -102,6 +102,38 @@ fn a_take_over_at_256_slots_steers_both_sets_as_one() {
     let served: Vec<_> = new.served_here(&clients);
     assert!(served.iter().all(Option::is_some), "the new set serves all");
     assert!(spread(&per_worker(&new.stats.snapshot())) <= 2);
+}
+
+/// A set of 48 workers scanning 64 slots (one flat scan), then a successor
+/// of 48 that finds only 16 of them free: the program's scan grows to 96
+/// slots (six blocks, their summaries set as it crosses 64) while it
+/// steers, and a burst over the 96 workers splits within two.
+#[test]
+fn a_joiner_that_needs_more_slots_grows_the_scan_past_64() {
+    if !privileged("eBPF steering") {
+        return;
+    }
+    let bind = |addr: &str, take_over: bool| {
+        let builder = util::counting(Builder::new(Backend::Ebpf).workers(48), Backend::Ebpf)
+            .ebpf_slots(64)
+            .take_over(take_over)
+            .listen(addr);
+        util::bind(builder, Backend::Ebpf)
+    };
+    let old = EchoServer::start(bind("127.0.0.1:0", false), Guard::Keep);
+    let addr: SocketAddr = old.addr(0);
+    let before = old.stats.snapshot().program.expect("the program");
+    assert_eq!(before.slots, 64);
+    let new = EchoServer::start(bind(&addr.to_string(), true), Guard::Keep);
+    let program = new.stats.snapshot().program.expect("the joined program");
+    assert_eq!((program.program_id, program.slots), (before.program_id, 96));
+    let clients = echoed_burst(addr, PER_WORKER * 96);
+    let mut split = per_worker(&old.stats.snapshot());
+    split.extend(per_worker(&new.stats.snapshot()));
+    println!("grown to 96 slots: spread {}", spread(&split));
+    assert_eq!(split.iter().sum::<u64>(), (PER_WORKER * 96) as u64);
+    assert!(spread(&split) <= 2, "{split:?}");
+    drop(clients);
 }
 
 /// Workers pinned to the machine's cores, with CPU locality: clients whose

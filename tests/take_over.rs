@@ -328,23 +328,17 @@ fn another_users_process_cannot_block_a_take_over() {
     drop(squatted);
 }
 
-const SHARER_SLOTS_ENV: &str = "BALANCER_TEST_SHARER_SLOTS";
-
 /// The child process of the prefork test: joins (or starts) the program
-/// steering `ADDR_ENV` with room for `SHARER_SLOTS_ENV` slots, balancing
-/// by connection counts alone (`util::counting`), and serves echo; on each `split` line on stdin
+/// steering `ADDR_ENV` with the default slots, balancing by connection
+/// counts alone (`util::counting`), and serves echo; on each `split` line on stdin
 /// it prints its workers' active connections; it ends when stdin closes or
 /// it is killed.
 #[test]
 #[ignore = "run by the prefork test as a child process"]
 fn sharer() {
     let addr: SocketAddr = std::env::var(ADDR_ENV).expect(ADDR_ENV).parse().unwrap();
-    let slots: usize = (std::env::var(SHARER_SLOTS_ENV).expect(SHARER_SLOTS_ENV))
-        .parse()
-        .unwrap();
     let builder = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf);
     let listener = (builder.workers(WORKERS))
-        .ebpf_slots(slots)
         .listen(addr)
         .take_over(true)
         .bind()
@@ -364,11 +358,8 @@ fn sharer() {
 struct Sharer(TestChild);
 
 impl Sharer {
-    fn start(addr: SocketAddr, slots: usize) -> Self {
-        let envs = [
-            (ADDR_ENV, addr.to_string()),
-            (SHARER_SLOTS_ENV, slots.to_string()),
-        ];
+    fn start(addr: SocketAddr) -> Self {
+        let envs = [(ADDR_ENV, addr.to_string())];
         let mut child = TestChild::start("sharer", &envs);
         child.line_from("ready");
         Self(child)
@@ -401,8 +392,10 @@ impl Sharer {
     }
 }
 
-/// Prefork: three processes of two workers each share one program (the
-/// first loads it with room for six slots, the others join). A burst of 60
+/// Prefork: three processes of two workers each share one program, all
+/// with the default slots: the first loads it scanning four (room for a
+/// successor), the second joins, and the third, finding none free, makes
+/// the scan grow to six. A burst of 60
 /// splits within one per worker over all six. Then one process is frozen
 /// (SIGSTOP), a burst of 30 is sent at once, and the frozen process is
 /// killed with -9: every connection of that burst is served by the other
@@ -413,13 +406,11 @@ fn three_processes_share_one_program_and_serve_what_a_killed_one_held() {
     if !util::privileged("three processes sharing eBPF steering") {
         return;
     }
-    const SLOTS: usize = 3 * WORKERS;
     let addr = unused_addr();
-    let mut frozen = Sharer::start(addr, SLOTS);
-    let mut other = Sharer::start(addr, SLOTS);
+    let mut frozen = Sharer::start(addr);
+    let mut other = Sharer::start(addr);
     let builder = util::counting(Builder::new(Backend::Ebpf), Backend::Ebpf);
     let listener = (builder.workers(WORKERS))
-        .ebpf_slots(SLOTS)
         .listen(addr)
         .take_over(true)
         .bind()
@@ -427,8 +418,9 @@ fn three_processes_share_one_program_and_serve_what_a_killed_one_held() {
     let here = EchoServer::start(listener, Guard::Keep);
     let program = here.stats.snapshot().program.expect("the joined program");
     assert_eq!(
-        (program.slots, program.slots_elsewhere),
-        (SLOTS, 2 * WORKERS)
+        (program.slots, program.slots_here, program.slots_elsewhere),
+        (3 * WORKERS, WORKERS, 2 * WORKERS),
+        "the scan grew from the default four slots"
     );
 
     let clients = echoed_burst(addr, 60);

@@ -16,7 +16,7 @@ pub const MAX_SLOTS: u32 = 1024;
 /// Up to this many slots, the program compares every slot for every new
 /// connection: exact, bursts within one connection per worker. Above, it
 /// compares [`BLOCK_SLOTS`]-slot blocks by their summary first, then the
-/// slots of the best block (see [`BLOCKS_MAP`]): its cost stays near flat
+/// slots of the best block (see [`Scan::summaries`]): its cost stays near flat
 /// as slots grow, and bursts split within two.
 pub const FLAT_SLOTS: u32 = 64;
 
@@ -54,16 +54,10 @@ const _: () = assert!(PENDING_SLOTS.is_power_of_two());
 /// Most listeners (reuseport groups) one steering program serves.
 pub const MAX_LISTENERS: u32 = 64;
 
-/// Name of the `BPF_F_MMAPABLE` array holding the [`MAX_BLOCKS`] block
-/// summaries in its one entry ([`Blocks`]): block `b`'s summary is at most
-/// the lowest [`key`] of its slots, or about it.
-/// The program lowers it to the block's true minimum after each scan of
-/// the block; a worker lowers it when its own key falls (a connection
-/// closes, it runs again after a stall, it becomes available). A summary
-/// that reads too low costs one connection placed on a block slightly
-/// worse than the best; one that reads too high cannot last past the
-/// worker's next tick. Used above [`FLAT_SLOTS`] slots only.
-pub const BLOCKS_MAP: &str = "BLOCKS";
+/// Name of the `BPF_F_MMAPABLE` array whose one entry ([`Scan`]) says what
+/// the program scans: how many worker slots ([`Scan::slots`]), and above
+/// [`FLAT_SLOTS`] slots every block's summary ([`Scan::summaries`]).
+pub const SCAN_MAP: &str = "SCAN";
 
 /// Name of the array from a CPU number to `slot + 1` of the worker pinned
 /// to it (zero: none), read when [`LOCALITY_GLOBAL`] is on.
@@ -102,24 +96,14 @@ pub const SOCKET_SLOTS_MAP: &str = "SOCKET_SLOTS";
 /// connection.
 pub const LOADS_MAP: &str = "LOADS";
 
-/// Name of the program's read-only global holding the worker slots it scans
-/// (a `u32`, `0..=MAX_SLOTS`, a [`scanned_slots`] value): the workers of
-/// every process sharing the program, free slots carrying the
-/// [`UNAVAILABLE`] penalty. Zero (unset) or a count that is not a
-/// [`scanned_slots`] value means "not configured": the program leaves the
-/// choice to the kernel's 4-tuple hash instead of refusing the connection. Set when the program is
-/// loaded; the verifier then knows it, and walks only that many steps of
-/// the scan.
-pub const SLOTS_GLOBAL: &str = "SLOTS";
-
 /// Name of the program's read-only global holding the stall threshold in
 /// nanoseconds (a `u64`): a worker whose [`WorkerSlot::stamp`] is older
 /// while it has connections in flight is stalled (see [`is_stalled`]).
 /// Zero: no worker is ever stalled.
 pub const STALL_NS_GLOBAL: &str = "STALL_NS";
 
-/// Name of the map holding the program's read-only globals ([`SLOTS_GLOBAL`]
-/// and the log level). Frozen once the program is loaded: no process can
+/// Name of the map holding the program's read-only globals
+/// ([`STALL_NS_GLOBAL`] and the others, and the log level). Frozen once the program is loaded: no process can
 /// change them.
 pub const RODATA_MAP: &str = ".rodata";
 
@@ -215,8 +199,35 @@ pub struct WorkerSlot {
 /// Every worker's slot: the one value of [`LOADS_MAP`].
 pub type Loads = [WorkerSlot; MAX_SLOTS as usize];
 
-/// Every block's summary: the one value of [`BLOCKS_MAP`].
+/// Every block's summary, block `b`'s at index `b` ([`Scan::summaries`]).
 pub type Blocks = [u64; MAX_BLOCKS as usize];
+
+/// What the program scans: the one value of [`SCAN_MAP`], shared by every
+/// process that steers with the program (each maps it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Scan {
+    /// The worker slots the program scans (`0..=MAX_SLOTS`, a
+    /// [`scanned_slots`] value): the workers of every process sharing the
+    /// program, free slots carrying the [`UNAVAILABLE`] penalty. Read on
+    /// every run, so it can change while the program steers: it only
+    /// grows, when a process claims a slot above it (with `fetch_max`),
+    /// and never past [`MAX_SLOTS`]. Zero, or a count that is not a
+    /// [`scanned_slots`] value, means "not configured": the program leaves
+    /// the choice to the kernel's 4-tuple hash instead of refusing the
+    /// connection.
+    pub slots: u64,
+    /// Above [`FLAT_SLOTS`] slots, block `b`'s summary: at most the
+    /// lowest [`key`] of its slots, or about it. The program lowers it to
+    /// the block's true minimum after each scan of the block; a worker
+    /// lowers it when its own key falls (a connection closes, it runs
+    /// again after a stall, it becomes available); a process that makes
+    /// the scan grow past [`FLAT_SLOTS`] sets each to its block's minimum.
+    /// A summary that reads too low costs one connection placed on a
+    /// block slightly worse than the best; one that reads too high cannot
+    /// last past the worker's next tick.
+    pub summaries: Blocks,
+}
 
 const _: () = assert!(core::mem::size_of::<WorkerSlot>() == 64);
 
@@ -552,6 +563,11 @@ unsafe impl aya::Pod for SocketSlot {}
 // padding, so every bit pattern is a valid value.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for WorkerSlot {}
+
+// SAFETY: `Scan` is `repr(C)`, `Copy`, made only of `u64`s with no
+// padding, so every bit pattern is a valid value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Scan {}
 
 #[cfg(test)]
 mod tests {

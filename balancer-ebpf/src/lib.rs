@@ -11,7 +11,8 @@
 //! 1. finds the listener (the row of `SOCKETS`) by the bound address of the
 //!    socket the lookup matched (`LISTENERS`);
 //! 2. picks the available worker with the lowest score in `LOADS`
-//!    (`SLOTS` slots, a constant set at load): `(active + in_flight + 1)`
+//!    (`SCAN`'s slot count, read on every run: it grows as processes
+//!    join): `(active + in_flight + 1)`
 //!    times its busy weight (`balancer_common::score`), a stalled worker
 //!    (work waiting, event loop idle for longer than `STALL_NS`) only if
 //!    every worker is; among equal scores, the connection's 4-tuple hash
@@ -29,9 +30,9 @@
 //! The program never refuses a connection: when the maps are not populated,
 //! the listener is unknown or the chosen slot is empty, it returns `SK_PASS`
 //! without a selection and the kernel's own hash picks a socket of the group.
-//! Its cost is one branch-free scan of at most `FLAT_SLOTS` slots (or,
-//! above, of the block summaries and one block's slots, twice when a
-//! summary was stale) and two atomic adds.
+//! Its cost is one branch-free scan of 8, 16 or `FLAT_SLOTS` slots, the
+//! fewest that hold the slot count (or, above, of every block summary and
+//! one block's slots, twice when a summary was stale) and two atomic adds.
 //!
 //! Concurrent SYNs on different CPUs may both see the same worker as least
 //! loaded before either's count lands; each such race puts one connection
@@ -44,7 +45,7 @@
 use core::{
     ffi::c_void,
     mem::MaybeUninit,
-    ptr::{addr_of_mut, read_volatile, write_volatile},
+    ptr::{addr_of, addr_of_mut, read_volatile, write_volatile},
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -58,8 +59,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    key, scanned_slots, socket_index, stall_mask, tie, untied, Blocks, ListenAddr, Load, Loads,
-    Lowest, Masks, Pending, SocketSlot, WorkerSlot, BLOCK_SLOTS, BPF_F_MMAPABLE, FLAT_SLOTS,
+    key, scanned_slots, socket_index, stall_mask, tie, untied, ListenAddr, Load, Loads, Lowest,
+    Masks, Pending, Scan, SocketSlot, WorkerSlot, BLOCK_SLOTS, BPF_F_MMAPABLE, FLAT_SLOTS,
     MAX_BLOCKS, MAX_CPUS, MAX_LISTENERS, MAX_SLOTS, PENDING_SLOTS, UNAVAILABLE,
 };
 
@@ -83,19 +84,15 @@ static SOCKET_SLOTS: HashMap<u64, SocketSlot> =
 #[map]
 static LOADS: Array<Loads> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
-/// Every block's summary, block `b`'s at index `b` of the one entry: about
-/// the lowest key of its slots (above `FLAT_SLOTS` slots only), shared
-/// with userspace through `mmap`.
+/// What to scan (one entry): how many slots, and above `FLAT_SLOTS` every
+/// block's summary, about the lowest key of its slots; shared with
+/// userspace through `mmap`.
 #[map]
-static BLOCKS: Array<Blocks> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+static SCAN: Array<Scan> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
 /// A CPU's pinned worker, as `slot + 1` (zero: none).
 #[map]
 static CPUS: Array<u32> = Array::with_max_entries(MAX_CPUS, 0);
-
-/// The worker slots to scan, set by the loader (`SLOTS_GLOBAL`).
-#[unsafe(no_mangle)]
-static SLOTS: Global<u32> = Global::new(0);
 
 /// The stall threshold in nanoseconds, set by the loader
 /// (`STALL_NS_GLOBAL`); zero: stall detection off.
@@ -128,7 +125,9 @@ pub fn steering(ctx: SkReuseportContext) -> u32 {
 }
 
 fn steer(ctx: &SkReuseportContext) -> Option<()> {
-    let workers = configured_workers()?;
+    let scan = SCAN.get_ptr_mut(0)?;
+    let workers = configured_workers(scan)?;
+    let summaries = Summaries::of(scan);
     let loads = Slots::get()?;
     let hash = ctx.hash();
     let (listener, syn, closing) = match ctx.migrating_sk() {
@@ -144,14 +143,14 @@ fn steer(ctx: &SkReuseportContext) -> Option<()> {
     let remembered = if counted { None } else { recall(hash) };
     let choice = match remembered {
         Some(worker) => Choice::remembered(worker),
-        None => choose(loads, hash, workers)?,
+        None => choose(loads, summaries, hash, workers)?,
     };
     let worker = choice.worker;
     if counted {
         loads.claim(worker, choice.local);
     }
     if choice.block != NO_BLOCK {
-        summarize(loads, choice.block, worker, choice.second);
+        summarize(loads, summaries, choice.block, worker, choice.second);
     }
     if let Some(closing) = closing {
         loads.add(closing, Load::CLAIM.wrapping_neg());
@@ -196,12 +195,15 @@ fn migration_source(
     }
 }
 
-/// The worker slots to scan, or `None` while userspace has not set them
-/// (or set a count the scan does not take: above `FLAT_SLOTS`, whole
+/// The worker slots to scan now, or `None` while userspace has not set
+/// them (or set a count the scan does not take: above `FLAT_SLOTS`, whole
 /// blocks only).
 #[inline(always)]
-fn configured_workers() -> Option<u32> {
-    let workers = SLOTS.load();
+fn configured_workers(scan: *mut Scan) -> Option<u32> {
+    // SAFETY: `scan` is the map's live, aligned entry; the count is one
+    // u64 that processes raise with atomic stores: one volatile load.
+    let slots = unsafe { read_volatile(addr_of!((*scan).slots)) };
+    let workers = u32::try_from(slots).ok()?;
     (workers != 0 && workers <= MAX_SLOTS && scanned_slots(workers) == workers).then_some(workers)
 }
 
@@ -295,7 +297,7 @@ impl Choice {
 /// else the best block's; with locality on, the worker pinned to this CPU
 /// if it is tied for the lowest. `None` if every worker is unavailable.
 #[inline(always)]
-fn choose(loads: Slots, hash: u32, workers: u32) -> Option<Choice> {
+fn choose(loads: Slots, summaries: Summaries, hash: u32, workers: u32) -> Option<Choice> {
     // SAFETY: the helper only reads the kernel's coarse clock.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let at = Clock {
@@ -305,12 +307,8 @@ fn choose(loads: Slots, hash: u32, workers: u32) -> Option<Choice> {
         by_requests: BY_REQUESTS.load() != 0,
     };
     let (lowest, block) = if workers <= FLAT_SLOTS {
-        (
-            scan::<false>(loads, hash, 0, workers, FLAT_SLOTS, at)?,
-            NO_BLOCK,
-        )
+        (scan_flat(loads, hash, workers, at)?, NO_BLOCK)
     } else {
-        let summaries = Summaries::get()?;
         let mut block = best_block(summaries, hash, workers, at.masks)?;
         let mut lowest = scan_block(loads, hash, block.at, at)?;
         if untied(lowest.key) > block.second {
@@ -341,13 +339,35 @@ fn choose(loads: Slots, hash: u32, workers: u32) -> Option<Choice> {
     })
 }
 
-/// Scans `count` slots from `first` (at most `bound` steps, a constant, for
-/// the verifier); ties break by the hash ([`tie`]). With `SECOND`, also
-/// the second-lowest key (for block summaries). `None` if `count` is zero.
+/// The lowest-keyed of the first `workers` slots (at most `FLAT_SLOTS`),
+/// by a scan of [`SHORT_SCAN`], twice that or `FLAT_SLOTS` steps: the
+/// shortest that holds them.
+///
+/// `workers` is read from a map on every run (it grows as processes join),
+/// so the verifier does not know it. A scan that stopped at `workers`
+/// would give the verifier one way out of the loop per step, and it would
+/// walk the rest of the program once for each (with the two-level scan,
+/// past its limit). Three scans of constant lengths are three paths.
+#[inline(always)]
+fn scan_flat(loads: Slots, hash: u32, workers: u32, at: Clock) -> Option<Lowest> {
+    if workers <= SHORT_SCAN {
+        scan::<false>(loads, hash, 0, workers, SHORT_SCAN, at)
+    } else if workers <= 2 * SHORT_SCAN {
+        scan::<false>(loads, hash, 0, workers, 2 * SHORT_SCAN, at)
+    } else {
+        scan::<false>(loads, hash, 0, workers, FLAT_SLOTS, at)
+    }
+}
+
+/// Scans `count` slots from `first` in `bound` steps, a constant, for the
+/// verifier: the slots from `count` on read unavailable. Ties break by the
+/// hash ([`tie`]). With `SECOND`, also the second-lowest key (for block
+/// summaries). `None` if `count` is zero.
 ///
 /// Written for the verifier, which walks every step of the scan: each
-/// step is branch-free ([`Lowest::see`], [`Slots::key`]) and indexes the
-/// slots in place, so the walk is one path, linear in `bound`.
+/// step is branch-free ([`Lowest::see`], [`Slots::key`], [`past`]) and
+/// indexes the slots in place, so the walk is one path, linear in
+/// `bound`.
 #[inline(always)]
 fn scan<const SECOND: bool>(
     loads: Slots,
@@ -362,11 +382,8 @@ fn scan<const SECOND: bool>(
     }
     let mut lowest = Lowest::new(first, loads.key(first, hash, at));
     for step in 1..bound {
-        if step >= count {
-            break;
-        }
         let worker = first + step;
-        let key = loads.key(worker, hash, at);
+        let key = past(at.masks, step, count, loads.key(worker, hash, at));
         if SECOND {
             lowest.see(at.masks, worker, key);
         } else {
@@ -374,6 +391,17 @@ fn scan<const SECOND: bool>(
         }
     }
     Some(lowest)
+}
+
+/// The steps of the shortest flat scan (see [`scan_flat`]).
+const SHORT_SCAN: u32 = 8;
+
+/// `key` of step `step` of a scan of `count`: unavailable if `step` is
+/// past `count`, without a branch.
+#[inline(always)]
+fn past(masks: Masks, step: u32, count: u32, key: u64) -> u64 {
+    let within = masks.below(u64::from(step), u64::from(count));
+    key | (!within).pick(UNAVAILABLE, 0)
 }
 
 /// The lowest-keyed slot of block `block` (of `BLOCK_SLOTS`: above
@@ -394,11 +422,11 @@ fn best_block(summaries: Summaries, hash: u32, workers: u32, masks: Masks) -> Op
         return None;
     }
     let mut lowest = Lowest::new(0, summaries.get_at(0) + tie(0, hash));
+    // Every block, those past `blocks` read unavailable: one way out of
+    // the loop for the verifier (see `scan_flat`).
     for block in 1..MAX_BLOCKS {
-        if block >= blocks {
-            break;
-        }
-        lowest.see(masks, block, summaries.get_at(block) + tie(block, hash));
+        let summary = past(masks, block, blocks, summaries.get_at(block));
+        lowest.see(masks, block, summary + tie(block, hash));
     }
     lowest.key = untied(lowest.key);
     lowest.second = untied(lowest.second);
@@ -409,10 +437,7 @@ fn best_block(summaries: Summaries, hash: u32, workers: u32, masks: Masks) -> Op
 /// key now (one more in flight, if counted) and the second-lowest key the
 /// scan saw.
 #[inline(always)]
-fn summarize(loads: Slots, block: u32, worker: u32, second: u64) {
-    let Some(summaries) = Summaries::get() else {
-        return;
-    };
+fn summarize(loads: Slots, summaries: Summaries, block: u32, worker: u32, second: u64) {
     let at = Clock {
         // SAFETY: the helper only reads the kernel's coarse clock.
         now: unsafe { bpf_ktime_get_coarse_ns() },
@@ -526,15 +551,17 @@ impl Slots {
     }
 }
 
-/// Every block's summary (the one entry of `BLOCKS`), indexed in place like
-/// [`Slots`].
+/// Every block's summary (in the one entry of `SCAN`), indexed in place
+/// like [`Slots`].
 #[derive(Clone, Copy)]
 struct Summaries(*mut u64);
 
 impl Summaries {
     #[inline(always)]
-    fn get() -> Option<Self> {
-        BLOCKS.get_ptr_mut(0).map(|all| Self(all.cast()))
+    fn of(scan: *mut Scan) -> Self {
+        // SAFETY: only the field's address is taken; `scan` is the map's
+        // live entry.
+        Self(unsafe { addr_of_mut!((*scan).summaries) }.cast())
     }
 
     #[inline(always)]

@@ -53,9 +53,10 @@ pub struct Args {
     /// waits is rescued by another worker (0: off).
     #[arg(long, default_value = "50", value_name = "MILLISECONDS")]
     pub stall_threshold: u64,
-    /// For --backend ebpf: the worker slots the steering program serves
-    /// (default twice the workers): room for a successor, or a larger scan
-    /// to measure.
+    /// For --backend ebpf: the worker slots the steering program scans at
+    /// first (default twice the workers: room for a successor; a process
+    /// that joins and finds none free makes it grow), or a larger scan to
+    /// measure.
     #[arg(long, value_name = "SLOTS")]
     pub ebpf_slots: Option<usize>,
     /// For --backend ebpf with --pin: among the least-loaded workers, prefer
@@ -66,7 +67,7 @@ pub struct Args {
     /// SO_REUSEPORT group (and with ebpf its steering program); then
     /// SIGTERM the old one. Give a free --admin. --join is the same, for
     /// processes that share one port for good (prefork: start each with
-    /// --join and --ebpf-slots of all their workers together).
+    /// --join).
     #[arg(long, alias = "join")]
     pub take_over: bool,
     /// What exact and ebpf compare for a new connection: connections,

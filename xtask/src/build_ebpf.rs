@@ -21,8 +21,8 @@ use std::{
 
 use anyhow::{bail, Context};
 use balancer_common::{
-    BLOCKS_MAP, BY_REQUESTS_GLOBAL, CPUS_MAP, LISTENERS_MAP, LOADS_MAP, LOCALITY_GLOBAL,
-    PENDING_MAP, PROGRAM, SLOTS_GLOBAL, SOCKETS_MAP, SOCKET_SLOTS_MAP, STALL_NS_GLOBAL,
+    BY_REQUESTS_GLOBAL, CPUS_MAP, LISTENERS_MAP, LOADS_MAP, LOCALITY_GLOBAL, PENDING_MAP, PROGRAM,
+    SCAN_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP, STALL_NS_GLOBAL,
 };
 
 use crate::{bpf_linker, workspace};
@@ -33,15 +33,14 @@ const WRAPPER_ENV: &str = "BALANCER_XTASK_RUSTC_WRAPPER";
 /// The checked-in object the `balancer` crate embeds.
 const OBJECT: &str = "balancer/bpf/steering.bpf.o";
 /// Symbols the object must keep: the program and every map.
-const EXPORTS: [&str; 14] = [
+const EXPORTS: [&str; 13] = [
     PROGRAM,
     SOCKETS_MAP,
     LISTENERS_MAP,
     SOCKET_SLOTS_MAP,
     LOADS_MAP,
-    BLOCKS_MAP,
+    SCAN_MAP,
     CPUS_MAP,
-    SLOTS_GLOBAL,
     STALL_NS_GLOBAL,
     LOCALITY_GLOBAL,
     BY_REQUESTS_GLOBAL,

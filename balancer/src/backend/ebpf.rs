@@ -28,7 +28,8 @@
 //!   (`repair.rs`).
 //! - **Limit**: 1,024 worker slots, the size of the program's maps; up to
 //!   64 the program compares every slot, above it compares blocks of 16 by
-//!   a summary first (`balancer_common::FLAT_SLOTS`, `BLOCKS_MAP`).
+//!   a summary first (`balancer_common::FLAT_SLOTS`, `Scan`). The slots it
+//!   scans grow as sets join (`Builder::take_over`).
 //! - **Full**: a worker at its
 //!   [`max_connections`](crate::Builder::max_connections) stops accepting
 //!   and its slot reads unavailable, so new connections go to the others;

@@ -19,12 +19,14 @@ impl Builder {
         self
     }
 
-    /// For `Backend::Ebpf`: the worker slots the steering program serves,
-    /// over every listener set that will share it (see
+    /// For `Backend::Ebpf`: the worker slots the steering program scans at
+    /// first, over every listener set that will share it (see
     /// [`Builder::take_over`]): at least this set's workers, at most
     /// [`Backend::max_workers`](crate::Backend::max_workers) (1,024), else `bind` fails with
     /// [`BindError::EbpfSlots`](crate::BindError::EbpfSlots). Default: twice this set's workers (room
-    /// for a successor of the same size), at most 1,024.
+    /// for a successor of the same size), at most 1,024. A set that joins
+    /// and finds fewer free makes the scan grow, for the program's life,
+    /// up to 1,024 slots; this only sizes the scan before that.
     ///
     /// Up to 64 slots the program compares every slot for each new
     /// connection (bursts split within one connection per worker; a few
@@ -137,10 +139,11 @@ impl Builder {
     /// join, the new set loads one.
     ///
     /// Several processes can share one program for good, as prefork
-    /// servers do: start each with `take_over(true)` and, on the first,
-    /// [`Builder::ebpf_slots`] of all their workers together (the program
-    /// scans as many slots as its loader gave it; a process that finds
-    /// none free fails with `NoFreeSlots` naming the count). Any of them
+    /// servers do: start each with `take_over(true)`. A joiner takes the
+    /// lowest free slots of the program's map, and where they lie past the
+    /// slots the program scans, the scan grows to them (every process sees
+    /// the new count at once; with all 1,024 taken, binding fails with
+    /// `NoFreeSlots`). Any of them
     /// may stop or be killed at any time; a joiner whose predecessor dies
     /// under it retries, and never loads a second program while another
     /// process's sockets listen on the address (`tests/take_over.rs`).

@@ -53,10 +53,10 @@ pub enum SteeringError {
     /// Duplicating the fd of the program or a map failed (fds exhausted).
     #[error("duplicating a BPF object's fd failed")]
     DuplicateFd(#[source] io::Error),
-    /// A running program has fewer free worker slots than this set has
-    /// workers (see [`Builder::ebpf_slots`](crate::Builder::ebpf_slots) of
-    /// the set that loaded it).
-    #[error("the running eBPF steering has {free} free worker slots of {slots}, not {wanted}: give the set that loads it more slots (Builder::ebpf_slots)")]
+    /// A running program's map has fewer free worker slots than this set
+    /// has workers: the sets sharing it hold all but `free` of its
+    /// `slots` (1,024; the scan grows to any free one).
+    #[error("the running eBPF steering has {free} free worker slots of {slots}, not {wanted}: the processes sharing it hold the rest")]
     NoFreeSlots {
         /// Workers that need a slot.
         wanted: usize,

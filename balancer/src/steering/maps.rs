@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, Map, MapData, MapError, ReusePortSockArray};
 use balancer_common::{
-    socket_index, ListenAddr, SocketSlot, BLOCKS_MAP, CPUS_MAP, LISTENERS_MAP, LOADS_MAP,
-    MAX_LISTENERS, PENDING_MAP, RODATA_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
+    socket_index, ListenAddr, SocketSlot, CPUS_MAP, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS,
+    PENDING_MAP, RODATA_MAP, SCAN_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 use super::{loader::Loaded, LoadMap, Slot, SteeringError};
@@ -25,7 +25,7 @@ pub(super) struct PerMap<T> {
     /// The frozen read-only globals: the program's configuration.
     pub(super) config: T,
     pub(super) pending: T,
-    pub(super) blocks: T,
+    pub(super) scan: T,
     pub(super) cpus: T,
 }
 
@@ -38,7 +38,7 @@ impl PerMap<&'static str> {
         loads: LOADS_MAP,
         config: RODATA_MAP,
         pending: PENDING_MAP,
-        blocks: BLOCKS_MAP,
+        scan: SCAN_MAP,
         cpus: CPUS_MAP,
     };
 }
@@ -60,7 +60,7 @@ impl<T> PerMap<T> {
             loads: f(names.loads, self.loads)?,
             config: f(names.config, self.config)?,
             pending: f(names.pending, self.pending)?,
-            blocks: f(names.blocks, self.blocks)?,
+            scan: f(names.scan, self.scan)?,
             cpus: f(names.cpus, self.cpus)?,
         })
     }
@@ -74,14 +74,14 @@ impl<T> PerMap<T> {
             &self.loads,
             &self.config,
             &self.pending,
-            &self.blocks,
+            &self.scan,
             &self.cpus,
         ]
     }
 
     /// Values given in handover order.
     pub(super) fn from_array(values: [T; SHARED_MAPS]) -> Self {
-        let [sockets, listeners, socket_slots, loads, config, pending, blocks, cpus] = values;
+        let [sockets, listeners, socket_slots, loads, config, pending, scan, cpus] = values;
         Self {
             sockets,
             listeners,
@@ -89,7 +89,7 @@ impl<T> PerMap<T> {
             loads,
             config,
             pending,
-            blocks,
+            scan,
             cpus,
         }
     }
@@ -165,11 +165,11 @@ pub(super) struct Maps {
     shared: SharedFds,
 }
 
-/// The maps this process maps into memory: the per-worker loads and the
-/// block summaries.
+/// The maps this process maps into memory: the per-worker loads and what
+/// the program scans (the slot count and the block summaries).
 pub(super) struct Mapped {
     pub(super) loads: MapData,
-    pub(super) blocks: MapData,
+    pub(super) scan: MapData,
 }
 
 impl Maps {
@@ -210,7 +210,7 @@ impl Maps {
             listeners,
             socket_slots,
             loads,
-            blocks,
+            scan,
             cpus,
             ..
         } = data;
@@ -228,7 +228,7 @@ impl Maps {
             cookies: Vec::new(),
             shared,
         };
-        Ok((maps, Mapped { loads, blocks }))
+        Ok((maps, Mapped { loads, scan }))
     }
 
     /// Names the worker in `slot` as the one pinned to CPU `cpu`, for

@@ -46,10 +46,7 @@ mod slot;
 
 use std::{net::SocketAddr, os::fd::AsFd, sync::Arc};
 
-use balancer_common::{
-    scanned_slots, BY_REQUESTS_GLOBAL, LOCALITY_GLOBAL, MAX_SLOTS, PROGRAM, SLOTS_GLOBAL,
-    STALL_NS_GLOBAL,
-};
+use balancer_common::{BY_REQUESTS_GLOBAL, LOCALITY_GLOBAL, MAX_SLOTS, PROGRAM, STALL_NS_GLOBAL};
 
 pub use error::SteeringError;
 pub(crate) use load_map::LoadMap;
@@ -112,7 +109,8 @@ impl std::fmt::Debug for Steering {
 
 impl Steering {
     /// Loads the embedded program for `workers` workers, in slots
-    /// `0..workers`, scanning `options.slots` (at least `workers`).
+    /// `0..workers`, scanning `options.slots` (at least `workers`) until a
+    /// joiner needs more.
     ///
     /// Needs CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN) and Linux 5.14 or
     /// later (sk_reuseport programs that may migrate requests, and
@@ -146,16 +144,12 @@ impl Steering {
         } else {
             0
         };
-        // Above 64, whole blocks of 16: the extra slots stay free.
-        let slots = scanned_slots(slots as u32);
-        let slots_global = slots.to_ne_bytes();
         let stall = u64::try_from(options.stall_threshold.as_nanos()).unwrap_or(u64::MAX);
         let stall_global = stall.to_ne_bytes();
         let locality_global = u32::from(options.cpu_locality).to_ne_bytes();
         let requests_global = u32::from(options.by_requests).to_ne_bytes();
         let globals = [
             ("AYA_LOG_LEVEL", std::slice::from_ref(&level)),
-            (SLOTS_GLOBAL, &slots_global[..]),
             (STALL_NS_GLOBAL, &stall_global[..]),
             (LOCALITY_GLOBAL, &locality_global[..]),
             (BY_REQUESTS_GLOBAL, &requests_global[..]),
@@ -167,31 +161,35 @@ impl Steering {
         } else {
             None
         };
-        let mut loads = LoadMap::new(loads, slots)?;
+        let mut loads = LoadMap::new(loads)?;
         loads.set_by_requests(options.by_requests);
         loads.reset();
+        // Above 64, whole blocks of 16: the extra slots stay free.
+        loads.scan_at_least(slots as u32);
         let claimed = loads.claim(workers, true)?;
         Ok(Self::new(maps, loads, claimed, log))
     }
 
     /// Joins the program that steers the group of the first of `addrs` with
     /// one, handed over by the process running it: claims `workers` free
-    /// slots, unavailable until [`Steering::activate`]. `None` if no group of
-    /// `addrs` has one.
+    /// slots (the program's scan grows to them if the slots it scans are
+    /// taken), unavailable until [`Steering::activate`]. `None` if no group
+    /// of `addrs` has one.
     ///
     /// # Errors
     /// [`SteeringError::Handover`] if the handover fails;
-    /// [`SteeringError::NoFreeSlots`] if the program has fewer free slots.
+    /// [`SteeringError::NoFreeSlots`] if the program's map has fewer free
+    /// slots (of `MAX_SLOTS`).
     pub(crate) fn join(
         addrs: &[SocketAddr],
         workers: usize,
     ) -> Result<Option<Self>, SteeringError> {
         probe::check_capabilities()?;
-        let Some((slots, fds)) = handover::fetch(addrs, workers)? else {
+        let Some(fds) = handover::fetch(addrs, workers)? else {
             return Ok(None);
         };
         let (mut maps, loads) = Maps::from_fds(fds)?;
-        let mut loads = LoadMap::new(loads, slots)?;
+        let mut loads = LoadMap::new(loads)?;
         // A sharer killed just before we asked still holds its slots until
         // the next reclaim: free them first, and the entries of every
         // closed set's sockets, so that what the maps have room for is

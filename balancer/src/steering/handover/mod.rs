@@ -38,9 +38,9 @@ use crate::sys;
 use name::Held;
 
 /// What a handover sends before its fds: a version, so a successor built
-/// from another release refuses rather than misreads, then `slots=N`, the
-/// worker slots the program scans.
-const GREETING: &str = "balancer-steering 1 slots=";
+/// from another release refuses rather than misreads the maps. Version 2:
+/// the slot count lives in the `SCAN` map (version 1 sent it here).
+const GREETING: &str = "balancer-steering 2";
 /// How often the server frees dead processes' slots.
 pub(super) const RECLAIM_PERIOD: Duration = Duration::from_millis(100);
 /// How often a server that does not hold all its names (another sharer
@@ -60,7 +60,7 @@ const RETRY: Duration = Duration::from_millis(10);
 
 /// What a question to the holder of a name got.
 enum Asked {
-    Answer(u32, SharedFds),
+    Answer(SharedFds),
     /// No process holds the name.
     Nobody,
     /// The holder went away before answering.
@@ -68,24 +68,20 @@ enum Asked {
 }
 
 /// Fetches the program and maps from the process serving the group of the
-/// first of `addrs` that has one, with the slots the program scans; `None`
-/// if none does. `ours`: how many sockets this process has listening on
+/// first of `addrs` that has one; `None` if none does. `ours`: how many sockets this process has listening on
 /// each address (the others are another process's).
 ///
 /// # Errors
 /// [`SteeringError::Handover`] if a server answers but the handover fails
 /// (another version, a peer of another user, a broken message), or keeps
 /// going away for [`JOIN_PATIENCE`].
-pub(super) fn fetch(
-    addrs: &[SocketAddr],
-    ours: usize,
-) -> Result<Option<(u32, SharedFds)>, SteeringError> {
+pub(super) fn fetch(addrs: &[SocketAddr], ours: usize) -> Result<Option<SharedFds>, SteeringError> {
     for &addr in addrs {
         let deadline = Instant::now() + JOIN_PATIENCE;
         loop {
             let patient = Instant::now() < deadline;
             match ask(addr)? {
-                Asked::Answer(slots, fds) => return Ok(Some((slots, fds))),
+                Asked::Answer(fds) => return Ok(Some(fds)),
                 Asked::Nobody if patient && others_listen(addr, ours) => {}
                 Asked::Nobody => break,
                 Asked::Vanished(_) if patient => {}
@@ -142,10 +138,9 @@ fn ask(addr: SocketAddr) -> Result<Asked, SteeringError> {
         )));
     }
     let text = String::from_utf8_lossy(&greeting[..len]);
-    let slots = text.strip_prefix(GREETING).and_then(|n| n.parse().ok());
     let received = fds.len();
-    match (slots, SharedFds::from_vec(fds)) {
-        (Some(slots), Some(fds)) => Ok(Asked::Answer(slots, fds)),
+    match (text == GREETING, SharedFds::from_vec(fds)) {
+        (true, Some(fds)) => Ok(Asked::Answer(fds)),
         _ => Err(SteeringError::Handover(io::Error::other(format!(
             "the steering for {addr} answered {text:?} with {received} fds: another version"
         )))),
@@ -170,7 +165,6 @@ pub(super) fn serve(
     fds: SharedFds,
     loads: Arc<LoadMap>,
 ) -> Result<Background, SteeringError> {
-    let greeting = format!("{GREETING}{}", loads.slots());
     // Here, in the binding thread's network namespace.
     let paths: Vec<PathBuf> = (addrs.iter())
         .filter_map(|&addr| match name::path(addr) {
@@ -193,7 +187,7 @@ pub(super) fn serve(
                 *name = Held::take(path);
             }
             if let Some(name) = name {
-                answer(name.listener(), greeting.as_bytes(), &fds);
+                answer(name.listener(), GREETING.as_bytes(), &fds);
             }
         }
         if last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD) {

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use balancer_common::{MAX_BLOCKS, UNAVAILABLE, WEIGHT_UNIT};
+use balancer_common::{MAX_BLOCKS, MAX_SLOTS, UNAVAILABLE, WEIGHT_UNIT};
 
 use super::{
     super::owner::{process_alive, process_tag, FREEING},
@@ -15,9 +15,11 @@ use super::{
 };
 
 impl LoadMap {
-    /// Marks every slot free and unavailable: a fresh program's state.
+    /// Marks every slot of the map free and unavailable, scanned or not: a
+    /// fresh program's state, before its loader sets the slot count.
     pub(in crate::steering) fn reset(&self) {
-        for slot in self.all() {
+        self.slot_count().store(0, Ordering::SeqCst);
+        for slot in self.every() {
             self.free(slot, 0);
         }
         // Every slot is free, so unavailable: a block's summary falls as
@@ -27,11 +29,14 @@ impl LoadMap {
         }
     }
 
-    /// Claims `count` free slots for this process, `available` or not yet.
+    /// Claims `count` free slots for this process, `available` or not yet,
+    /// the lowest free ones of the map: where they lie above the slots the
+    /// program scans, the scan grows to them (for the program's life).
     /// Returns them in order.
     ///
     /// # Errors
-    /// [`SteeringError::NoFreeSlots`] if fewer are free; none is kept then.
+    /// [`SteeringError::NoFreeSlots`] if fewer are free in the whole map;
+    /// none is kept then.
     pub(in crate::steering) fn claim(
         &mut self,
         count: usize,
@@ -39,7 +44,7 @@ impl LoadMap {
     ) -> Result<Vec<Slot>, SteeringError> {
         let tag = process_tag();
         let field = |slot| self.field(slot, Field::Owner);
-        let claimed: Vec<Slot> = (self.all())
+        let claimed: Vec<Slot> = (self.every())
             .filter(|&slot| {
                 field(slot)
                     .compare_exchange(0, tag, Ordering::AcqRel, Ordering::Relaxed)
@@ -54,20 +59,24 @@ impl LoadMap {
             return Err(SteeringError::NoFreeSlots {
                 wanted: count,
                 free: claimed.len(),
-                slots: self.slots(),
+                slots: MAX_SLOTS as usize,
             });
         }
         for &slot in &claimed {
             self.set_available(slot, available);
+        }
+        if let Some(last) = claimed.last() {
+            self.scan_at_least(last.index() + 1);
         }
         self.owned.extend(&claimed);
         Ok(claimed)
     }
 
     /// Frees the slots whose owner process has exited (killed, say) without
-    /// releasing them. Returns how many.
+    /// releasing them, in the whole map (one killed between its claim and
+    /// raising the count owns a slot above it). Returns how many.
     pub(in crate::steering) fn reclaim_dead(&self) -> usize {
-        (self.all())
+        (self.every())
             .filter(|&slot| {
                 let owner = self.field(slot, Field::Owner).load(Ordering::Acquire);
                 owner != 0 && owner != FREEING && !process_alive(owner) && self.free(slot, owner)

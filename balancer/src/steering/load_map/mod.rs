@@ -1,5 +1,6 @@
 //! [`LoadMap`]: the per-worker load slots the program reads, mapped into
-//! this process, and which of them this process owns.
+//! this process, which of them this process owns (`claims.rs`), and how
+//! many the program scans (`scan.rs`).
 
 use std::{
     mem::size_of,
@@ -9,14 +10,15 @@ use std::{
 
 use aya::maps::{Array, IterableMap, MapData};
 use balancer_common::{
-    block_of, key, Blocks, Load, Loads, Mask, Masks, WorkerSlot, BLOCKS_MAP, FLAT_SLOTS, LOADS_MAP,
-    MAX_BLOCKS, MAX_SLOTS, MAX_WEIGHT, UNAVAILABLE, WEIGHT_UNIT,
+    key, Load, Loads, Mask, Masks, Scan, WorkerSlot, LOADS_MAP, MAX_SLOTS, MAX_WEIGHT, SCAN_MAP,
+    UNAVAILABLE, WEIGHT_UNIT,
 };
 
 use super::{maps::Mapped, Slot, SteeringError};
 use crate::sys::mmap::{page_size, SharedMapping};
 
 mod claims;
+mod scan;
 
 /// The per-worker load slots the program steers by, mapped into this
 /// process.
@@ -30,13 +32,15 @@ mod claims;
 /// The program scans [`LoadMap::slots`] slots. They may be shared by
 /// several processes (a listener set and its successor, see
 /// [`Builder::take_over`](crate::Builder::take_over)); each owns some of
-/// them and releases them when its last handle drops.
+/// them and releases them when its last handle drops. A process that
+/// claims a slot above the count raises it, for every process at once:
+/// the count lives in the shared `SCAN` map, which the program reads on
+/// every run.
 pub(crate) struct LoadMap {
     mapping: SharedMapping,
-    /// The block summaries (`BLOCKS_MAP`), kept low where a worker's key
-    /// falls; used above `FLAT_SLOTS` slots.
-    blocks: SharedMapping,
-    slots: u32,
+    /// The slot count and the block summaries (`SCAN_MAP`), the latter
+    /// kept low where a worker's key falls; used above `FLAT_SLOTS` slots.
+    scan: SharedMapping,
     /// Requests in flight stand for active connections in the keys
     /// (`LoadMeasure::Requests`).
     by_requests: bool,
@@ -44,7 +48,7 @@ pub(crate) struct LoadMap {
     owned: Vec<Slot>,
     // Keep the maps' fds open for as long as the mappings are used.
     _map: Array<MapData, Loads>,
-    _blocks: Array<MapData, Blocks>,
+    _scan: Array<MapData, Scan>,
 }
 
 impl std::fmt::Debug for LoadMap {
@@ -73,23 +77,21 @@ enum Field {
 }
 
 impl LoadMap {
-    /// Maps the loads and block summaries of a program that scans `slots`
-    /// slots.
-    pub(super) fn new(mapped: Mapped, slots: u32) -> Result<Self, SteeringError> {
+    /// Maps the loads and the scan state of a program.
+    pub(super) fn new(mapped: Mapped) -> Result<Self, SteeringError> {
         let map: Array<MapData, Loads> = Array::try_from(aya::maps::Map::Array(mapped.loads))
             .map_err(|source| SteeringError::map("opening", LOADS_MAP, source))?;
-        let blocks: Array<MapData, Blocks> = Array::try_from(aya::maps::Map::Array(mapped.blocks))
-            .map_err(|source| SteeringError::map("opening", BLOCKS_MAP, source))?;
+        let scan: Array<MapData, Scan> = Array::try_from(aya::maps::Map::Array(mapped.scan))
+            .map_err(|source| SteeringError::map("opening", SCAN_MAP, source))?;
         let mapping = map_all(IterableMap::map(&map), size_of::<Loads>())?;
-        let blocks_mapping = map_all(IterableMap::map(&blocks), size_of::<Blocks>())?;
+        let scan_mapping = map_all(IterableMap::map(&scan), size_of::<Scan>())?;
         Ok(Self {
             mapping,
-            blocks: blocks_mapping,
-            slots: slots.min(MAX_SLOTS),
+            scan: scan_mapping,
             by_requests: false,
             owned: Vec::new(),
             _map: map,
-            _blocks: blocks,
+            _scan: scan,
         })
     }
 
@@ -97,16 +99,6 @@ impl LoadMap {
     /// the program does with `BY_REQUESTS` on.
     pub(super) fn set_by_requests(&mut self, on: bool) {
         self.by_requests = on;
-    }
-
-    /// How many slots the program scans.
-    pub(crate) fn slots(&self) -> usize {
-        self.slots as usize
-    }
-
-    /// Every slot the program scans, in order.
-    pub(crate) fn all(&self) -> impl Iterator<Item = Slot> {
-        (0..self.slots).map(Slot::new)
     }
 
     /// What the program compares for `slot`: active plus in flight.
@@ -160,37 +152,6 @@ impl LoadMap {
         self.field(slot, Field::Local).load(Ordering::Relaxed)
     }
 
-    /// Lowers the summary of `slot`'s block to `slot`'s key if that is
-    /// lower: after the key fell (a connection closed, the worker ran or
-    /// became available), so that the program does not pass the block
-    /// over. Above `FLAT_SLOTS` slots only; a load and a compare when
-    /// nothing is lower, so that the workers of one block do not contend.
-    fn lower_block(&self, slot: Slot) {
-        if self.slots <= FLAT_SLOTS {
-            return;
-        }
-        let penalty = self.field(slot, Field::Penalty).load(Ordering::Relaxed);
-        let weight = self.field(slot, Field::Weight).load(Ordering::Relaxed);
-        let mut load = self.load(slot);
-        if self.by_requests {
-            let requests = self.field(slot, Field::Requests).load(Ordering::Relaxed);
-            load = Load::new(
-                i64::try_from(requests).unwrap_or(i64::MAX),
-                load.in_flight(),
-            );
-        }
-        let key = key(Masks::new(), penalty, load, weight, Mask::NONE, 0);
-        let summary = self.block(block_of(slot.index()));
-        let mut current = summary.load(Ordering::Relaxed);
-        while key < current {
-            match summary.compare_exchange_weak(current, key, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => current = now,
-            }
-        }
-    }
-
     /// Publishes what the program reads of a worker's progress: when its
     /// event loop last ran (`stamp`, coarse monotonic nanoseconds) and its
     /// busy weight.
@@ -234,19 +195,33 @@ impl LoadMap {
         });
     }
 
+    /// What the program compares for `slot` (untied, not stalled).
+    fn key(&self, slot: Slot) -> u64 {
+        let penalty = self.field(slot, Field::Penalty).load(Ordering::Relaxed);
+        let weight = self.field(slot, Field::Weight).load(Ordering::Relaxed);
+        let mut load = self.load(slot);
+        if self.by_requests {
+            let requests = self.field(slot, Field::Requests).load(Ordering::Relaxed);
+            load = Load::new(
+                i64::try_from(requests).unwrap_or(i64::MAX),
+                load.in_flight(),
+            );
+        }
+        key(Masks::new(), penalty, load, weight, Mask::NONE, 0)
+    }
+
     fn load(&self, slot: Slot) -> Load {
         Load(self.field(slot, Field::Load).load(Ordering::Relaxed))
     }
 
     fn field(&self, slot: Slot, field: Field) -> &AtomicU64 {
         assert!(
-            slot.index() < self.slots,
-            "{slot} out of range (0..{})",
-            self.slots
+            slot.index() < MAX_SLOTS,
+            "{slot} out of range (0..{MAX_SLOTS})"
         );
         let slots = self.mapping.as_ptr().as_ptr().cast::<WorkerSlot>();
         // SAFETY: the mapping holds MAX_SLOTS slots (checked at
-        // construction), `slot < slots <= MAX_SLOTS`, mmap returns
+        // construction), `slot < MAX_SLOTS`, mmap returns
         // page-aligned memory so every u64 field is aligned, and the kernel
         // and every process sharing the map access the fields only
         // atomically or with single aligned loads, so an `AtomicU64` view is
@@ -265,19 +240,6 @@ impl LoadMap {
             };
             AtomicU64::from_ptr(field)
         }
-    }
-}
-
-impl LoadMap {
-    fn block(&self, block: u32) -> &AtomicU64 {
-        assert!(block < MAX_BLOCKS, "block {block} out of range");
-        let blocks = self.blocks.as_ptr().as_ptr().cast::<u64>();
-        // SAFETY: the mapping holds MAX_BLOCKS u64s (checked at
-        // construction), page-aligned, and the program and every process
-        // sharing it access them only atomically or with single aligned
-        // loads and stores, for the mapping's lifetime, which `&self`
-        // bounds.
-        unsafe { AtomicU64::from_ptr(blocks.add(block as usize)) }
     }
 }
 

@@ -1,8 +1,8 @@
 //! Another process with CAP_SYS_ADMIN can open the steering maps by id
 //! (`bpftool map show`): the config map is frozen, and whatever it writes in
-//! the load map (mapped, as the workers map it), each worker's upkeep sets
-//! its slot back within a bounded time, after which a burst splits exactly
-//! again. Needs root and bpftool.
+//! the load map or the slot count (mapped, as the workers map them), each
+//! worker's upkeep sets its slot and the count back within a bounded time,
+//! after which a burst splits exactly again. Needs root and bpftool.
 
 mod util;
 
@@ -60,17 +60,38 @@ fn value_of(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// The load map as another process sees it: opened by id
+/// A steering map as another process sees it: opened by id
 /// (`BPF_MAP_GET_FD_BY_ID`, what bpftool does) and mapped shared, as any
 /// process with CAP_SYS_ADMIN can.
-struct ForeignLoads {
+struct ForeignMap {
     words: *mut u64,
     len: usize,
     _fd: std::os::fd::OwnedFd,
 }
 
-impl ForeignLoads {
-    fn open(id: u32) -> Self {
+impl ForeignMap {
+    /// The load map.
+    fn loads(id: u32) -> Self {
+        Self::open(id, std::mem::size_of::<balancer_common::Loads>())
+    }
+
+    /// The `SCAN` map of `program`, found by name among its maps.
+    fn scan(program: u32) -> Self {
+        let (ok, out) = bpftool(&["--json", "prog", "show", "id", &program.to_string()]);
+        assert!(ok, "{out}");
+        let ids = out.split("\"map_ids\":[").nth(1).expect("map ids");
+        let ids = ids.split(']').next().unwrap().split(',');
+        let id = ids
+            .map(|id| id.trim().parse::<u32>().expect("a map id"))
+            .find(|id| {
+                let (_, out) = bpftool(&["--json", "map", "show", "id", &id.to_string()]);
+                out.contains("\"name\":\"SCAN\"")
+            })
+            .expect("the program's SCAN map");
+        Self::open(id, std::mem::size_of::<balancer_common::Scan>())
+    }
+
+    fn open(id: u32, len: usize) -> Self {
         use std::os::fd::FromRawFd;
         const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
         // `union bpf_attr` for the command: the map id, then zeroes.
@@ -92,7 +113,6 @@ impl ForeignLoads {
         );
         // SAFETY: a new fd that nothing else owns.
         let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-        let len = std::mem::size_of::<balancer_common::Loads>();
         // SAFETY: a fresh shared mapping of the map's one value; checked
         // below.
         let ptr = unsafe {
@@ -113,8 +133,9 @@ impl ForeignLoads {
         }
     }
 
-    /// Slot `slot`'s 8-byte field at byte `offset` (0: the load word, 16:
-    /// the penalty).
+    /// The load map's slot `slot`'s 8-byte field at byte `offset` (0: the
+    /// load word, 16: the penalty); in `SCAN`, slot 0 offset 0 is the slot
+    /// count.
     fn field(&self, slot: usize, offset: usize) -> &AtomicU64 {
         let index = slot * std::mem::size_of::<balancer_common::WorkerSlot>() / 8 + offset / 8;
         assert!(index * 8 < self.len);
@@ -132,7 +153,7 @@ impl ForeignLoads {
     }
 }
 
-impl Drop for ForeignLoads {
+impl Drop for ForeignMap {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `open`, unmapped once.
         unsafe { libc::munmap(self.words.cast(), self.len) };
@@ -176,7 +197,7 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
     let open = echoed_burst(server.addr(0), 10);
     // Worker 0's load word to zero under 5 open connections (they will
     // wrap it below zero when they close), worker 1 made unavailable.
-    let loads = ForeignLoads::open(program.loads_map_id);
+    let loads = ForeignMap::loads(program.loads_map_id);
     loads.write(0, 0, 0);
     loads.write(1, 16, balancer_common::UNAVAILABLE);
     let tampered = server.stats.snapshot();
@@ -195,5 +216,24 @@ fn tampered_loads_heal_and_the_config_is_frozen() {
     let clients = echoed_burst(server.addr(0), 40);
     let split = counts(&server.split(&clients, WORKERS));
     println!("after healing: {split:?}");
+    assert!(spread(&split) <= 1, "{split:?}");
+    drop(clients);
+
+    // The slot count to zero: the program leaves every choice to the
+    // kernel's hash until the workers' upkeep raises it again, to reach
+    // their own slots (a successor's claim raises it further).
+    let scan = ForeignMap::scan(program.program_id);
+    scan.write(0, 0, 0);
+    let healed = server.wait_for(|s| s.program.is_some_and(|p| p.slots >= WORKERS));
+    let slots = healed.program.map(|p| p.slots);
+    println!(
+        "the slot count: {} written 0, healed to {slots:?}",
+        program.slots
+    );
+    assert!(slots >= Some(WORKERS), "{slots:?}");
+    let _ = server.wait_for(|s| s.active_per_worker() == [0, 0]);
+    let clients = echoed_burst(server.addr(0), 40);
+    let split = counts(&server.split(&clients, WORKERS));
+    println!("after the slot count healed: {split:?}");
     assert!(spread(&split) <= 1, "{split:?}");
 }

@@ -122,7 +122,8 @@ impl LoadMap {
     /// Puts back what a running worker's slot must hold if something else
     /// wrote it: this process as its owner (if it reads free) and no
     /// penalty, or, for a worker at its connection limit (`available`
-    /// false), unavailable. Returns whether anything was wrong.
+    /// false), unavailable; and a scan that reaches the slot. Returns
+    /// whether anything was wrong.
     pub(crate) fn keep_running(&self, slot: Slot, available: bool) -> bool {
         let owner = self.field(slot, Field::Owner);
         let stolen = owner
@@ -132,7 +133,8 @@ impl LoadMap {
         if wrong {
             self.set_available(slot, available);
         }
-        stolen || wrong
+        let unscanned = self.scan_at_least(slot.index() + 1);
+        stolen || wrong || unscanned
     }
 
     /// Whether no process owns `slot` (free, or being freed).

@@ -69,8 +69,10 @@ pub(super) struct Ebpf {
     /// Join the program of a running set on the same addresses (see
     /// [`Builder::take_over`](crate::Builder::take_over)) before loading one.
     join: bool,
-    /// Loaded or joined at the first listener's attach; kept as long as any
-    /// worker, since the program steers by its maps.
+    /// Loaded before the listeners bind (verifying it takes tens of
+    /// milliseconds, during which a listening socket would be left to the
+    /// kernel's hash), or joined at the first listener's attach; kept as
+    /// long as any worker, since the program steers by its maps.
     steering: Option<Steering>,
     /// Worker `i`'s upkeep state, touched only by worker `i`.
     upkeeps: Vec<Mutex<Upkeep>>,
@@ -131,6 +133,15 @@ impl Strategy for Ebpf {
 
     fn layout(&self) -> Layout {
         Layout::PerWorker
+    }
+
+    fn prepare(&mut self, workers: usize) -> Result<(), SteeringError> {
+        // A joiner needs its sockets first: it joins the group they are in.
+        if !self.join {
+            self.steering = Some(Steering::load(workers, &self.options)?);
+            self.upkeeps = (0..workers).map(|_| Mutex::default()).collect();
+        }
+        Ok(())
     }
 
     fn attach(&mut self, sockets: &[TcpListener]) -> Result<(), SteeringError> {

@@ -83,6 +83,13 @@ pub(crate) trait Strategy: Send + Sync {
     /// How the workers share a listener's sockets.
     fn layout(&self) -> Layout;
 
+    /// Before any listener is bound: sets up what needs no socket, so that
+    /// a listener is steered from its attach, just after its bind, rather
+    /// than after a slow step in between. Baseline: nothing.
+    fn prepare(&mut self, _workers: usize) -> Result<(), SteeringError> {
+        Ok(())
+    }
+
     /// Sets up what the backend needs in the kernel for one bound listener,
     /// once every listener is bound. Baseline: nothing.
     fn attach(&mut self, _sockets: &[TcpListener]) -> Result<(), SteeringError> {

@@ -99,6 +99,11 @@ impl Builder {
         steering.stall_threshold = self.stall_threshold;
         steering.by_requests = self.measure == LoadMeasure::Requests;
         let mut strategy = backend.strategy(steering, self.take_over);
+        let first = addrs[0][0];
+        (strategy.prepare(self.workers)).map_err(|source| BindError::Steering {
+            addr: first,
+            source: Box::new(source),
+        })?;
         // sockets[listener][worker]; empty for handoff targets.
         let sockets = (self.listeners.iter().zip(addrs))
             .map(|(requested, candidates)| self.bind_listener(&*strategy, requested, candidates))

@@ -92,8 +92,11 @@ pub struct Ours<'a> {
 }
 
 impl Ours<'_> {
+    /// Starts the example and waits until its listener and its admin
+    /// endpoint both accept (the admin binds after the listener).
     pub fn start(&self) -> anyhow::Result<Server> {
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], self.admin_port).into();
         let mut command = match self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -118,10 +121,11 @@ impl Ours<'_> {
             Some(ns) => {
                 let ns = ns.to_owned();
                 Server::start(command, addr, move || {
-                    super::netns::run_in(&ns, move || accepts(addr)).unwrap_or(false)
+                    super::netns::run_in(&ns, move || accepts(addr) && accepts(admin))
+                        .unwrap_or(false)
                 })
             }
-            None => Server::start(command, addr, || accepts(addr)),
+            None => Server::start(command, addr, || accepts(addr) && accepts(admin)),
         }
     }
 }

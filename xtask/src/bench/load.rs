@@ -372,9 +372,14 @@ impl Client {
         })
     }
 
+    /// Asks for `path` from now on.
+    pub(super) fn set_path(&mut self, path: &str) {
+        self.request = get_request(path);
+    }
+
     /// Sends the request, reads one response; returns its `X-Worker` value
     /// and the round-trip time.
-    async fn request(&mut self) -> anyhow::Result<(String, Duration)> {
+    pub(super) async fn request(&mut self) -> anyhow::Result<(String, Duration)> {
         let start = Instant::now();
         self.send().await?;
         let worker = self.receive().await?;

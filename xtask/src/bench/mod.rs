@@ -67,8 +67,8 @@ use crate::workspace;
 const BACKENDS: [&str; 4] = ["shared", "reuseport", "exact", "ebpf"];
 const CONNECTIONS: usize = 40;
 /// Connections (of `CONNECTIONS`) that send CPU-heavy requests in the skew
-/// scenario, chosen once by hand to mix positions and parities.
-const HEAVY: [usize; 4] = [3, 17, 24, 38];
+/// scenario, all on one worker (`reconnecting::Skew`).
+const HEAVY: usize = 4;
 /// CPU time each of their requests burns in the handler (`/spin/<us>`).
 const HEAVY_COST_US: u64 = 2000;
 /// Connections opened and closed at once in the churn (and in the churn

@@ -20,6 +20,7 @@ use super::{
     worker_stats::{self, WorkerStats},
     wrk, Bench, Plan, CONNECTIONS, HEAVY,
 };
+use reconnecting::Skew;
 
 /// Workers in the skew and steady scenarios (the targets are stated for 4).
 pub const WORKERS: usize = 4;
@@ -316,18 +317,16 @@ impl Bench {
                     on_off(rebalance)
                 ));
                 let loads = (0..CONNECTIONS)
-                    .map(|i| match HEAVY.contains(&i) {
-                        true => Load {
-                            path: heavy_path(),
-                            heavy: true,
-                        },
-                        false => Load {
-                            path: "/".into(),
-                            heavy: false,
-                        },
+                    .map(|_| Load {
+                        path: "/".into(),
+                        heavy: false,
                     })
                     .collect();
-                let run = self.reconnecting(backend, WORKERS, rebalance, loads, plan.skew)?;
+                let skew = Skew {
+                    count: HEAVY,
+                    path: heavy_path(),
+                };
+                let run = self.reconnecting(backend, rebalance, loads, Some(skew), plan.skew)?;
                 rows.push(SkewRow::new(backend, WORKERS, rebalance, &run, plan.skew));
             }
         }
@@ -347,7 +346,7 @@ impl Bench {
                         heavy: false,
                     })
                     .collect();
-                let run = self.reconnecting(backend, WORKERS, true, loads, plan.steady)?;
+                let run = self.reconnecting(backend, true, loads, None, plan.steady)?;
                 rows.push(SteadyRow::new(backend, WORKERS, &path, &run, plan.steady));
             }
         }
@@ -407,19 +406,21 @@ impl Bench {
     }
 
     /// Starts the example on `backend` and runs `loads` against it.
+    /// The reconnecting clients against the example on `backend` at
+    /// [`WORKERS`] workers.
     fn reconnecting(
         &self,
         backend: &str,
-        workers: usize,
         rebalance: bool,
         loads: Vec<Load>,
+        skew: Option<Skew>,
         phases: Phases,
     ) -> anyhow::Result<Run> {
-        let mut ours = self.ours(backend, workers);
+        let mut ours = self.ours(backend, WORKERS);
         ours.rebalance = rebalance;
         let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
         let server = ours.start()?;
-        reconnecting::closed_loop(server.addr, admin, loads, phases)
+        reconnecting::closed_loop(server.addr, admin, loads, skew, phases)
     }
 }
 

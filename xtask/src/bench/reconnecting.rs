@@ -41,6 +41,57 @@ pub struct Load {
     pub heavy: bool,
 }
 
+/// The same skew in every run: after the burst, `count` connections on
+/// one worker turn heavy (they ask for `path` from then on), so that runs
+/// with rebalancing off and on start from one placement, not from two
+/// chance ones. The worker is the one with the most connections (the
+/// lowest such, by `X-Worker`), and its connections are taken in the
+/// order they were opened.
+pub struct Skew {
+    pub count: usize,
+    pub path: String,
+}
+
+impl Skew {
+    /// Asks once on each of `clients` which worker serves it, then makes
+    /// the chosen ones heavy (their `loads` entry too, for reconnects).
+    async fn apply(&self, clients: &mut [Client], loads: &mut [Load]) -> anyhow::Result<()> {
+        let mut workers = Vec::with_capacity(clients.len());
+        for client in clients.iter_mut() {
+            workers.push(client.request().await?.0);
+        }
+        let chosen = on_one_worker(&workers, self.count);
+        anyhow::ensure!(
+            chosen.len() == self.count,
+            "no worker holds {} connections: {workers:?}",
+            self.count
+        );
+        for index in chosen {
+            clients[index].set_path(&self.path);
+            loads[index] = Load {
+                path: self.path.clone(),
+                heavy: true,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The first `count` indices of `workers` on the worker that appears most
+/// (the lowest such); fewer if it appears fewer times.
+fn on_one_worker(workers: &[String], count: usize) -> Vec<usize> {
+    let times = |worker: &String| workers.iter().filter(|w| *w == worker).count();
+    let most = (workers.iter()).max_by(|a, b| times(a).cmp(&times(b)).then_with(|| b.cmp(a)));
+    let Some(most) = most else {
+        return Vec::new();
+    };
+    (workers.iter().enumerate())
+        .filter(|(_, worker)| *worker == most)
+        .map(|(index, _)| index)
+        .take(count)
+        .collect()
+}
+
 /// What one client saw.
 pub struct ClientRun {
     pub heavy: bool,
@@ -99,19 +150,23 @@ enum Phase {
 }
 
 /// A client per `loads` entry, all connected in one burst (every
-/// `connect()` before any request, as wrk opens them), then each sending
-/// its next request as soon as the previous response arrived, through
-/// `phases`. `/stats` is read from `admin` as the measurement starts and
-/// ends.
+/// `connect()` before any request, as wrk opens them), then, with `skew`,
+/// some made heavy on one worker, then each sending its next request as
+/// soon as the previous response arrived, through `phases`. `/stats` is
+/// read from `admin` as the measurement starts and ends.
 pub fn closed_loop(
     addr: SocketAddr,
     admin: SocketAddr,
-    loads: Vec<Load>,
+    mut loads: Vec<Load>,
+    skew: Option<Skew>,
     phases: Phases,
 ) -> anyhow::Result<Run> {
     load::runtime()?.block_on(async move {
         let paths = loads.iter().map(|l| l.path.clone()).collect();
-        let connected = load::connect_all(addr, paths, Open::Burst).await?;
+        let mut connected = load::connect_all(addr, paths, Open::Burst).await?;
+        if let Some(skew) = skew {
+            skew.apply(&mut connected, &mut loads).await?;
+        }
         let phase = Rc::new(Cell::new(Phase::WarmUp));
         let tasks: Vec<_> = (connected.into_iter().zip(loads))
             .map(|(client, load)| {
@@ -192,4 +247,25 @@ async fn run_client(
         }
     }
     run
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(list: &[&str]) -> Vec<String> {
+        list.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn the_skew_takes_the_first_connections_of_the_fullest_worker() {
+        let placed = workers(&["0", "1", "2", "1", "0", "1", "3", "1", "1"]);
+        assert_eq!(on_one_worker(&placed, 3), [1, 3, 5]);
+        // A tie goes to the lowest worker.
+        let even = workers(&["2", "1", "2", "1"]);
+        assert_eq!(on_one_worker(&even, 2), [1, 3]);
+        // Too few on any worker: fewer, and `apply` refuses.
+        assert_eq!(on_one_worker(&even, 3), [1, 3]);
+        assert!(on_one_worker(&[], 1).is_empty());
+    }
 }

@@ -21,7 +21,8 @@ pub(super) fn skew(rows: &[SkewRow]) -> String {
     });
     let mut t = section(
         &format!(
-            "\nskew: {workers} workers; connections {HEAVY:?} of {CONNECTIONS} request {} ({} ms \
+            "\nskew: {workers} workers; {HEAVY} of {CONNECTIONS} connections, all on one worker \
+             after the burst (the worker with the most, its first {HEAVY}), request {} ({} ms \
              CPU each), the rest GET /; closed loop, a client reconnects after a Connection: close \
              response; warm-up {warm_up:.0} s, then measured {measured:.0} s; latency of the light \
              ones, worst: the highest median of one light connection; cpu: per worker, thousandths \

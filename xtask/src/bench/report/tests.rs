@@ -7,7 +7,7 @@ use crate::bench::{
     http2::{H2load, Http2Row},
     load::Open,
     rebalance::{CountingRow, CountingSample, SkewRow, SteadyRow},
-    Spread, CHURN_CONCURRENCY, CONNECTIONS,
+    Spread, CHURN_CONCURRENCY, CONNECTIONS, HEAVY,
 };
 
 fn skew_row(backend: &str, rebalance: bool, worst_us: u64, cpu: Vec<u64>) -> SkewRow {
@@ -285,7 +285,10 @@ fn table_headings_state_the_scenario_constants() {
     let t = sample().table();
     assert!(t.contains(&format!("keep-alive: {CONNECTIONS} connections")));
     assert!(t.contains(&format!("{CHURN_CONCURRENCY} concurrent")));
-    assert!(t.contains(&format!("of {CONNECTIONS} request {}", heavy_path())));
+    assert!(t.contains(&format!(
+        "{HEAVY} of {CONNECTIONS} connections, all on one worker"
+    )));
+    assert!(t.contains(&format!("its first {HEAVY}), request {}", heavy_path())));
     assert!(t.contains("At 4 workers, ebpf against shared"));
     let s = held::Settings::new();
     assert!(t.contains(&format!(
@@ -361,7 +364,10 @@ fn finish_writes_bench_json_the_charts_and_report_md() {
 fn the_skew_table_compares_each_backend_with_the_targets() {
     let t = sample().table();
     let skew = t.split("\nskew: ").nth(1).expect("a skew section");
-    assert!(skew.starts_with("4 workers; connections"), "{skew}");
+    assert!(
+        skew.starts_with("4 workers; 4 of 40 connections, all on one worker"),
+        "{skew}"
+    );
     assert!(skew.contains("warm-up 5 s, then measured 10 s"), "{skew}");
     let exact = skew
         .lines()

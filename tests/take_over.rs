@@ -16,7 +16,7 @@ use std::{
     net::{SocketAddr, TcpStream},
 };
 
-use balancer::{stats::Snapshot, Backend, Builder};
+use balancer::{stats::Snapshot, Backend, Builder, LoadMeasure};
 use util::{
     burst::echoed_burst,
     counts::{counts, expect_active, spread, taken},
@@ -326,6 +326,59 @@ fn another_users_process_cannot_block_a_take_over() {
     let successor = take_over_here(addr).expect("the successor takes over");
     assert_eq!(program_id(&successor), program_id(&running), "one program");
     drop(squatted);
+}
+
+/// A set that balances on requests in flight runs; one that balances on
+/// connections cannot join it (its workers would publish a load the
+/// program does not read): a typed error naming both, and the running set
+/// keeps its program. The same measure joins.
+#[test]
+fn a_set_that_balances_on_another_measure_cannot_join() {
+    if !util::privileged("joining eBPF steering") {
+        return;
+    }
+    let addr = unused_addr();
+    let builder = |measure| {
+        Builder::new(Backend::Ebpf)
+            .workers(WORKERS)
+            .stall_threshold(std::time::Duration::ZERO)
+            .balance_on(measure)
+            .listen(addr)
+            .take_over(true)
+    };
+    let running = builder(LoadMeasure::Requests)
+        .bind()
+        .expect("the first set");
+    let running = EchoServer::start(running, Guard::Keep);
+    let err = builder(LoadMeasure::Connections)
+        .bind()
+        .expect_err("another measure joins");
+    let text = error_chain(&err);
+    println!("{text}");
+    assert!(
+        matches!(&err, balancer::BindError::Steering { source, .. }
+        if matches!(**source, balancer::SteeringError::BalanceOnMismatch {
+            running: "requests",
+            wanted: "connections"
+        })),
+        "{text}"
+    );
+    let same = builder(LoadMeasure::Requests)
+        .bind()
+        .expect("the same measure");
+    let same = EchoServer::start(same, Guard::Keep);
+    assert_eq!(program_id(&same), program_id(&running), "one program");
+}
+
+/// `err` and its sources, one line.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// The child process of the prefork test: joins (or starts) the program

@@ -210,9 +210,9 @@ pub struct Scan {
     /// The worker slots the program scans (`0..=MAX_SLOTS`, a
     /// [`scanned_slots`] value): the workers of every process sharing the
     /// program, free slots carrying the [`UNAVAILABLE`] penalty. Read on
-    /// every run, so it can change while the program steers: it only
-    /// grows, when a process claims a slot above it (with `fetch_max`),
-    /// and never past [`MAX_SLOTS`]. Zero, or a count that is not a
+    /// every run, so it can change while the program steers: processes
+    /// only raise it (with a compare-and-swap), when one claims a slot
+    /// above it or finds its own slot above it, never past [`MAX_SLOTS`]. Zero, or a count that is not a
     /// [`scanned_slots`] value, means "not configured": the program leaves
     /// the choice to the kernel's 4-tuple hash instead of refusing the
     /// connection.
@@ -222,11 +222,16 @@ pub struct Scan {
     /// the block's true minimum after each scan of the block; a worker
     /// lowers it when its own key falls (a connection closes, it runs
     /// again after a stall, it becomes available); a process that makes
-    /// the scan grow past [`FLAT_SLOTS`] sets each to its block's minimum.
+    /// the scan grow past [`FLAT_SLOTS`] lowers each to its block's minimum.
     /// A summary that reads too low costs one connection placed on a
     /// block slightly worse than the best; one that reads too high cannot
     /// last past the worker's next tick.
     pub summaries: Blocks,
+    /// Non-zero when the program was loaded with [`BY_REQUESTS_GLOBAL`] on:
+    /// written once by the loader, read by processes that join (the
+    /// program reads its own global), so that they compute keys as it
+    /// does and refuse to join with another measure.
+    pub by_requests: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<WorkerSlot>() == 64);

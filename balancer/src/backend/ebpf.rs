@@ -71,8 +71,9 @@ pub(super) struct Ebpf {
     join: bool,
     /// Loaded before the listeners bind (verifying it takes tens of
     /// milliseconds, during which a listening socket would be left to the
-    /// kernel's hash), or joined at the first listener's attach; kept as
-    /// long as any worker, since the program steers by its maps.
+    /// kernel's hash); with `join`, joined at the first listener's attach,
+    /// or loaded there if there is nothing to join (that window stays);
+    /// kept as long as any worker, since the program steers by its maps.
     steering: Option<Steering>,
     /// Worker `i`'s upkeep state, touched only by worker `i`.
     upkeeps: Vec<Mutex<Upkeep>>,
@@ -109,7 +110,8 @@ impl Ebpf {
             let addr = sockets[0]
                 .local_addr()
                 .map_err(SteeringError::ListenerAddress)?;
-            if let Some(joined) = Steering::join(&[addr], workers)? {
+            let by_requests = self.options.by_requests;
+            if let Some(joined) = Steering::join(&[addr], workers, by_requests)? {
                 return Ok(joined);
             }
         }

@@ -65,6 +65,17 @@ pub enum SteeringError {
         /// All slots.
         slots: usize,
     },
+    /// A running program balances on another measure than this set asks
+    /// for ([`Builder::balance_on`](crate::Builder::balance_on)): requests
+    /// in flight against connections, or the reverse. Joined anyway, one
+    /// set's workers would publish a load the program does not read.
+    #[error("the running eBPF steering balances on {running}, this set on {wanted}: give every set that shares it the same Builder::balance_on")]
+    BalanceOnMismatch {
+        /// What the running program compares.
+        running: &'static str,
+        /// What this set asked for.
+        wanted: &'static str,
+    },
     /// Attaching the program to a socket's group failed.
     #[error("attaching the program to a listener (SO_ATTACH_REUSEPORT_EBPF) failed")]
     Attach(#[source] io::Error),

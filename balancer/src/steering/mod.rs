@@ -178,11 +178,14 @@ impl Steering {
     ///
     /// # Errors
     /// [`SteeringError::Handover`] if the handover fails;
+    /// [`SteeringError::BalanceOnMismatch`] if the program counts requests
+    /// in flight and `by_requests` is off, or the reverse;
     /// [`SteeringError::NoFreeSlots`] if the program's map has fewer free
     /// slots (of `MAX_SLOTS`).
     pub(crate) fn join(
         addrs: &[SocketAddr],
         workers: usize,
+        by_requests: bool,
     ) -> Result<Option<Self>, SteeringError> {
         probe::check_capabilities()?;
         let Some(fds) = handover::fetch(addrs, workers)? else {
@@ -190,6 +193,14 @@ impl Steering {
         };
         let (mut maps, loads) = Maps::from_fds(fds)?;
         let mut loads = LoadMap::new(loads)?;
+        let running = loads.adopt_by_requests();
+        if running != by_requests {
+            let measure = |requests| if requests { "requests" } else { "connections" };
+            return Err(SteeringError::BalanceOnMismatch {
+                running: measure(running),
+                wanted: measure(by_requests),
+            });
+        }
         // A sharer killed just before we asked still holds its slots until
         // the next reclaim: free them first, and the entries of every
         // closed set's sockets, so that what the maps have room for is

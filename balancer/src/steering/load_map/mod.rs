@@ -3,7 +3,7 @@
 //! many the program scans (`scan.rs`).
 
 use std::{
-    mem::size_of,
+    mem::{offset_of, size_of},
     os::fd::AsFd,
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -96,9 +96,20 @@ impl LoadMap {
     }
 
     /// Keys count requests in flight instead of active connections, as
-    /// the program does with `BY_REQUESTS` on.
+    /// the program does with `BY_REQUESTS` on: the loader says so, once,
+    /// for every process that joins.
     pub(super) fn set_by_requests(&mut self, on: bool) {
         self.by_requests = on;
+        self.scan_word(offset_of!(Scan, by_requests))
+            .store(u64::from(on), Ordering::Release);
+    }
+
+    /// Whether the program counts requests in flight (as its loader set),
+    /// and keys here follow it.
+    pub(super) fn adopt_by_requests(&mut self) -> bool {
+        let word = self.scan_word(offset_of!(Scan, by_requests));
+        self.by_requests = word.load(Ordering::Acquire) != 0;
+        self.by_requests
     }
 
     /// What the program compares for `slot`: active plus in flight.

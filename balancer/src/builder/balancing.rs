@@ -132,7 +132,7 @@ impl Builder {
     /// With `Ebpf`, the new set joins the running set's steering program
     /// rather than loading its own: the old set hands the program and its
     /// maps over a Unix socket, the new set's workers take free slots in
-    /// them ([`Builder::ebpf_slots`] of the old set), and both sets are
+    /// them (the program's scan grows to reach them), and both sets are
     /// steered as one, least-loaded over all their workers. Whichever set
     /// stops first, cleanly or killed, the group keeps the program and the
     /// survivor is steered exactly as before. With no running program to

@@ -9,7 +9,7 @@ use std::{
 use aya::maps::{Array, HashMap, Map, MapData, MapError, ReusePortSockArray};
 use balancer_common::{
     socket_index, ListenAddr, SocketSlot, CPUS_MAP, LISTENERS_MAP, LOADS_MAP, MAX_LISTENERS,
-    PENDING_MAP, RODATA_MAP, SCAN_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
+    MAX_SLOTS, PENDING_MAP, RODATA_MAP, SCAN_MAP, SOCKETS_MAP, SOCKET_SLOTS_MAP,
 };
 
 use super::{loader::Loaded, LoadMap, Slot, SteeringError};
@@ -309,9 +309,7 @@ impl Maps {
     pub(super) fn forget_sockets_of_free_slots(&mut self, loads: &LoadMap) -> usize {
         let stale: Vec<u64> = (self.socket_slots.iter())
             .filter_map(Result::ok)
-            .filter(|(_, at)| {
-                at.worker >= loads.slots() as u32 || loads.is_free(Slot::new(at.worker))
-            })
+            .filter(|(_, at)| at.worker >= MAX_SLOTS || loads.is_free(Slot::new(at.worker)))
             .map(|(cookie, _)| cookie)
             .collect();
         (stale.iter())

@@ -41,7 +41,7 @@ impl LoadMap {
     /// count the program would not take (written from outside) becomes
     /// one. Returns whether the count changed.
     ///
-    /// A count past `FLAT_SLOTS` turns the block summaries on: each is set
+    /// A count past `FLAT_SLOTS` turns the block summaries on: each is lowered
     /// to its block's minimum key, after the count is raised, so that a
     /// worker whose key fell before it saw the new count (and so did not
     /// lower its block's summary) is in the minimum.
@@ -70,7 +70,9 @@ impl LoadMap {
                     .map(|index| self.key(Slot::new(index)))
                     .min()
                     .unwrap_or(UNAVAILABLE);
-                self.block(block).store(lowest, Ordering::Relaxed);
+                // The lower of the two: a worker may have lowered it
+                // since it read its key here.
+                self.block(block).fetch_min(lowest, Ordering::Relaxed);
             }
         }
         true
@@ -111,7 +113,7 @@ impl LoadMap {
     }
 
     /// The `u64` at byte `offset` of the [`Scan`] entry.
-    fn scan_word(&self, offset: usize) -> &AtomicU64 {
+    pub(super) fn scan_word(&self, offset: usize) -> &AtomicU64 {
         assert!(offset + size_of::<u64>() <= size_of::<Scan>() && offset.is_multiple_of(8));
         let scan = self.scan.as_ptr().as_ptr();
         // SAFETY: the mapping holds one `Scan` (checked at construction),

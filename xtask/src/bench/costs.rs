@@ -2,7 +2,8 @@
 //! accepted connection (every thread of the server, over a run of short
 //! connections), and the time from the listener's first `bind()` (and from
 //! the process's `execve`) to a worker's first `accept`, which holds the
-//! backend's start-up (the `Ebpf` program's load and attach among it).
+//! backend's start-up after the bind (the `Ebpf` program's attach; its
+//! load comes before the bind, so it counts in the time from `execve`).
 
 use std::{
     collections::BTreeMap,

@@ -39,7 +39,7 @@ impl Server {
                 bail!("{command:?} exited with {status}: {stderr}");
             }
             if Instant::now() > deadline {
-                bail!("{command:?} did not listen on {addr} within 10 s");
+                bail!("{command:?} was not ready (probing {addr}) within 10 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -121,11 +121,13 @@ impl Ours<'_> {
             Some(ns) => {
                 let ns = ns.to_owned();
                 Server::start(command, addr, move || {
-                    super::netns::run_in(&ns, move || accepts(addr) && accepts(admin))
+                    super::netns::run_in(&ns, move || accepts(admin) && accepts(addr))
                         .unwrap_or(false)
                 })
             }
-            None => Server::start(command, addr, || accepts(addr) && accepts(admin)),
+            // The admin first: it binds last, and each try at the
+            // listener is a connection the server accepts.
+            None => Server::start(command, addr, || accepts(admin) && accepts(addr)),
         }
     }
 }

@@ -20,12 +20,18 @@ use util::{
 const PER_WORKER: usize = 2;
 
 fn ebpf(workers: usize, slots: usize) -> EchoServer {
+    ebpf_at("127.0.0.1:0", workers, slots, false)
+}
+
+/// [`ebpf`] on `addr`, taking over the set running there with `take_over`.
+fn ebpf_at(addr: &str, workers: usize, slots: usize, take_over: bool) -> EchoServer {
     // Counts alone (`util::counting`): 256 worker threads on two cores do
     // go 50 ms without running, and a stalled worker is rightly passed
     // over; these tests measure the scan.
     let builder = util::counting(Builder::new(Backend::Ebpf).workers(workers), Backend::Ebpf)
         .ebpf_slots(slots)
-        .listen("127.0.0.1:0");
+        .take_over(take_over)
+        .listen(addr);
     EchoServer::start(util::bind(builder, Backend::Ebpf), Guard::Keep)
 }
 
@@ -77,16 +83,9 @@ fn a_take_over_at_256_slots_steers_both_sets_as_one() {
     if !privileged("eBPF steering") {
         return;
     }
-    let bind = |addr: &str, take_over: bool| {
-        let builder = util::counting(Builder::new(Backend::Ebpf).workers(128), Backend::Ebpf)
-            .ebpf_slots(256)
-            .take_over(take_over)
-            .listen(addr);
-        util::bind(builder, Backend::Ebpf)
-    };
-    let old = EchoServer::start(bind("127.0.0.1:0", false), Guard::Keep);
+    let old = ebpf(128, 256);
     let addr: SocketAddr = old.addr(0);
-    let new = EchoServer::start(bind(&addr.to_string(), true), Guard::Keep);
+    let new = ebpf_at(&addr.to_string(), 128, 256, true);
     let clients = echoed_burst(addr, PER_WORKER * 256);
     let mut split = per_worker(&old.stats.snapshot());
     split.extend(per_worker(&new.stats.snapshot()));
@@ -113,18 +112,11 @@ fn a_joiner_that_needs_more_slots_grows_the_scan_past_64() {
     if !privileged("eBPF steering") {
         return;
     }
-    let bind = |addr: &str, take_over: bool| {
-        let builder = util::counting(Builder::new(Backend::Ebpf).workers(48), Backend::Ebpf)
-            .ebpf_slots(64)
-            .take_over(take_over)
-            .listen(addr);
-        util::bind(builder, Backend::Ebpf)
-    };
-    let old = EchoServer::start(bind("127.0.0.1:0", false), Guard::Keep);
+    let old = ebpf(48, 64);
     let addr: SocketAddr = old.addr(0);
     let before = old.stats.snapshot().program.expect("the program");
     assert_eq!(before.slots, 64);
-    let new = EchoServer::start(bind(&addr.to_string(), true), Guard::Keep);
+    let new = ebpf_at(&addr.to_string(), 48, 64, true);
     let program = new.stats.snapshot().program.expect("the joined program");
     assert_eq!((program.program_id, program.slots), (before.program_id, 96));
     let clients = echoed_burst(addr, PER_WORKER * 96);

@@ -118,6 +118,12 @@ impl Ebpf {
         Steering::load(workers, &self.options)
     }
 
+    /// Keeps `steering` for this set's `workers`, each with a fresh upkeep.
+    fn keep(&mut self, steering: Steering, workers: usize) -> &mut Steering {
+        self.upkeeps = (0..workers).map(|_| Mutex::default()).collect();
+        self.steering.insert(steering)
+    }
+
     fn upkeep_of(&self, worker: usize) -> Option<std::sync::MutexGuard<'_, Upkeep>> {
         let upkeep = self.upkeeps.get(worker)?;
         Some(upkeep.lock().unwrap_or_else(PoisonError::into_inner))
@@ -140,8 +146,7 @@ impl Strategy for Ebpf {
     fn prepare(&mut self, workers: usize) -> Result<(), SteeringError> {
         // A joiner needs its sockets first: it joins the group they are in.
         if !self.join {
-            self.steering = Some(Steering::load(workers, &self.options)?);
-            self.upkeeps = (0..workers).map(|_| Mutex::default()).collect();
+            self.keep(Steering::load(workers, &self.options)?, workers);
         }
         Ok(())
     }
@@ -151,8 +156,7 @@ impl Strategy for Ebpf {
             Some(steering) => steering,
             None => {
                 let steering = self.steering_for(sockets)?;
-                self.upkeeps = sockets.iter().map(|_| Mutex::default()).collect();
-                self.steering.insert(steering)
+                self.keep(steering, sockets.len())
             }
         };
         steering.attach(sockets)

@@ -68,8 +68,9 @@ enum Asked {
 }
 
 /// Fetches the program and maps from the process serving the group of the
-/// first of `addrs` that has one; `None` if none does. `ours`: how many sockets this process has listening on
-/// each address (the others are another process's).
+/// first of `addrs` that has one; `None` if none does. `ours`: how many
+/// sockets this process has listening on each address (the others are
+/// another process's).
 ///
 /// # Errors
 /// [`SteeringError::Handover`] if a server answers but the handover fails

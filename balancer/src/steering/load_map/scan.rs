@@ -32,8 +32,7 @@ impl LoadMap {
 
     /// The slot count the program reads, clamped to the map.
     fn scanned(&self) -> u32 {
-        let slots = self.slot_count().load(Ordering::Acquire);
-        u32::try_from(slots).map_or(MAX_SLOTS, |slots| slots.min(MAX_SLOTS))
+        clamped(self.slot_count().load(Ordering::Acquire))
     }
 
     /// Makes the program scan at least `slots` slots (rounded up to a
@@ -47,10 +46,7 @@ impl LoadMap {
     /// lower its block's summary) is in the minimum.
     pub(in crate::steering) fn scan_at_least(&self, slots: u32) -> bool {
         let wanted = slots.clamp(1, MAX_SLOTS);
-        let grown = |now: u64| {
-            let now = u32::try_from(now).map_or(MAX_SLOTS, |now| now.min(MAX_SLOTS));
-            scanned_slots(now.max(wanted))
-        };
+        let grown = |now: u64| scanned_slots(clamped(now).max(wanted));
         let changed = self
             .slot_count()
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
@@ -123,4 +119,10 @@ impl LoadMap {
         // mapping's lifetime, which `&self` bounds.
         unsafe { AtomicU64::from_ptr(scan.add(offset).cast::<u64>()) }
     }
+}
+
+/// A slot count as the shared word holds it (anything, if written from
+/// outside), clamped to the map's slots.
+fn clamped(word: u64) -> u32 {
+    u32::try_from(word).map_or(MAX_SLOTS, |slots| slots.min(MAX_SLOTS))
 }

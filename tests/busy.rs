@@ -7,7 +7,8 @@
 //! the counters are right afterwards. `Exact` and `Ebpf` place none on the
 //! busy or hung worker; with `ReusePort` its hash share is rescued by the
 //! others; `Shared` never hands a connection to a worker that does not
-//! accept. The freezer needs root; see `util::privileged`.
+//! accept, and a busy one yields the accept race to the idle ones. The
+//! freezer needs root; see `util::privileged`.
 
 mod util;
 
@@ -151,7 +152,9 @@ fn a_busy_worker_gets_no_new_connections(backend: Backend) {
     let (lights, clients) = light_burst(server.addr, LIGHT);
     report("busy", backend, busy, &lights);
     assert_eq!(lights.len(), LIGHT);
-    if util::least_loaded(backend) {
+    // `Exact` and `Ebpf` weigh it down; with `Shared` it yields the accept
+    // race to the idle workers; `ReusePort`'s hash still queues its share.
+    if backend != Backend::ReusePort {
         assert_eq!(served_by(&lights, busy), 0, "{backend}: {lights:?}");
     }
     assert_eq!(waited(&lights, SECOND), 0, "{backend}: {lights:?}");

@@ -10,8 +10,10 @@ use std::{fmt, str::FromStr};
 #[non_exhaustive]
 pub enum Backend {
     /// One listening socket; every worker accepts from it. Which worker gets
-    /// a connection depends on who wakes first, which is often skewed. No
-    /// cost beyond the thundering herd of wake-ups.
+    /// a connection depends on who wakes first, which is often skewed; with
+    /// rebalancing on, a worker over its margin leaves the race to a less
+    /// busy one (see [`RebalancePolicy`](crate::RebalancePolicy)). No cost
+    /// beyond the thundering herd of wake-ups.
     Shared,
     /// One `SO_REUSEPORT` socket per worker; the kernel hashes the 4-tuple.
     /// Statistically even over many connections, not exact over few; what

@@ -11,7 +11,7 @@
 //!
 //! | file | overrides |
 //! | --- | --- |
-//! | `shared.rs` | nothing but its socket layout: one socket, every worker accepts |
+//! | `shared.rs` | its socket layout (one socket, every worker accepts) and a busy worker yielding the accept race |
 //! | `reuseport.rs` | a stopping worker drains its own accept queue |
 //! | `exact.rs` | every accepted connection is placed by the exact balancer |
 //! | `ebpf.rs` | loads or joins the `steering` program and attaches it, mirrors loads into it, counts accepted connections out of flight, repairs its slots (the arithmetic: `repair.rs`), makes a full worker's slot unavailable, 1,024 workers at most |
@@ -146,6 +146,14 @@ pub(crate) trait Strategy: Send + Sync {
     /// the other workers, or the kernel migrates it).
     fn drains_on_stop(&self, last: bool) -> bool {
         last
+    }
+
+    /// Whether a worker over the rebalancing margin stays out of the
+    /// accept race while a less busy worker is live, leaving new
+    /// connections to it. Baseline: no (the backend places them, or the
+    /// hash does).
+    fn yields_when_busy(&self) -> bool {
+        false
     }
 }
 

@@ -97,11 +97,12 @@ impl Builder {
     /// carry most of the work for their whole life. A hint ends one between
     /// requests, and steering places its client's next connection on a
     /// worker with capacity: with `Exact` and `Ebpf` (which weigh busy
-    /// workers down) and with `Shared` (whose busy worker is slow to
-    /// accept); with `ReusePort` the kernel's hash picks the worker again
-    /// (1 in N back on the same one). Cost: nothing per request; once per
-    /// 100 ms a comparison of the workers' busy figures, and, when a worker
-    /// sheds, one pass over its connections.
+    /// workers down) and with `Shared` (where a worker over the margin
+    /// stays out of the accept race while a less busy one is live, so the
+    /// others take new connections); with `ReusePort` the kernel's hash
+    /// picks the worker again (1 in N back on the same one). Cost: nothing
+    /// per request; once per 100 ms a comparison of the workers' busy
+    /// figures, and, when a worker sheds, one pass over its connections.
     pub fn rebalance(mut self, policy: Option<RebalancePolicy>) -> Self {
         self.rebalance = policy;
         self

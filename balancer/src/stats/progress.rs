@@ -28,6 +28,9 @@ pub(crate) struct WorkerProgress {
     queued: AtomicU64,
     /// Another worker found it stalled, and it has not run since.
     stalled: AtomicBool,
+    /// It leaves new connections to a less busy worker until its next busy
+    /// window (`Shared`, `worker/yielding.rs`).
+    yielding: AtomicBool,
     /// Times another worker found it stalled after it had run.
     stalls: AtomicU64,
     /// Connections waiting for it that another worker took while it stalled.
@@ -45,6 +48,7 @@ impl Default for WorkerProgress {
             cpu: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            yielding: AtomicBool::new(false),
             stalls: AtomicU64::new(0),
             rescued_out: AtomicU64::new(0),
             rescued_in: AtomicU64::new(0),
@@ -87,6 +91,14 @@ impl WorkerProgress {
 
     pub(crate) fn weight(&self) -> u64 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_yielding(&self, yielding: bool) {
+        self.yielding.store(yielding, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_yielding(&self) -> bool {
+        self.yielding.load(Ordering::Relaxed)
     }
 
     /// Connections transferred to the worker and not yet taken.

@@ -5,8 +5,9 @@
 //! (`sockets.rs`), what it does when `accept` fails (`backoff.rs`), the
 //! pulse it publishes its progress and busy figure by (`pulse.rs`), moving
 //! a connection to another worker (`transfer.rs`), taking what waits for a
-//! stalled worker (`rescue.rs`), and its connections as one stream for a
-//! server ([`Connections`], `connections.rs`).
+//! stalled worker (`rescue.rs`), leaving the accept race to a less busy
+//! worker (`yielding.rs`), and its connections as one stream for a server
+//! ([`Connections`], `connections.rs`).
 
 pub(crate) mod backoff;
 mod connections;
@@ -19,6 +20,7 @@ mod set;
 mod sockets;
 mod stop;
 pub(crate) mod transfer;
+mod yielding;
 
 use std::{
     future::poll_fn,
@@ -32,6 +34,7 @@ use self::{
     backoff::Backoff,
     pulse::Pulse,
     transfer::{Placement, Transfer, TransferQueue},
+    yielding::Yielding,
 };
 use crate::{
     connection::{Connection, Drain, Incoming},
@@ -62,6 +65,8 @@ pub struct Worker {
     pulse: Pulse,
     /// When it last shed a connection, and since when it is overloaded.
     shedder: Shedder,
+    /// Whom it leaves new connections to (`Shared`, while busy).
+    yielding: Yielding,
     /// A stalled worker whose waiting connections this one is taking.
     rescuing: Option<usize>,
     /// The server's drain, if a [`Server`](crate::Server) runs this worker;
@@ -110,6 +115,7 @@ impl Worker {
             upkeep: None,
             pulse,
             shedder: Shedder::default(),
+            yielding: Yielding::default(),
             rescuing: None,
             drain: Drain::never(),
             blocking: None,
@@ -263,6 +269,7 @@ impl Worker {
         }
         if self.pulse.beat(self.set.counters(self.index)) {
             self.set.consider_shedding(self.index, &mut self.shedder);
+            self.set.consider_yielding(self.index, &mut self.yielding);
         }
         // Connections transferred in are already counted here: take them first.
         let transferred = lock(&self.transfers).poll_recv(cx);
@@ -276,7 +283,8 @@ impl Worker {
                 None => self.rescuing = None,
             }
         }
-        if self.at_limit(cx) {
+        // Out of the race: the tick wakes the worker to look again.
+        if self.set.yields(&self.yielding) || self.at_limit(cx) {
             return Poll::Pending;
         }
         self.sockets.poll_accept(cx).map(|accepted| match accepted {

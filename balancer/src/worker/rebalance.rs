@@ -26,6 +26,13 @@ use crate::{connection::Tracked, sys};
 /// busier than this one was. So one heavy connection alone on a worker
 /// never moves (it would only move the hot spot), and a balanced server
 /// never churns.
+///
+/// With `Backend::Shared`, a worker over the margin also stays out of the
+/// accept race until its next busy window while a less busy worker is live
+/// (running, below its connection limit, not stalled): the others accept
+/// new connections, its hinted client's among them. Needs stall detection
+/// ([`Builder::stall_threshold`](crate::Builder::stall_threshold)), which
+/// tells a hung worker from an idle one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RebalancePolicy {

@@ -138,7 +138,7 @@ impl WorkerSet {
 
     /// Whether `worker`'s event loop has not run for longer than the stall
     /// threshold (or ever): one atomic load.
-    fn is_stale(&self, worker: usize, now: u64) -> bool {
+    pub(super) fn is_stale(&self, worker: usize, now: u64) -> bool {
         let stamp = self.counters(worker).progress().stamp();
         self.counters(worker).is_running() && now.saturating_sub(stamp) > self.stall_ns
     }

@@ -48,6 +48,9 @@ pub struct Settings {
     /// example keeps (it has no flag for it): a worker with connections
     /// waiting and its event loop idle this long is stalled.
     pub stall_threshold_ms: u64,
+    /// Whether the example rebalances (its default, on: with `shared`, a
+    /// busy worker then stays out of the accept race).
+    pub rebalance: bool,
 }
 
 impl Settings {
@@ -65,6 +68,7 @@ impl Settings {
             hung_burst_after_ms: vec![500, 0],
             long_wait_ms: 1000,
             stall_threshold_ms: 50,
+            rebalance: true,
         }
     }
 

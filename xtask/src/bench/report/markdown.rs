@@ -120,10 +120,14 @@ fn held_markdown(settings: &held::Settings, busy: bool, hung: &[HeldRow]) -> Str
          the held worker (`/stats`), read after the burst while the busy worker still spins, or \
          after the thaw. A worker is stalled when connections wait for it and its event loop \
          has been idle longer than the stall threshold, {} ms (the library's default, which \
-         the example keeps).\n\n",
+         the example keeps). The example runs with rebalancing {}.\n\n",
         wait_label(s.long_wait_ms),
         s.long_wait_ms,
-        s.stall_threshold_ms
+        s.stall_threshold_ms,
+        match s.rebalance {
+            true => "on, its default (with `shared`, a busy worker stays out of the accept race)",
+            false => "off",
+        }
     );
     let at_freeze: Vec<String> = (hung.iter())
         .filter(|r| r.burst_after_ms == 0)
@@ -261,6 +265,7 @@ mod tests {
             hung_burst_after_ms: vec![200, 0],
             long_wait_ms: 700,
             stall_threshold_ms: 30,
+            rebalance: false,
         };
         let hung = [held_row("ebpf", 200, 9000), held_row("ebpf", 0, 81_000)];
         let m = held_markdown(&settings, true, &hung);
@@ -280,6 +285,7 @@ mod tests {
         );
         assert!(m.contains("at least 700 ms"), "{m}");
         assert!(m.contains("stall threshold, 30 ms"), "{m}");
+        assert!(m.contains("with rebalancing off."), "{m}");
         assert!(m.contains("burst at the freeze: ebpf 81 ms"), "{m}");
         assert!(
             m.contains("`>=700ms` those that waited at least 700 ms"),

@@ -7,7 +7,10 @@
 //!   in one burst as Fortio and wrk open them, and again one by one;
 //! - churn: a new connection per request;
 //! - program cost: the steering program's nanoseconds per run over a churn,
-//!   from the kernel's `bpf_stats_enabled` accounting, at 2, 8 and 64 workers;
+//!   from the kernel's `bpf_stats_enabled` accounting, at 2, 8 and 64 workers
+//!   in as many slots and at 256 and 1,024 slots;
+//! - scale: the program cost, and the churn at up to 64 workers (as many
+//!   threads as a large machine runs, on however many cores this one has);
 //! - skew: a few connections far heavier than the rest, with rebalancing
 //!   off and on; steady: homogeneous load, where rebalancing must stay
 //!   quiet; request counting: its cost per request (see `rebalance.rs`);
@@ -25,9 +28,11 @@
 //! - costs: system calls per accepted connection and the time from `bind()`
 //!   to the first accept, counted by strace.
 //!
-//! The scenarios other than skew, steady, request counting and http2 run
-//! the example with `--rebalance off`: they measure where steering places
-//! connections, and the seeds' clients do not reconnect.
+//! The scenarios other than skew, steady, request counting, http2, busy
+//! and hung run the example with `--rebalance off`: they measure where
+//! steering places connections, and the seeds' clients do not reconnect.
+//! Busy and hung run it as users do, with its defaults (rebalancing on,
+//! which with `shared` keeps a busy worker out of the accept race).
 //!
 //! Results: a table on stdout, `bench.json` with every figure, and
 //! `report.md` with SVG charts, in `--out` (default `target/bench`).
@@ -92,9 +97,9 @@ pub struct Options {
     /// (busy and hung are the same in both).
     #[arg(long)]
     quick: bool,
-    /// Run only these scenarios (keep-alive, churn, program-cost, skew,
-    /// steady, request-counting, http2, busy, hung, handoff, anchors, seed,
-    /// costs); all by default.
+    /// Run only these scenarios (keep-alive, churn, program-cost, scale,
+    /// skew, steady, request-counting, http2, busy, hung, handoff, anchors,
+    /// seed, costs); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<Scenario>,
     /// CPU time each request burns in the seed scenario's handler.
@@ -114,6 +119,8 @@ enum Scenario {
     KeepAlive,
     Churn,
     ProgramCost,
+    /// The program cost, and the churn at 2 to 64 workers.
+    Scale,
     Skew,
     Steady,
     RequestCounting,
@@ -135,6 +142,8 @@ struct Plan {
     anchor_workers: Vec<usize>,
     keep_alive: Duration,
     churn: Duration,
+    /// The worker counts the scale scenario churns at.
+    scale_workers: Vec<usize>,
     /// The backends the rebalancing scenarios (skew, steady, http2) run on.
     rebalance_backends: Vec<&'static str>,
     skew: Phases,
@@ -159,6 +168,7 @@ impl Plan {
                 anchor_workers: vec![2],
                 keep_alive: s(1),
                 churn: s(1),
+                scale_workers: vec![2, 16, 64],
                 rebalance_backends: vec!["exact", "ebpf"],
                 skew: Phases::secs(3, 3),
                 steady: Phases::secs(1, 2),
@@ -176,6 +186,7 @@ impl Plan {
                 anchor_workers: vec![2, 4],
                 keep_alive: s(5),
                 churn: s(3),
+                scale_workers: vec![2, 8, 16, 32, 64],
                 rebalance_backends: BACKENDS.to_vec(),
                 skew: Phases::secs(5, 10),
                 steady: Phases::secs(2, 8),
@@ -223,8 +234,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     if runs(Scenario::Churn) {
         report.churn = bench.churn(&plan)?;
     }
-    if runs(Scenario::ProgramCost) {
+    if runs(Scenario::ProgramCost) || runs(Scenario::Scale) {
         report.program_cost = bench.program_cost(&plan)?;
+    }
+    if runs(Scenario::Scale) {
+        report.scale = bench.scale(&plan)?;
     }
     if runs(Scenario::Skew) {
         report.skew = bench.skew(&plan)?;
@@ -381,12 +395,27 @@ impl Bench {
     }
 
     fn churn(&mut self, plan: &Plan) -> anyhow::Result<Vec<ChurnRow>> {
+        self.churn_at(&plan.workers, plan.churn, "churn")
+    }
+
+    /// The churn at the scale scenario's worker counts.
+    fn scale(&mut self, plan: &Plan) -> anyhow::Result<Vec<ChurnRow>> {
+        self.churn_at(&plan.scale_workers, plan.churn, "scale: churn")
+    }
+
+    /// A churn per backend at each of `workers`, each for `time`.
+    fn churn_at(
+        &mut self,
+        workers: &[usize],
+        time: Duration,
+        what: &str,
+    ) -> anyhow::Result<Vec<ChurnRow>> {
         let mut rows = Vec::new();
-        for &workers in &plan.workers {
+        for &workers in workers {
             for backend in BACKENDS {
-                self.progress(&format!("churn {backend} x{workers}"));
+                self.progress(&format!("{what} {backend} x{workers}"));
                 let server = self.ours(backend, workers).start()?;
-                let per_sec = load::churn(server.addr, CHURN_CONCURRENCY, plan.churn)?;
+                let per_sec = load::churn(server.addr, CHURN_CONCURRENCY, time)?;
                 rows.push(ChurnRow::new(backend, workers, per_sec));
             }
         }
@@ -421,7 +450,8 @@ impl Bench {
         let mut rows = Vec::new();
         for backend in BACKENDS {
             self.progress(&format!("busy {backend} x{}", settings.workers));
-            let ours = self.ours(backend, settings.workers);
+            let mut ours = self.ours(backend, settings.workers);
+            ours.rebalance = settings.rebalance;
             let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
             let server = ours.start()?;
             let run = held::busy(settings, &server, admin)
@@ -441,7 +471,8 @@ impl Bench {
                     "hung {backend} x{}, burst {after} ms into the freeze",
                     settings.workers
                 ));
-                let ours = self.ours(backend, settings.workers);
+                let mut ours = self.ours(backend, settings.workers);
+                ours.rebalance = settings.rebalance;
                 let admin = SocketAddr::from(([127, 0, 0, 1], ours.admin_port));
                 let server = ours.start()?;
                 let run = held::hung(settings, &server, admin, Duration::from_millis(after))

@@ -36,6 +36,8 @@ pub struct Report {
     pub keep_alive: Vec<KeepAliveRow>,
     pub churn: Vec<ChurnRow>,
     pub program_cost: Vec<ProgramCostRow>,
+    /// The churn at up to 64 workers (the scale scenario).
+    pub scale: Vec<ChurnRow>,
     /// The skew scenario, rebalancing off and on.
     pub skew: Vec<SkewRow>,
     /// Homogeneous load with rebalancing on.
@@ -64,6 +66,7 @@ impl Report {
             keep_alive: Vec::new(),
             churn: Vec::new(),
             program_cost: Vec::new(),
+            scale: Vec::new(),
             skew: Vec::new(),
             steady: Vec::new(),
             request_counting: Vec::new(),

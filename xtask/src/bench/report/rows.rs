@@ -46,7 +46,7 @@ impl KeepAliveRow {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 pub struct ChurnRow {
     pub backend: String,
     pub workers: usize,

@@ -18,14 +18,20 @@ impl Report {
     /// All tables as plain text.
     pub fn table(&self) -> String {
         let mut t = format!(
-            "{} cores, kernel {}; every scenario but skew, steady, request counting and http2 \
-             runs the example with --rebalance off (they measure where steering places \
+            "{} cores, kernel {}; every scenario but skew, steady, request counting, http2, busy \
+             and hung runs the example with --rebalance off (they measure where steering places \
              connections)\n\n",
             self.cores, self.kernel
         );
         t.push_str(&keep_alive(&self.keep_alive));
-        t.push_str(&churn(&self.churn));
+        t.push_str(&churn("churn", &self.churn));
         t.push_str(&program_cost(&self.program_cost));
+        if !self.scale.is_empty() {
+            t.push_str(&churn(
+                &format!("scale: churn at up to 64 workers on {} cores", self.cores),
+                &self.scale,
+            ));
+        }
         if !self.skew.is_empty() {
             t.push_str(&skew(&self.skew));
         }
@@ -95,9 +101,10 @@ fn keep_alive(rows: &[KeepAliveRow]) -> String {
     )
 }
 
-fn churn(rows: &[ChurnRow]) -> String {
+/// A churn table under `heading`.
+fn churn(heading: &str, rows: &[ChurnRow]) -> String {
     section(
-        &format!("\nchurn: a new connection per request, {CHURN_CONCURRENCY} concurrent"),
+        &format!("\n{heading}: a new connection per request, {CHURN_CONCURRENCY} concurrent"),
         &format!(
             "{:<10} {:>2}  {:>10} {:>18}",
             "backend", "w", "conn/s", "cost vs reuseport"

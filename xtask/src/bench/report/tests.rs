@@ -117,6 +117,7 @@ fn sample() -> Report {
             keep_alive("shared", 2, Open::OneByOne, vec![21, 19]),
             keep_alive("ebpf", 4, Open::OneByOne, vec![10, 10, 10, 10]),
         ],
+        scale: churn.clone(),
         churn,
         program_cost: vec![ProgramCostRow {
             workers: 2,
@@ -285,6 +286,7 @@ fn table_headings_state_the_scenario_constants() {
     let t = sample().table();
     assert!(t.contains(&format!("keep-alive: {CONNECTIONS} connections")));
     assert!(t.contains(&format!("{CHURN_CONCURRENCY} concurrent")));
+    assert!(t.contains("scale: churn at up to 64 workers on 2 cores: a new connection"));
     assert!(t.contains(&format!(
         "{HEAVY} of {CONNECTIONS} connections, all on one worker"
     )));
@@ -336,6 +338,7 @@ fn finish_writes_bench_json_the_charts_and_report_md() {
         "keep_alive",
         "churn",
         "program_cost",
+        "scale",
         "skew",
         "steady",
         "request_counting",

@@ -164,3 +164,30 @@ fn a_bound_listener_can_be_the_handoff_target_for_its_address() {
         );
     });
 }
+
+/// With a NAT rule in the namespace, conntrack tracks every connection, so
+/// one made straight to the virtual listener has an `SO_ORIGINAL_DST`: its
+/// own address. That is no redirection: the connection has no original
+/// destination (a transparent proxy would connect to itself) and stays on
+/// the virtual listener.
+#[test]
+fn a_connection_made_straight_to_the_virtual_listener_has_no_original_destination() {
+    if !privileged("the original-destination test (netns, iptables)") {
+        return;
+    }
+    in_new_netns(|| {
+        let server = redirected_server(Backend::Exact, Guard::Keep);
+        let direct = server.open("127.0.0.1:15001".parse().unwrap());
+        let redirected = server.open("127.0.0.1:8080".parse().unwrap());
+        assert_eq!(server.served(&direct).original_dst, None);
+        assert_eq!(
+            server.served(&direct).listener.index(),
+            0,
+            "the virtual one"
+        );
+        assert_eq!(
+            server.served(&redirected).original_dst,
+            Some("127.0.0.1:8080".parse().unwrap())
+        );
+    });
+}

@@ -42,8 +42,10 @@ use crate::sys;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum OriginalDstError {
-    /// The connection was not redirected by netfilter NAT (no conntrack
-    /// entry), so it has no original destination.
+    /// The connection was not redirected by netfilter NAT, so it has no
+    /// original destination: conntrack has no entry for it, or tracked it
+    /// without rewriting it (its original destination is the socket's own
+    /// address, where a transparent proxy would connect to itself).
     #[error("the connection has no original destination (not NAT-redirected)")]
     NotRedirected,
     /// `getsockopt` failed for another reason.
@@ -66,6 +68,12 @@ pub enum OriginalDstError {
 /// dual-stack IPv6 socket) and `IP6T_SO_ORIGINAL_DST` for IPv6 ones (chosen
 /// by the socket's own address). Costs one or two
 /// `getsockopt` calls.
+///
+/// A connection made to the socket's own address is not redirected even
+/// when conntrack tracks it (any NAT rule in the namespace makes it track
+/// every connection, and then `SO_ORIGINAL_DST` answers with the address as
+/// it is): that is [`OriginalDstError::NotRedirected`] too, so that a proxy
+/// forwarding to the original destination never connects to itself.
 ///
 /// # Errors
 /// [`OriginalDstError::NotRedirected`] when the connection was not
@@ -92,8 +100,37 @@ pub fn original_destination(socket: &impl AsFd) -> Result<SocketAddr, OriginalDs
         // IPv4, also on a dual-stack IPv6 socket (an IPv4-mapped address).
         _ => ("SO_ORIGINAL_DST", sys::socket::original_dst_v4(fd)),
     };
-    result.map_err(|source| match source.raw_os_error() {
+    let dst = result.map_err(|source| match source.raw_os_error() {
         Some(libc::ENOENT) => OriginalDstError::NotRedirected,
         _ => OriginalDstError::Read { option, source },
-    })
+    })?;
+    match local.as_socket() {
+        Some(local) if same_endpoint(local, dst) => Err(OriginalDstError::NotRedirected),
+        _ => Ok(dst),
+    }
+}
+
+/// Whether `a` and `b` are one address and port, an IPv4 address and its
+/// IPv4-mapped IPv6 form alike.
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapped_address_is_the_same_endpoint_as_its_ipv4_form() {
+        let v4: SocketAddr = "127.0.0.1:15001".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:15001".parse().unwrap();
+        assert!(same_endpoint(v4, mapped));
+        assert!(same_endpoint(mapped, mapped));
+        assert!(!same_endpoint(v4, "127.0.0.1:8080".parse().unwrap()));
+        assert!(!same_endpoint(v4, "127.0.0.2:15001".parse().unwrap()));
+        assert!(!same_endpoint(
+            "[::1]:1".parse().unwrap(),
+            "127.0.0.1:1".parse().unwrap()
+        ));
+    }
 }

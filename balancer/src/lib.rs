@@ -60,6 +60,7 @@
 //! | feature | default | what |
 //! | --- | --- | --- |
 //! | `admin` | yes | [`admin::AdminServer`], an HTTP admin endpoint (stats, readiness, drain) |
+//! | `http` | no | `integrations::http::serve`: hyper-util's server with any tower service (axum's `Router`, tonic's `Routes`), counting requests per worker and honouring rebalancing |
 //! | `axum` | no | `axum::serve::Listener` for [`Connections`] (`integrations::axum`) |
 //! | `tonic` | no | `tonic::transport::server::Connected` for [`Connection`], and the `Stream` tonic's `serve_with_incoming` takes (`integrations::tonic`) |
 //! | `stream` | no | `futures_core::Stream` for [`Connections`] |

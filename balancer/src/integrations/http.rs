@@ -40,8 +40,10 @@
 //!     Ok(())
 //! }
 //! ```
-//! tonic: `http::serve(connections, routes.prepare())`, with `routes` the
-//! `tonic::service::Routes` of `Server::builder().add_service(..).into_service()`.
+//! tonic: `http::serve(worker.into_connections(), tonic::service::Routes::new(service).prepare())`
+//! (more services with `Routes::add_service`); `examples/frameworks/tonic.rs`
+//! serves tonic-health that way. A hyper service instead of a tower one:
+//! [`serve_hyper`].
 
 use std::{
     error::Error as StdError,

@@ -1,12 +1,16 @@
 //! hyper on every worker, with hyper-util's auto server (HTTP/1.1, and
-//! HTTP/2 with prior knowledge): nothing to enable, since
+//! HTTP/2 with prior knowledge): no feature of this crate to enable, since
 //! `hyper_util::rt::TokioIo::new(conn)` serves a [`Connection`](crate::Connection)
 //! as it serves a `TcpStream`, and the connection keeps its count while
 //! hyper holds it.
 //!
-//! A complete server, with ctrl-c, a lossless stop and a drain deadline;
-//! hyper-util's `GracefulShutdown` ends each connection after its request
-//! in progress once the worker's connections end:
+//! The shortest way is the `http` feature's
+//! `integrations::http::serve_hyper(worker.into_connections(), service_fn(hello))`,
+//! which also counts requests and honours rebalancing. By hand, a complete
+//! server with ctrl-c, a lossless stop and a drain deadline, where
+//! hyper-util's `GracefulShutdown` (its feature `server-graceful`, beside
+//! `tokio` and `server-auto`) ends each connection after its request in
+//! progress once the worker's connections end:
 //! ```no_run
 //! use std::{convert::Infallible, time::Duration};
 //!
@@ -27,7 +31,12 @@
 //!     let server = listener.serve_workers(|worker| async move {
 //!         let (http, graceful) = (auto::Builder::new(TokioExecutor::new()), GracefulShutdown::new());
 //!         let mut connections = worker.into_connections();
-//!         while let Some(Ok(conn)) = connections.next().await {
+//!         while let Some(next) = connections.next().await {
+//!             let Ok(conn) = next else {
+//!                 // An error retrying cannot help comes back at once: pause.
+//!                 tokio::time::sleep(Duration::from_secs(1)).await;
+//!                 continue;
+//!             };
 //!             let served = http.serve_connection(TokioIo::new(conn), service_fn(hello));
 //!             tokio::spawn(graceful.watch(served.into_owned()));
 //!         }

@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | any tower service on hyper-util (axum's `Router`, tonic's `Routes`) | `http::serve`: counts requests per worker, ends connections between requests when the worker rebalances | `http` |
 //! | `axum` (module `axum`) | `axum::serve::Listener` for [`Connections`](crate::Connections) | `axum` |
-//! | [`hyper`] (hyper-util's auto server) | nothing needed: `TokioIo::new(conn)` serves a [`Connection`](crate::Connection) | none |
+//! | [`hyper`] (hyper-util's auto server) | nothing needed: `TokioIo::new(conn)` serves a [`Connection`](crate::Connection); or `http::serve_hyper` with a hyper service | none (`http` for `serve_hyper`) |
 //! | `tonic` (module `tonic`) | `Connected` for [`Connection`](crate::Connection), a `Stream` of [`Connections`](crate::Connections) | `tonic` |
 
 #[cfg(feature = "axum")]

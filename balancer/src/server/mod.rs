@@ -141,7 +141,12 @@ impl BalancedListener {
     /// let listener = Builder::new(Backend::Ebpf).listen("127.0.0.1:8080").bind()?;
     /// let server = listener.serve_workers(|worker| async move {
     ///     let mut connections = worker.into_connections();
-    ///     while let Some(Ok(conn)) = connections.next().await {
+    ///     while let Some(next) = connections.next().await {
+    ///         let Ok(conn) = next else {
+    ///             // An error retrying cannot help comes back at once: pause.
+    ///             tokio::time::sleep(Duration::from_secs(1)).await;
+    ///             continue;
+    ///         };
     ///         tokio::task::spawn_local(async move {
     ///             let (mut rd, mut wr) = tokio::io::split(conn);
     ///             let _ = tokio::io::copy(&mut rd, &mut wr).await;

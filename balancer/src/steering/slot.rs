@@ -61,7 +61,7 @@ impl LoadSlot {
 
     /// One more active connection.
     pub(crate) fn add_active(&self) {
-        self.loads.add(self.slot, Load::ACTIVE);
+        self.loads.add_active(self.slot);
     }
 
     /// One active connection fewer.

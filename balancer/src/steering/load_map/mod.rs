@@ -184,11 +184,21 @@ impl LoadMap {
         self.lower_block(slot);
     }
 
-    /// Adds `delta` (wrapping) to `slot`'s load word.
+    /// Adds `delta` (wrapping) to `slot`'s load word, then lowers its
+    /// block's summary if its key fell.
     pub(crate) fn add(&self, slot: Slot, delta: u64) {
         self.field(slot, Field::Load)
             .fetch_add(delta, Ordering::Relaxed);
         self.lower_block(slot);
+    }
+
+    /// Adds one active connection to `slot`'s load word. Its key rises, so
+    /// its block's summary, which may read lower than the block's keys
+    /// (the program corrects it), needs nothing: the accept path skips the
+    /// fence that lowering it costs.
+    pub(crate) fn add_active(&self, slot: Slot) {
+        self.field(slot, Field::Load)
+            .fetch_add(Load::ACTIVE, Ordering::Relaxed);
     }
 
     /// Turns one of `slot`'s in-flight connections into an active one, or,

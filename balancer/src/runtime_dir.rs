@@ -1,6 +1,6 @@
 //! This user's private runtime directory, where servers of one user meet:
 //! the bind locks (`builder/bind_lock.rs`) and the steering handover
-//! sockets (`steering/handover.rs`). `/run/balancer` for root, else
+//! sockets (`steering/handover/`). `/run/balancer` for root, else
 //! `$XDG_RUNTIME_DIR/balancer` or `/tmp/balancer-<uid>`; created with mode
 //! 0700 and refused unless it is a directory of this user that nobody else
 //! can write, so no other user can hold, squat or swap what is in it.

@@ -29,8 +29,8 @@
 //! | `probe.rs` | the privilege and kernel checks, before any `bpf` call |
 //! | `loader.rs` | loading the embedded object |
 //! | `maps.rs` | the program's maps, and the fds a handover carries |
-//! | `load_map.rs`, `slot.rs`, `owner.rs` | the mapped loads, a worker's [`Slot`] in them, who owns a slot |
-//! | `handover.rs` | sharing the program with another process |
+//! | `load_map/` (`claims.rs`, `scan.rs`), `slot.rs`, `owner.rs` | the mapped loads, a worker's [`Slot`] in them, who owns a slot, how many slots the program scans |
+//! | `handover/` (`name.rs`) | sharing the program with another process, and where the handover socket lives |
 //! | `debug_log.rs`, `background.rs` | the kernel's log records, the threads that serve |
 
 mod background;

@@ -607,12 +607,27 @@ impl Peer {
     }
 }
 
-/// A port that was free a moment ago (the server binds it right after).
+/// A port that was free a moment ago (the server binds it right after),
+/// and never one this run handed out before: the kernel can give a port
+/// just released again at once, and a server's listener and admin endpoint,
+/// asked for one after the other, then got the same one (the admin bind
+/// failed with `EADDRINUSE` and ended a full bench run).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("binding 127.0.0.1:0 for a free port");
+        if given.insert(port) {
+            return port;
+        }
+    }
+    panic!("no port on 127.0.0.1 that this run has not handed out, in 1,000 tries")
 }
 
 /// Per-worker counts in worker order from `X-Worker` values `0..workers`.

@@ -127,8 +127,38 @@ impl Ours<'_> {
             }
             // The admin first: it binds last, and each try at the
             // listener is a connection the server accepts.
-            None => Server::start(command, addr, || accepts(admin) && accepts(addr)),
+            None => {
+                let server = Server::start(command, addr, || accepts(admin) && accepts(addr))?;
+                wait_idle(admin)?;
+                Ok(server)
+            }
         }
+    }
+}
+
+/// Waits until the server at `admin` counts no connection (active or in
+/// flight): the readiness probe's connection is closed and counted out, so
+/// that a scenario's burst is placed over idle workers. Counted while it
+/// closed, the probe's connection made one worker's share of a burst one
+/// short (`[19, 21]` where the program's selections read `[20, 21]`).
+fn wait_idle(admin: SocketAddr) -> anyhow::Result<()> {
+    let counted = |stats: &str| {
+        stats.lines().any(|line| {
+            let busy = line.starts_with("balancer.worker_")
+                && (line.contains(".downstream_cx_active: ") || line.contains(".in_flight: "));
+            busy && !line.ends_with(": 0")
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = super::load::stats_when_ready(admin)?;
+        if !counted(&stats) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the server at {admin} still counts connections 10 s after start: {stats}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -81,7 +81,7 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(_) => return refuse(stream, "400 Bad Request").await,
             };
-            let _counted = hints.as_ref().map(|h| h.requests.start());
+            let counted = hints.as_ref().map(|h| h.requests.start());
             if request.method == Some("GET") {
                 spin(request.path.unwrap_or("/"));
             }
@@ -102,6 +102,10 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
             if stream.write_all(response.as_bytes()).await.is_err() || close {
                 return;
             }
+            // The request ends with its response written: its time is what
+            // the worker's rebalancing weighs the connection by, so it must
+            // not take in the other connections' turns below.
+            drop(counted);
             // A /spin request held the thread: let the worker's other
             // connections run before the next one.
             tokio::task::yield_now().await;

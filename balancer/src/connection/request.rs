@@ -21,8 +21,9 @@ pub(crate) struct Tracked {
     worker: Arc<WorkerCounters>,
     /// Requests in flight on this connection.
     active: AtomicU64,
-    /// Nanoseconds spent in requests (coarse clock), since the worker last
-    /// weighed its connections.
+    /// Nanoseconds spent in requests since the worker last weighed its
+    /// connections: from each guard's start to its drop (coarse clock), or
+    /// the time spent polling a request's future (the HTTP integration).
     busy_ns: AtomicU64,
     /// The worker asked the connection to end ([`crate::connection::Rebalance`]).
     hinted: AtomicBool,
@@ -132,10 +133,26 @@ impl Requests {
 
     /// One request starts: counted in flight until the guard drops.
     ///
+    /// The time from here to the guard's drop is also what the connection
+    /// weighs when its worker sheds load (see
+    /// [`RebalancePolicy`](crate::RebalancePolicy)): keep the guard over the
+    /// request's own work, and drop it before the connection waits for
+    /// others (a `yield_now`, the next read), or their turns count as this
+    /// connection's.
+    ///
     /// Cost: three relaxed atomic adds and a coarse clock read (vDSO, no
     /// system call); with `LoadMeasure::Requests` on `Ebpf`, one store to
     /// the worker's slot in the program's map.
     pub fn start(&self) -> RequestGuard {
+        let mut guard = self.start_untimed();
+        guard.started = Some(sys::clock::monotonic_coarse_ns());
+        guard
+    }
+
+    /// A request counted in flight whose weight is added with
+    /// [`RequestGuard::add_busy`] (the time spent polling its future),
+    /// not measured from start to drop.
+    pub(crate) fn start_untimed(&self) -> RequestGuard {
         let tracked = &self.tracked;
         if tracked.active.fetch_add(1, Ordering::AcqRel) == 0 && tracked.is_hinted() {
             tracked.changed.notify_waiters();
@@ -143,7 +160,7 @@ impl Requests {
         tracked.worker.request_started();
         RequestGuard {
             tracked: Arc::clone(tracked),
-            started: sys::clock::monotonic_coarse_ns(),
+            started: None,
         }
     }
 
@@ -160,14 +177,26 @@ impl Requests {
 #[must_use = "dropping the guard ends the request"]
 pub struct RequestGuard {
     tracked: Arc<Tracked>,
-    started: u64,
+    /// When it started (coarse clock), if its weight is the time to its drop.
+    started: Option<u64>,
+}
+
+impl RequestGuard {
+    /// Adds `ns` of work to the connection's weight (a guard from
+    /// [`Requests::start_untimed`]).
+    #[cfg(feature = "http")]
+    pub(crate) fn add_busy(&self, ns: u64) {
+        self.tracked.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let tracked = &self.tracked;
-        let took = sys::clock::monotonic_coarse_ns().saturating_sub(self.started);
-        tracked.busy_ns.fetch_add(took, Ordering::Relaxed);
+        if let Some(started) = self.started {
+            let took = sys::clock::monotonic_coarse_ns().saturating_sub(started);
+            tracked.busy_ns.fetch_add(took, Ordering::Relaxed);
+        }
         tracked.worker.request_ended();
         if tracked.active.fetch_sub(1, Ordering::AcqRel) == 1 && tracked.is_hinted() {
             tracked.changed.notify_waiters();

@@ -53,7 +53,8 @@ use std::{
         atomic::{AtomicU8, Ordering},
         Arc,
     },
-    time::Duration,
+    task::{Context, Poll},
+    time::{Duration, Instant},
 };
 
 use http_body::Body;
@@ -70,7 +71,7 @@ use hyper_util::{
 use tokio::sync::watch;
 
 use crate::{
-    connection::{Connection, Rebalance, Requests},
+    connection::{Connection, Rebalance, RequestGuard, Requests},
     worker::Connections,
 };
 
@@ -199,6 +200,34 @@ fn finished(result: Result<(), BoxError>) {
     }
 }
 
+/// A request's response future, counted in flight by `guard` until it is
+/// ready (or dropped). The connection's weight is the time spent polling
+/// the future (the handler's own work), not the time it waits to be
+/// polled: with HTTP/2 every stream is a task of its own, queued behind the
+/// worker's other tasks, and a light request queued behind a heavy one
+/// must not weigh as much. Two clock reads (vDSO) per poll.
+struct Timed<F> {
+    inner: Pin<Box<F>>,
+    guard: Option<RequestGuard>,
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let began = Instant::now();
+        let polled = self.inner.as_mut().poll(cx);
+        let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if let Some(guard) = &self.guard {
+            guard.add_busy(took);
+        }
+        if polled.is_ready() {
+            self.guard = None;
+        }
+        polled
+    }
+}
+
 /// `Counted::protocol` before the first request.
 const UNKNOWN: u8 = 0;
 /// `Counted::protocol` of an HTTP/1 connection.
@@ -229,12 +258,15 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let guard = self.requests.start();
+        let guard = self.requests.start_untimed();
         let http1 = request.version() < Version::HTTP_2;
         let protocol = if http1 { HTTP1 } else { HTTP2 };
         self.protocol.store(protocol, Ordering::Release);
         let rebalance = self.rebalance.clone();
-        let response = self.inner.call(request);
+        let response = Timed {
+            inner: Box::pin(self.inner.call(request)),
+            guard: Some(guard),
+        };
         Box::pin(async move {
             let mut response = response.await;
             if let Ok(response) = &mut response {
@@ -243,8 +275,47 @@ where
                     response.headers_mut().insert(CONNECTION, close);
                 }
             }
-            drop(guard);
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::Timed;
+    use crate::{
+        connection::{Requests, Tracked},
+        stats::WorkerCounters,
+    };
+
+    /// A request that works 20 ms in one poll and waits 200 ms between
+    /// polls weighs its work, not its wait; and is counted in flight until
+    /// it is ready.
+    #[tokio::test]
+    async fn a_request_weighs_the_time_its_future_is_polled() {
+        let worker = Arc::new(WorkerCounters::new(None));
+        let tracked = Arc::new(Tracked::new(Arc::clone(&worker)));
+        let requests = Requests::new(Arc::clone(&tracked));
+        let handler = async {
+            let until = std::time::Instant::now() + Duration::from_millis(20);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let timed = Timed {
+            inner: Box::pin(handler),
+            guard: Some(requests.start_untimed()),
+        };
+        assert_eq!(requests.in_flight(), 1);
+        timed.await;
+        assert_eq!(requests.in_flight(), 0);
+        let weighed = Duration::from_nanos(tracked.take_busy_ns());
+        assert!(
+            weighed >= Duration::from_millis(20) && weighed < Duration::from_millis(150),
+            "{weighed:?}"
+        );
     }
 }

@@ -33,7 +33,7 @@ pub const COUNTING_WORKERS: usize = 1;
 /// The library's default `RebalancePolicy` margin, which the example keeps
 /// (it has no flag for it): a worker at least this much busier than the
 /// least busy one, for a second, asks a connection to end.
-pub const REBALANCE_MARGIN_PERMILLE: u64 = 300;
+pub const REBALANCE_MARGIN_PERMILLE: u64 = 150;
 
 /// Targets the issue states for 4 workers.
 pub const TARGET_WORST_MEDIAN_RATIO: f64 = 0.5;

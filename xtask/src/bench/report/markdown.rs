@@ -216,7 +216,7 @@ mod tests {
         let m = rebalance_markdown(2);
         assert!(m.contains("at 4 workers"), "{m}");
         assert!(m.contains("With 2 cores for 4 workers"), "{m}");
-        assert!(m.contains("300‰ of a CPU busier"), "{m}");
+        assert!(m.contains("150‰ of a CPU busier"), "{m}");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Shedder {
         policy: &RebalancePolicy,
     ) -> bool {
         let hold = u64::try_from(policy.hold.as_nanos()).unwrap_or(u64::MAX);
-        if busy < least.saturating_add(policy.margin_permille) {
+        if !over_margin(busy, least, policy.margin_permille) {
             self.over_since = None;
             return false;
         }
@@ -180,6 +180,14 @@ impl WorkerSet {
             }
         }
     }
+}
+
+/// Whether a worker `busy` is at least `margin` busier than `least`, all in
+/// thousandths of a CPU: the gap a worker sheds load over (and, with
+/// `Shared`, yields the accept race over). Never when `least + margin`
+/// overflows.
+pub(super) fn over_margin(busy: u64, least: u64, margin: u64) -> bool {
+    least.checked_add(margin).is_some_and(|bar| busy >= bar)
 }
 
 /// Which connection to shed: given each candidate's time in requests over

@@ -19,7 +19,7 @@
 //! Cost: at each busy window's end, one pass over the workers' busy
 //! figures; at each poll of a yielding worker, three atomic loads.
 
-use super::WorkerSet;
+use super::{rebalance::over_margin, WorkerSet};
 use crate::sys;
 
 /// Whom a worker leaves new connections to until its next busy window.
@@ -74,8 +74,7 @@ pub(crate) fn yield_to(
     margin: u64,
 ) -> Option<usize> {
     let (least, least_busy) = others.min_by_key(|&(worker, busy)| (busy, worker))?;
-    let bar = least_busy.checked_add(margin)?;
-    (busy >= bar).then_some(least)
+    over_margin(busy, least_busy, margin).then_some(least)
 }
 
 #[cfg(test)]
